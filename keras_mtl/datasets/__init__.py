@@ -1,0 +1,5 @@
+"""Data sets for multi-task learning (public API)."""
+
+from keras_mtl.src.datasets.synthetic_task_correlation import (
+    synthetic_task_correlation,
+)

@@ -1,0 +1,152 @@
+"""Base classes of the gradient-balancing rules.
+
+An aggregator turns the per-task gradients of the shared parameters (the
+Jacobian, one row per task) into one update direction. All maths is written
+with `keras.ops`, so the same code runs on TensorFlow, JAX and PyTorch and
+traces under `jit`. Aggregators are immutable: whatever changes from step to
+step is an explicit `state` dict of tensors that goes in and comes out, which
+`MultiTaskModel` stores in non-trainable variables (so JAX's stateless step
+works and `.keras` checkpoints save it).
+"""
+
+from keras import ops
+
+
+def _check_jacobian(jacobian):
+    if len(jacobian.shape) != 2:
+        raise ValueError(
+            "The Jacobian must have shape (num_tasks, num_params). "
+            f"Received: jacobian.shape={tuple(jacobian.shape)}"
+        )
+
+
+def _check_losses(losses, num_tasks):
+    if losses is not None and tuple(losses.shape) != (num_tasks,):
+        raise ValueError(
+            f"`losses` must have shape ({num_tasks},), one value per Jacobian "
+            f"row. Received: losses.shape={tuple(losses.shape)}"
+        )
+
+
+class Aggregator:
+    """Combines per-task gradients into one update direction.
+
+    Subclasses implement `aggregate`. Class attributes say what the model has
+    to compute for them:
+
+    - `requires_jacobian`: `False` for rules whose result depends only on the
+      task losses; `MultiTaskModel` then runs a single backward pass of the
+      weighted sum of losses instead of computing per-task gradients.
+
+    Call an aggregator on a `(num_tasks, num_params)` Jacobian to get the
+    `(num_params,)` direction; use `aggregate` to also get the task weights
+    and to thread state explicitly.
+
+    `diagnostics` names the state keys (scalars) that `MultiTaskModel` logs
+    as `<aggregator name>_<key>`, e.g. a solver's convergence gap.
+    """
+
+    requires_jacobian = True
+    diagnostics = ()
+
+    def __init__(self, name=None):
+        self.name = name or _snake_case(type(self).__name__)
+
+    def initial_state(self, num_tasks):
+        """Returns the state before the first step: a dict of tensors."""
+        del num_tasks
+        return {}
+
+    def aggregate(self, jacobian, losses=None, state=None, seed=None):
+        """Combines the rows of `jacobian`.
+
+        Args:
+            jacobian: tensor of shape `(num_tasks, num_params)`, one task
+                gradient per row.
+            losses: optional tensor of shape `(num_tasks,)`, the task losses.
+            state: the dict returned by `initial_state` or by the previous
+                call; `None` means the initial state.
+            seed: a `keras.random.SeedGenerator` or an integer, used only by
+                randomised rules.
+
+        Returns:
+            A tuple `(direction, weights, new_state)`: the `(num_params,)`
+            direction, the `(num_tasks,)` weights such that, for rules that
+            are a weighted sum of the rows, `direction = weights @ jacobian`,
+            and the new state dict.
+        """
+        raise NotImplementedError
+
+    def __call__(self, jacobian, losses=None):
+        jacobian = ops.convert_to_tensor(jacobian)
+        _check_jacobian(jacobian)
+        direction, _, _ = self.aggregate(jacobian, losses)
+        return direction
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items() if k != "name"
+        )
+        return f"{type(self).__name__}({args})"
+
+
+class Weighting(Aggregator):
+    """An aggregator whose direction is a weighted sum of the task gradients.
+
+    Subclasses implement
+    `compute_weights(num_tasks, gramian, losses, state, seed)`,
+    which sees the task gradients only through their Gramian
+    `G = J J^T` (`None` when `requires_jacobian` is `False`). The direction is
+    then `weights @ J`. Because only the `(num_tasks, num_tasks)` Gramian is
+    needed, `MultiTaskModel` never concatenates the shared gradients for these
+    rules: it sums the Gramians of the variables and weights each variable's
+    Jacobian separately.
+    """
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        """Returns `(weights, new_state)`; see the class docstring."""
+        raise NotImplementedError
+
+    def aggregate(self, jacobian, losses=None, state=None, seed=None):
+        jacobian = ops.convert_to_tensor(jacobian)
+        _check_jacobian(jacobian)
+        num_tasks = jacobian.shape[0]
+        if losses is not None:
+            losses = ops.convert_to_tensor(losses, dtype=jacobian.dtype)
+        _check_losses(losses, num_tasks)
+        if state is None:
+            state = self.initial_state(num_tasks)
+        gramian = None
+        if self.requires_jacobian:
+            gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+        weights, state = self.compute_weights(
+            num_tasks, gramian, losses, state, seed
+        )
+        weights = ops.cast(weights, jacobian.dtype)
+        return ops.matmul(weights, jacobian), weights, state
+
+
+def _snake_case(name):
+    out = []
+    for i, char in enumerate(name):
+        if char.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)
+
+
+def seed_from(seed):
+    """Normalises a `seed` argument for `keras.random` functions.
+
+    `None` becomes the fixed integer seed 0, so a standalone call is
+    reproducible; pass a `keras.random.SeedGenerator` (as `MultiTaskModel`
+    does) to draw fresh randomness at every call.
+    """
+    return 0 if seed is None else seed

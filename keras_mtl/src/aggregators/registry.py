@@ -1,0 +1,69 @@
+"""String names and (de)serialisation of aggregators, as for Keras optimizers."""
+
+import keras
+
+from keras_mtl.src.aggregators.aggregator import Aggregator
+from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.aggregators.mean import Mean
+from keras_mtl.src.aggregators.mgda import MGDA
+from keras_mtl.src.aggregators.pcgrad import PCGrad
+from keras_mtl.src.aggregators.sum import Sum
+from keras_mtl.src.api_export import keras_mtl_export
+
+ALL_AGGREGATORS = {
+    "sum": Sum,
+    "mean": Mean,
+    "constant": Constant,
+    "mgda": MGDA,
+    "pcgrad": PCGrad,
+}
+
+
+@keras_mtl_export("keras_mtl.aggregators.serialize")
+def serialize(aggregator):
+    """Returns the JSON-serialisable config of `aggregator`."""
+    return keras.saving.serialize_keras_object(aggregator)
+
+
+@keras_mtl_export("keras_mtl.aggregators.deserialize")
+def deserialize(config, custom_objects=None):
+    """Rebuilds an aggregator from `serialize`'s output or a string name."""
+    if isinstance(config, str):
+        return get(config)
+    return keras.saving.deserialize_keras_object(
+        config, custom_objects=custom_objects
+    )
+
+
+@keras_mtl_export("keras_mtl.aggregators.get")
+def get(identifier):
+    """Returns an aggregator from a name, a config dict or an instance.
+
+    Args:
+        identifier: an `Aggregator` (returned as is), a string name such as
+            `"pcgrad"` (the class built with its defaults), or a dict made by
+            `serialize`.
+
+    Example:
+
+    >>> agg = keras_mtl.aggregators.get("mgda")
+    """
+    if isinstance(identifier, Aggregator):
+        return identifier
+    if isinstance(identifier, dict):
+        aggregator = deserialize(identifier)
+        if isinstance(aggregator, Aggregator):
+            return aggregator
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key in ALL_AGGREGATORS:
+            return ALL_AGGREGATORS[key]()
+        raise ValueError(
+            f"Unknown aggregator name. Known names: {sorted(ALL_AGGREGATORS)}. "
+            f"Received: aggregator={identifier!r}"
+        )
+    raise ValueError(
+        "Could not interpret the aggregator identifier: expected an "
+        "Aggregator, a name or a config dict. "
+        f"Received: aggregator={identifier!r}"
+    )

@@ -1,0 +1,30 @@
+"""The backend-specific per-task gradient engines.
+
+This package is the only place in keras_mtl that imports TensorFlow, JAX or
+PyTorch. Each engine module provides `train_step(model, ...)` and
+`test_step(model, ...)` with the signature of its Keras trainer; everything
+else (losses, aggregation, metrics) is shared `keras.ops` code on the model.
+"""
+
+import keras
+
+_BACKEND = keras.config.backend()
+
+if _BACKEND == "jax":
+    from keras_mtl.src.backend.jax_engine import test_step
+    from keras_mtl.src.backend.jax_engine import train_step
+elif _BACKEND == "tensorflow":
+    from keras_mtl.src.backend.tensorflow_engine import test_step
+    from keras_mtl.src.backend.tensorflow_engine import train_step
+elif _BACKEND == "torch":
+    from keras_mtl.src.backend.torch_engine import test_step
+    from keras_mtl.src.backend.torch_engine import train_step
+else:
+
+    def _unsupported(*args, **kwargs):
+        raise ValueError(
+            "MultiTaskModel trains on the 'jax', 'tensorflow' and 'torch' "
+            f"backends. Received: KERAS_BACKEND={_BACKEND!r}"
+        )
+
+    train_step = test_step = _unsupported

@@ -1,0 +1,152 @@
+"""Per-task losses with missing-label masking, and per-task metrics.
+
+Masking rule: a sample has no label for a task when any entry of its label is
+NaN, or when its sample weight for that task is 0. Such samples are left out
+of that task's loss and metrics. Each task's loss is the weighted mean over
+its labelled samples, `sum(w * l) / sum(w)` (Keras' `"mean_with_sample_weight"`
+reduction); a task with no labelled sample in the batch has loss 0 and
+gradient 0.
+"""
+
+import keras
+from keras import ops
+
+
+def resolve_loss(identifier, task):
+    """Returns a function `(y_true, y_pred) -> unreduced per-sample losses`."""
+    if isinstance(identifier, keras.losses.Loss):
+        return identifier.call
+    try:
+        fn = keras.losses.get(identifier)
+    except (ValueError, TypeError):
+        fn = None
+    if fn is None or not callable(fn):
+        raise ValueError(
+            f"Could not interpret the loss of task {task!r}. "
+            f"Received: loss={identifier!r}"
+        )
+    if isinstance(fn, keras.losses.Loss):
+        return fn.call
+    return fn
+
+
+def is_sparse_loss(identifier):
+    name = identifier if isinstance(identifier, str) else ""
+    if not name:
+        name = getattr(identifier, "name", None) or getattr(
+            identifier, "__name__", ""
+        )
+    return "sparse" in str(name).lower()
+
+
+def _check_shapes(task, y_true, y_pred, sparse):
+    if y_true.shape[0] is not None and y_pred.shape[0] is not None:
+        if y_true.shape[0] != y_pred.shape[0]:
+            raise ValueError(
+                f"Task {task!r}: labels and predictions have different batch "
+                f"sizes. Received: y_true.shape={tuple(y_true.shape)}, "
+                f"y_pred.shape={tuple(y_pred.shape)}"
+            )
+    if sparse or len(y_true.shape) != len(y_pred.shape):
+        return
+    for a, b in zip(y_true.shape[1:], y_pred.shape[1:]):
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"Task {task!r}: the labels' shape does not match the "
+                f"predictions' shape. Received: y_true.shape="
+                f"{tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
+            )
+
+
+def _to_rank(values, rank, reduce):
+    """Reduces trailing axes (with `reduce`) or appends axes to reach `rank`."""
+    while len(values.shape) > rank:
+        values = reduce(values, axis=-1)
+    while len(values.shape) < rank:
+        values = ops.expand_dims(values, -1)
+    return values
+
+
+def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
+    """Returns `(loss, count, clean_labels, weights)` for one task.
+
+    `count` is the total weight of the labelled samples, `clean_labels` the
+    labels with NaN replaced by 0, and `weights` the per-sample weights with
+    0 where a label is missing (for the metrics).
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    _check_shapes(task, y_true, y_pred, sparse)
+    if "float" in str(y_true.dtype):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        missing = ops.isnan(y_true)
+        clean = ops.where(missing, ops.zeros_like(y_true), y_true)
+    else:
+        missing = ops.zeros(ops.shape(y_true), "bool")
+        clean = y_true
+    per_sample = ops.cast(loss_fn(clean, y_pred), "float32")
+    if len(per_sample.shape) == 0:
+        raise ValueError(
+            f"The loss of task {task!r} returned a scalar; it must return one "
+            "value per sample. Received: loss output shape ()"
+        )
+    rank = len(per_sample.shape)
+    present = ops.logical_not(_to_rank(missing, rank, ops.any))
+    weights = ops.cast(present, "float32")
+    if sample_weight is not None:
+        sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        weights = weights * _to_rank(sample_weight, rank, ops.mean)
+    weights = ops.broadcast_to(weights, ops.shape(per_sample))
+    count = ops.sum(weights)
+    # `where` before the product keeps NaN/inf of unlabelled samples out of
+    # the sum and out of its gradient.
+    total = ops.sum(ops.where(weights > 0.0, per_sample, 0.0) * weights)
+    has_labels = count > 0.0
+    loss = ops.where(has_labels, total / ops.where(has_labels, count, 1.0), 0.0)
+    return loss, count, clean, weights
+
+
+ACCURACY_NAMES = ("accuracy", "acc")
+
+
+def resolve_metric(identifier, task, loss_identifier, prefix=""):
+    """Builds a new metric object named `<prefix><task>_<name>`."""
+    if isinstance(identifier, str) and identifier in ACCURACY_NAMES:
+        loss_name = str(
+            loss_identifier
+            if isinstance(loss_identifier, str)
+            else getattr(loss_identifier, "name", "")
+            or getattr(loss_identifier, "__name__", "")
+        ).lower()
+        if "binary" in loss_name:
+            cls = keras.metrics.BinaryAccuracy
+        elif "sparse" in loss_name:
+            cls = keras.metrics.SparseCategoricalAccuracy
+        elif "categorical" in loss_name:
+            cls = keras.metrics.CategoricalAccuracy
+        else:
+            raise ValueError(
+                f"Cannot infer which accuracy to use for task {task!r} from "
+                f"its loss; pass a metric object such as "
+                f"keras.metrics.BinaryAccuracy(). Received: "
+                f"metrics={identifier!r}"
+            )
+        return cls(name=f"{prefix}{task}_{identifier}")
+    if isinstance(identifier, keras.metrics.Metric):
+        config = identifier.get_config()
+        config["name"] = f"{prefix}{task}_{identifier.name}"
+        return type(identifier).from_config(config)
+    try:
+        metric = keras.metrics.get(identifier)
+    except (ValueError, TypeError):
+        metric = None
+    if metric is None:
+        raise ValueError(
+            f"Could not interpret a metric of task {task!r}. "
+            f"Received: metrics={identifier!r}"
+        )
+    if isinstance(metric, keras.metrics.Metric):
+        return resolve_metric(metric, task, loss_identifier, prefix)
+    name = identifier if isinstance(identifier, str) else metric.__name__
+    return keras.metrics.MeanMetricWrapper(
+        metric, name=f"{prefix}{task}_{name}"
+    )
