@@ -124,7 +124,7 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
     def heads_forward(z, others):
         values = _replace(tv, plan.others_index, others)
         with _forward_scope(model, values, ntv_mid) as scope:
-            y_pred = heads([x, z], training=True)
+            y_pred = heads(model._heads_inputs(x, z), training=True)
             losses, counts, labelled = model._task_losses(y, y_pred, sw)
             reg = model._sum_losses(heads.losses)
         outputs = (losses,) if reg is None else (losses, reg)

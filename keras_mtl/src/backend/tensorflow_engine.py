@@ -45,7 +45,7 @@ def train_step(model, data):
     with tf.GradientTape(persistent=plan.mode != "losses") as tape:
         if features_mode:
             z = plan.trunk(x, training=True)
-            y_pred = plan.heads([x, z], training=True)
+            y_pred = plan.heads(model._heads_inputs(x, z), training=True)
         else:
             y_pred = model(x, training=True)
         losses, counts, labelled = model._task_losses(y, y_pred, sw)

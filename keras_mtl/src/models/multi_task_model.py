@@ -638,6 +638,11 @@ class MultiTaskModel(keras.Model):
         total = self._total_loss(losses, self._sum_losses(self.losses))
         return self._update_metrics(losses, counts, labelled, y_pred, total, x)
 
+    @staticmethod
+    def _heads_inputs(x, z):
+        """The inputs of the heads model in features mode: `[x, z]`."""
+        return [keras.tree.map_structure(ops.convert_to_tensor, x), z]
+
     # -------------------------------------------------------- backend steps
 
     def train_step(self, *args):

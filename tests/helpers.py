@@ -1,0 +1,74 @@
+"""Shared builders for the tests: small models and reference gradients."""
+
+import keras
+import numpy as np
+
+import keras_mtl
+
+BACKEND = keras.config.backend()
+
+
+def make_data(num_samples=64, num_features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, num_features)).astype("float32")
+    y = {
+        "reg": rng.normal(size=(num_samples, 1)).astype("float32"),
+        "cls": rng.integers(0, 3, size=(num_samples,)).astype("int32"),
+        "bin": rng.integers(0, 2, size=(num_samples, 1)).astype("float32"),
+    }
+    return x, y
+
+
+LOSSES = {
+    "reg": "mse",
+    "cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "bin": keras.losses.BinaryCrossentropy(from_logits=True),
+}
+
+
+def functional_parts(num_features=6, seed=0, tasks=("reg", "cls", "bin")):
+    """Inputs and a dict of task outputs over a shared two-layer trunk."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((num_features,), name="x")
+    h = keras.layers.Dense(8, activation="tanh", name="trunk_1")(inputs)
+    z = keras.layers.Dense(8, activation="tanh", name="features")(h)
+    units = {"reg": 1, "cls": 3, "bin": 1}
+    outputs = {
+        t: keras.layers.Dense(units[t], name=f"head_{t}")(z) for t in tasks
+    }
+    return inputs, outputs
+
+
+def mtl_model(seed=0, tasks=("reg", "cls", "bin"), **kwargs):
+    inputs, outputs = functional_parts(seed=seed, tasks=tasks)
+    return keras_mtl.MultiTaskModel(inputs, outputs, **kwargs)
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def per_task_gradients(model, x, y, tasks):
+    """Each task's gradient of every trainable variable, by plain Keras.
+
+    For each task a plain single-output Keras model sharing the layers takes
+    one SGD step with learning rate 1 (so the change is minus the gradient)
+    from the same starting weights. Returns {task: {path: gradient}}.
+    """
+    start = [to_numpy(v) for v in model.trainable_variables]
+    grads = {}
+    for task in tasks:
+        single = keras.Model(model.input, model.output[task])
+        single.compile(
+            optimizer=keras.optimizers.SGD(1.0),
+            loss=LOSSES[task],
+            jit_compile=False,
+        )
+        single.train_on_batch(x, y[task])
+        grads[task] = {
+            v.path: s - to_numpy(v)
+            for v, s in zip(model.trainable_variables, start)
+        }
+        for v, s in zip(model.trainable_variables, start):
+            v.assign(s)
+    return grads
