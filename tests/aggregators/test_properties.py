@@ -1,0 +1,144 @@
+"""Defining properties of MGDA and PCGrad, checked on random Jacobians."""
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+
+import keras_mtl
+from tests.helpers import to_numpy
+
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+@st.composite
+def jacobians(draw, max_tasks=6, max_params=8):
+    num_tasks = draw(st.integers(2, max_tasks))
+    num_params = draw(st.integers(1, max_params))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    scales = 10.0 ** rng.uniform(-2, 2, size=(num_tasks, 1))
+    return (rng.normal(size=(num_tasks, num_params)) * scales).astype("float32")
+
+
+def _min_norm_reference(jacobian, iterations=20000):
+    """Projected-gradient solution of min ||w^T J|| on the simplex, in NumPy."""
+    gramian = jacobian.astype("float64") @ jacobian.T.astype("float64")
+    gramian /= np.trace(gramian)
+    w = np.full(len(gramian), 1.0 / len(gramian))
+    step = 1.0 / max(np.linalg.eigvalsh(gramian)[-1], 1e-12)
+    for _ in range(iterations):
+        v = w - step * gramian @ w
+        # Euclidean projection onto the simplex.
+        u = np.sort(v)[::-1]
+        css = np.cumsum(u) - 1.0
+        rho = np.nonzero(u - css / np.arange(1, len(u) + 1) > 0)[0][-1]
+        w = np.maximum(v - css[rho] / (rho + 1.0), 0.0)
+    return w @ jacobian
+
+
+@SETTINGS
+@given(jacobians())
+def test_mgda_is_the_min_norm_point_of_the_convex_hull(jacobian):
+    direction, weights, state = keras_mtl.aggregators.MGDA().aggregate(jacobian)
+    direction, weights = to_numpy(direction), to_numpy(weights)
+    assert np.all(weights >= -1e-6) and abs(weights.sum() - 1.0) < 1e-5
+    reference = _min_norm_reference(jacobian)
+    scale = np.abs(jacobian).max()
+    assert np.linalg.norm(direction) <= np.linalg.norm(reference) + 2e-3 * scale
+    # KKT / Frank-Wolfe optimality: <g_i, d> >= ||d||^2 for every task.
+    products = jacobian @ direction
+    assert np.all(products >= direction @ direction - 2e-3 * scale**2)
+    assert float(to_numpy(state["solver_gap"])) < 1e-3
+
+
+@SETTINGS
+@given(jacobians(max_tasks=2))
+def test_pcgrad_removes_the_conflicting_component(jacobian):
+    agg = keras_mtl.aggregators.PCGrad()
+    direction = to_numpy(agg(jacobian))
+    g1, g2 = jacobian.astype("float64")
+    if g1 @ g2 < 0:
+        p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+        p2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+        # Each projected gradient is orthogonal to the other task's.
+        expected = p1 + p2
+    else:
+        expected = g1 + g2
+    np.testing.assert_allclose(
+        direction, expected, rtol=1e-3, atol=1e-3 * np.abs(jacobian).max()
+    )
+
+
+@SETTINGS
+@given(jacobians())
+def test_pcgrad_projected_gradients_do_not_conflict_with_visited_tasks(jacobian):
+    # With a fixed order, the last task visited by each row is never in
+    # conflict with the row's projected gradient.
+    agg = keras_mtl.aggregators.PCGrad(shuffle=False)
+    num_tasks = len(jacobian)
+    gramian = jacobian @ jacobian.T
+    for i in range(num_tasks):
+        only_i = np.zeros_like(jacobian)
+        only_i[i] = jacobian[i]
+        # Rebuild row i's projection step by step in NumPy.
+        g = jacobian[i].astype("float64")
+        for j in range(num_tasks):
+            if j != i and g @ jacobian[j] < 0:
+                g = g - (g @ jacobian[j]) / gramian[j, j] * jacobian[j]
+        last = num_tasks - 1 if i != num_tasks - 1 else num_tasks - 2
+        assert g @ jacobian[last] >= -1e-3 * np.abs(gramian).max()
+    direction = to_numpy(agg(jacobian))
+    assert np.all(np.isfinite(direction))
+
+
+def test_pcgrad_is_reproducible_with_a_seed_and_random_without():
+    import keras
+
+    rng = np.random.default_rng(0)
+    jacobian = rng.normal(size=(6, 5)).astype("float32")
+    agg = keras_mtl.aggregators.PCGrad()
+    a = agg.aggregate(jacobian, seed=keras.random.SeedGenerator(3))[1]
+    b = agg.aggregate(jacobian, seed=keras.random.SeedGenerator(3))[1]
+    np.testing.assert_allclose(to_numpy(a), to_numpy(b))
+    gen = keras.random.SeedGenerator(3)
+    draws = {tuple(np.round(to_numpy(agg.aggregate(jacobian, seed=gen)[1]), 5))
+             for _ in range(8)}
+    assert len(draws) > 1
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "mgda", "pcgrad"])
+@pytest.mark.parametrize(
+    "case",
+    ["zeros", "identical", "opposite", "scales", "one_task", "twenty_tasks",
+     "one_zero_row"],
+)
+def test_degenerate_inputs_give_finite_results(name, case):
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(1, 5))
+    jacobian = {
+        "zeros": np.zeros((3, 5)),
+        "identical": np.repeat(g, 3, axis=0),
+        "opposite": np.concatenate([g, -g]),
+        "scales": np.concatenate([1e-6 * g, 1e6 * rng.normal(size=(1, 5))]),
+        "one_task": g,
+        "twenty_tasks": rng.normal(size=(20, 7)),
+        "one_zero_row": np.concatenate([g, np.zeros((1, 5)), 2 * g]),
+    }[case].astype("float32")
+    agg = keras_mtl.aggregators.get(name)
+    direction, weights, _ = agg.aggregate(jacobian)
+    direction, weights = to_numpy(direction), to_numpy(weights)
+    assert np.all(np.isfinite(direction)) and np.all(np.isfinite(weights))
+    if name == "mgda":
+        # Zero rows are left out, so a lone non-zero task still moves.
+        if case == "one_zero_row":
+            assert weights[1] == 0.0 and np.linalg.norm(direction) > 0
+        if case == "opposite":
+            np.testing.assert_allclose(direction, 0.0, atol=1e-5)
+        if case in ("identical", "one_task"):
+            np.testing.assert_allclose(direction, g[0], rtol=1e-4)
+    if name == "pcgrad" and case == "identical":
+        np.testing.assert_allclose(direction, 3 * g[0], rtol=1e-4)
+    if name == "pcgrad" and case == "opposite":
+        np.testing.assert_allclose(direction, 0.0, atol=1e-5)
