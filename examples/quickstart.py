@@ -53,7 +53,7 @@ def main(epochs=20, num_samples=12000):
         baseline = float(test[1][task].var())
         print(
             f"  {task}: mse={results[f'{task}_loss']:.4f} "
-            f"mae={results[f'{task}_mean_absolute_error']:.4f} "
+            f"mae={results[f'{task}_mae']:.4f} "
             f"(predicting the mean: mse={baseline:.4f})"
         )
     return results

@@ -442,7 +442,11 @@ class MultiTaskModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
-        config = super().get_config()
+        # Keras serialises the graph only for classes with Functional's own
+        # constructor, so describe the same graph through a plain Functional.
+        graph = keras.Model(self.input, self.output, name=self.name)
+        config = graph.get_config()
+        config["trainable"] = self.trainable
         if self._shared_override is not None:
             config["shared_variables"] = [v.path for v in self._shared_override]
         return config
@@ -459,6 +463,7 @@ class MultiTaskModel(keras.Model):
             functional.output,
             shared_variables=shared,
             name=functional.name,
+            trainable=config.get("trainable", True),
         )
 
     # --------------------------------------------- backend-agnostic step parts
@@ -503,6 +508,54 @@ class MultiTaskModel(keras.Model):
                 f"Received: sample_weight keys={sorted(sample_weight)}"
             )
         return y, {t: sample_weight.get(t) for t in self.task_names}
+
+    def _check_arrays(self, y, sample_weight):
+        """Validates in-memory labels before Keras starts a step.
+
+        The same checks run inside the step; running them here first gives
+        the error before any tracing (on JAX, an error inside the first
+        traced step leaves the model's variables unusable).
+        """
+        if y is None or not isinstance(y, (dict, list, tuple)):
+            return
+        if isinstance(y, (list, tuple)) and not all(
+            hasattr(v, "shape") for v in y
+        ):
+            return
+        y, sample_weight = self._targets(y, sample_weight)
+        for task in self.task_names:
+            _, sparse = self._mtl.loss_fns[task]
+            labels = y[task]
+            if hasattr(labels, "shape") and hasattr(labels, "dtype"):
+                spec = self.output[task]
+                task_losses.check_shapes(
+                    task,
+                    keras.KerasTensor((None, *labels.shape[1:]), labels.dtype),
+                    spec,
+                    sparse,
+                )
+
+    def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
+        self._check_compiled()
+        self._check_arrays(y, sample_weight)
+        return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
+        self._check_compiled()
+        self._check_arrays(y, sample_weight)
+        return super().evaluate(
+            x, y, *args, sample_weight=sample_weight, **kwargs
+        )
+
+    def train_on_batch(self, x, y=None, sample_weight=None, *args, **kwargs):
+        self._check_compiled()
+        self._check_arrays(y, sample_weight)
+        return super().train_on_batch(x, y, sample_weight, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, *args, **kwargs):
+        self._check_compiled()
+        self._check_arrays(y, sample_weight)
+        return super().test_on_batch(x, y, sample_weight, *args, **kwargs)
 
     def _task_losses(self, y, y_pred, sample_weight):
         """Returns `(losses, counts, labelled)`: `(T,)` losses and label

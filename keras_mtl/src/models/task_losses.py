@@ -39,7 +39,7 @@ def is_sparse_loss(identifier):
     return "sparse" in str(name).lower()
 
 
-def _check_shapes(task, y_true, y_pred, sparse):
+def check_shapes(task, y_true, y_pred, sparse):
     if y_true.shape[0] is not None and y_pred.shape[0] is not None:
         if y_true.shape[0] != y_pred.shape[0]:
             raise ValueError(
@@ -75,7 +75,7 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     0 where a label is missing (for the metrics).
     """
     y_true = ops.convert_to_tensor(y_true)
-    _check_shapes(task, y_true, y_pred, sparse)
+    check_shapes(task, y_true, y_pred, sparse)
     if "float" in str(y_true.dtype):
         y_true = ops.cast(y_true, y_pred.dtype)
         missing = ops.isnan(y_true)
@@ -144,9 +144,14 @@ def resolve_metric(identifier, task, loss_identifier, prefix=""):
             f"Could not interpret a metric of task {task!r}. "
             f"Received: metrics={identifier!r}"
         )
+    name = identifier if isinstance(identifier, str) else None
     if isinstance(metric, keras.metrics.Metric):
+        if name is not None:  # Keep the user's spelling, as Keras does.
+            config = metric.get_config()
+            config["name"] = f"{prefix}{task}_{name}"
+            return type(metric).from_config(config)
         return resolve_metric(metric, task, loss_identifier, prefix)
-    name = identifier if isinstance(identifier, str) else metric.__name__
+    name = name or metric.__name__
     return keras.metrics.MeanMetricWrapper(
         metric, name=f"{prefix}{task}_{name}"
     )
