@@ -21,13 +21,29 @@ ALL_AGGREGATORS = {
 
 @keras_mtl_export("keras_mtl.aggregators.serialize")
 def serialize(aggregator):
-    """Returns the JSON-serialisable config of `aggregator`."""
+    """Returns the JSON-serialisable config of `aggregator`.
+
+    Example:
+
+    >>> config = keras_mtl.aggregators.serialize(
+    ...     keras_mtl.aggregators.MGDA(normalization="l2"))
+    """
     return keras.saving.serialize_keras_object(aggregator)
 
 
 @keras_mtl_export("keras_mtl.aggregators.deserialize")
 def deserialize(config, custom_objects=None):
-    """Rebuilds an aggregator from `serialize`'s output or a string name."""
+    """Rebuilds an aggregator from `serialize`'s output or a string name.
+
+    Args:
+        config: a dict made by `serialize`, or a string name.
+        custom_objects: optional dict of user-defined aggregator classes.
+
+    Example:
+
+    >>> agg = keras_mtl.aggregators.deserialize(
+    ...     keras_mtl.aggregators.serialize(keras_mtl.aggregators.PCGrad()))
+    """
     if isinstance(config, str):
         return get(config)
     return keras.saving.deserialize_keras_object(
