@@ -142,3 +142,39 @@ def test_degenerate_inputs_give_finite_results(name, case):
         np.testing.assert_allclose(direction, 3 * g[0], rtol=1e-4)
     if name == "pcgrad" and case == "opposite":
         np.testing.assert_allclose(direction, 0.0, atol=1e-5)
+
+
+@SETTINGS
+@given(jacobians())
+def test_upgrad_and_dualproj_never_conflict(jacobian):
+    scale = np.abs(jacobian @ jacobian.T).max()
+    for agg in (keras_mtl.aggregators.UPGrad(), keras_mtl.aggregators.DualProj()):
+        direction = to_numpy(agg(jacobian))
+        # The ridge reg_eps=1e-4 on the trace-normalised Gramian allows a
+        # violation of that relative order.
+        assert np.all(jacobian @ direction >= -2e-3 * scale), type(agg).__name__
+
+
+@SETTINGS
+@given(jacobians())
+def test_imtlg_gives_equal_projections_on_unit_gradients(jacobian):
+    direction = to_numpy(keras_mtl.aggregators.IMTLG()(jacobian))
+    units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
+    projections = units @ direction
+    rank = np.linalg.matrix_rank(jacobian)
+    if rank == len(jacobian) and np.linalg.cond(jacobian @ jacobian.T) < 1e4:
+        np.testing.assert_allclose(
+            projections, projections.mean(),
+            atol=1e-3 * np.abs(projections).max() + 1e-5)
+
+
+@SETTINGS
+@given(jacobians())
+def test_config_has_equal_cosine_with_every_task(jacobian):
+    direction = to_numpy(keras_mtl.aggregators.ConFIG()(jacobian))
+    if np.linalg.cond(jacobian @ jacobian.T) > 1e4:
+        return
+    cosines = (jacobian @ direction) / (
+        np.linalg.norm(jacobian, axis=1) * np.linalg.norm(direction))
+    np.testing.assert_allclose(cosines, cosines.mean(), atol=2e-3)
+    assert cosines.mean() > 0

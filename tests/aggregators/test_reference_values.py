@@ -29,3 +29,19 @@ def test_reference_values(aggregator, direction, weights):
     np.testing.assert_allclose(to_numpy(got_direction), direction, atol=1e-4)
     np.testing.assert_allclose(to_numpy(got_weights), weights, atol=1e-4)
     np.testing.assert_allclose(to_numpy(aggregator(J_BASE)), direction, atol=1e-4)
+
+
+MORE_CASES = [
+    # TorchJD test_values.py and the aggregation module docstring.
+    (keras_mtl.aggregators.UPGrad(), [0.2929, 1.9004, 1.9004]),
+    (keras_mtl.aggregators.IMTLG(), [0.0767, 1.0, 1.0]),
+    (keras_mtl.aggregators.CAGrad(c=0.5, rescale=0), [0.1835, 1.2041, 1.2041]),
+    # LibMTL's default rescale divides by 1 + c^2.
+    (keras_mtl.aggregators.CAGrad(c=0.5), [0.1468, 0.9633, 0.9633]),
+]
+
+
+@pytest.mark.parametrize("aggregator, direction", MORE_CASES,
+                         ids=lambda c: repr(c)[:40])
+def test_more_reference_values(aggregator, direction):
+    np.testing.assert_allclose(to_numpy(aggregator(J_BASE)), direction, atol=2e-4)

@@ -229,3 +229,18 @@ def test_pcgrad_training_is_reproducible_with_a_seed():
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(keras_mtl.aggregators.ALL_AGGREGATORS))
+def test_every_aggregator_trains_inside_the_model(name):
+    x, y = make_data(32)
+    model = mtl_model()
+    aggregator = (keras_mtl.aggregators.Constant([1.0, 0.5, 2.0])
+                  if name == "constant" else name)
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, aggregator=aggregator)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    for key, values in history.history.items():
+        assert np.all(np.isfinite(values)), key
+    assert {f"{t}_weight" for t in TASKS} <= set(history.history)
+    for v in model.trainable_variables:
+        assert np.all(np.isfinite(to_numpy(v))), v.path

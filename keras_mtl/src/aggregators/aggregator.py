@@ -150,3 +150,13 @@ def seed_from(seed):
     does) to draw fresh randomness at every call.
     """
     return 0 if seed is None else seed
+
+
+def require_losses(name, losses):
+    """Returns `losses` as float32, or raises if a loss-based rule got none."""
+    if losses is None:
+        raise ValueError(
+            f"{name} weights the tasks by their losses; pass `losses`. "
+            "Received: losses=None"
+        )
+    return ops.cast(losses, "float32")

@@ -3,11 +3,20 @@
 import keras
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
+from keras_mtl.src.aggregators.aligned_mtl import AlignedMTL
+from keras_mtl.src.aggregators.cagrad import CAGrad
+from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.aggregators.dualproj import DualProj
+from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
+from keras_mtl.src.aggregators.imtl_g import IMTLG
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.pcgrad import PCGrad
+from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
+from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
 from keras_mtl.src.aggregators.sum import Sum
+from keras_mtl.src.aggregators.upgrad import UPGrad
 from keras_mtl.src.api_export import keras_mtl_export
 
 ALL_AGGREGATORS = {
@@ -16,6 +25,15 @@ ALL_AGGREGATORS = {
     "constant": Constant,
     "mgda": MGDA,
     "pcgrad": PCGrad,
+    "imtl_g": IMTLG,
+    "cagrad": CAGrad,
+    "aligned_mtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "config": ConFIG,
+    "rlw": RandomLossWeighting,
+    "gls": GeometricMeanLoss,
+    "scale_invariant": ScaleInvariant,
 }
 
 

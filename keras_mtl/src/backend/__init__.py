@@ -11,12 +11,15 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
+    from keras_mtl.src.backend.jax_engine import jit
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
 elif _BACKEND == "tensorflow":
+    from keras_mtl.src.backend.tensorflow_engine import jit
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
 elif _BACKEND == "torch":
+    from keras_mtl.src.backend.torch_engine import jit
     from keras_mtl.src.backend.torch_engine import test_step
     from keras_mtl.src.backend.torch_engine import train_step
 else:
@@ -28,3 +31,6 @@ else:
         )
 
     train_step = test_step = _unsupported
+
+    def jit(fn):
+        return fn

@@ -188,3 +188,8 @@ def test_step(model, state, data):
     ntv = _new_values(s, model.non_trainable_variables)
     mv = _new_values(s, model.metrics_variables)
     return logs, (tv, ntv, mv)
+
+
+def jit(fn):
+    """Compiles `fn` with XLA (used to check that aggregators trace)."""
+    return jax.jit(fn)

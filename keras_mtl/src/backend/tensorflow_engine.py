@@ -105,3 +105,8 @@ def train_step(model, data):
 def test_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     return model._evaluate_batch(x, y, sw)
+
+
+def jit(fn):
+    """Compiles `fn` with XLA (used to check that aggregators trace)."""
+    return tf.function(fn, jit_compile=True)

@@ -1,0 +1,59 @@
+"""Projection onto the dual cone of the task gradients, in weight space.
+
+For a Gramian `G = J J^T` and a lower bound `u`, the vector `J^T u` projected
+onto the dual cone `{d : J d >= 0}` is `J^T v` with
+
+    v = argmin_{v >= u} v^T G v
+
+(Quinton & Rey, 2024, Jacobian descent; TorchJD solves it with quadprog on the
+CPU). Here the box-constrained QP is solved on the device by cyclic coordinate
+descent, which converges for any positive-definite `G`: each coordinate is
+minimised exactly and clipped to its bound. Several QPs sharing `G` (one per
+row of `lower`) are solved at once.
+"""
+
+from keras import ops
+
+
+def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
+    """Solves `min_{v >= lower[k]} v^T G v` for every row `k` of `lower`.
+
+    Args:
+        gramian: `(T, T)` positive-definite matrix (regularise it first).
+        lower: `(K, T)` lower bounds.
+        max_sweeps: maximum number of passes over the coordinates.
+        tolerance: stop when no coordinate moved by more than this.
+
+    Returns:
+        `(weights, residual)`: the `(K, T)` solutions, and the largest KKT
+        violation `max |min(v - lower, G v)|` (0 at the optimum).
+    """
+    num_tasks = gramian.shape[0]
+    diag = ops.diagonal(gramian)
+    eye = ops.eye(num_tasks, dtype=gramian.dtype)
+
+    def sweep(v):
+        for j in range(num_tasks):
+            gradient_j = ops.matmul(v, gramian[:, j])
+            target = ops.maximum(lower[:, j], v[:, j] - gradient_j / diag[j])
+            v = v + (target - v[:, j])[:, None] * eye[j][None, :]
+        return v
+
+    def cond(step, v, change):
+        return ops.logical_and(step < max_sweeps, change > tolerance)
+
+    def body(step, v, change):
+        new_v = sweep(v)
+        return step + 1, new_v, ops.max(ops.abs(new_v - v))
+
+    _, v, _ = ops.while_loop(
+        cond,
+        body,
+        (
+            ops.convert_to_tensor(0, "int32"),
+            lower,
+            ops.convert_to_tensor(float("inf"), gramian.dtype),
+        ),
+    )
+    residual = ops.max(ops.abs(ops.minimum(v - lower, ops.matmul(v, gramian))))
+    return v, residual
