@@ -178,3 +178,63 @@ def test_config_has_equal_cosine_with_every_task(jacobian):
         np.linalg.norm(jacobian, axis=1) * np.linalg.norm(direction))
     np.testing.assert_allclose(cosines, cosines.mean(), atol=2e-3)
     assert cosines.mean() > 0
+
+
+def test_nash_mtl_reproduces_the_ecos_solution():
+    # LibMTL without ECOS silently returns [1, 1] here; with ECOS the
+    # official solver gives [2.36, 1.18] (reference notes, section 9).
+    gramian = np.array([[1.0, -0.5], [-0.5, 4.0]], "float32")
+    agg = keras_mtl.aggregators.NashMTL(max_norm=None)
+    weights, state = agg.compute_weights(2, gramian, None, agg.initial_state(2))
+    np.testing.assert_allclose(to_numpy(weights), [2.3617, 1.1809], atol=2e-3)
+    assert float(to_numpy(state["solver_residual"])) < 1e-4
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1), st.integers(2, 6), st.sampled_from([0.5, 1.0, 2.0]))
+def test_fairgrad_weights_solve_the_fairness_condition(seed, num_tasks, alpha):
+    # Gradients with a positive mean direction, so a positive solution exists.
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=(1, 6))
+    jacobian = (common + 0.5 * rng.normal(size=(num_tasks, 6))) * 10.0 ** (
+        rng.uniform(-1, 1, size=(num_tasks, 1)))
+    gramian = jacobian @ jacobian.T
+    if np.any(np.linalg.solve(gramian + 1e-9 * np.eye(num_tasks),
+                              np.ones(num_tasks)) <= 0):
+        return
+    agg = keras_mtl.aggregators.FairGrad(alpha=alpha)
+    weights, state = agg.compute_weights(
+        num_tasks, gramian.astype("float32"), None, agg.initial_state(2))
+    weights = to_numpy(weights).astype("float64")
+    target = weights ** (-1.0 / alpha)
+    np.testing.assert_allclose(gramian @ weights, target, rtol=1e-2)
+    assert np.all(weights > 0)
+    assert float(to_numpy(state["solver_residual"])) < 1e-3
+
+
+@SETTINGS
+@given(jacobians(max_tasks=2))
+def test_gradvac_first_step_is_pcgrad(jacobian):
+    # With zero target cosines, GradVac's update is PCGrad's projection.
+    gradvac = to_numpy(keras_mtl.aggregators.GradVac()(jacobian))
+    pcgrad = to_numpy(keras_mtl.aggregators.PCGrad()(jacobian))
+    np.testing.assert_allclose(
+        gradvac, pcgrad, rtol=1e-3, atol=1e-3 * np.abs(jacobian).max())
+
+
+def test_gradvac_updates_its_targets():
+    jacobian = np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
+    agg = keras_mtl.aggregators.GradVac(beta=0.5)
+    _, _, state = agg.aggregate(jacobian)
+    cos = 1 / np.sqrt(2)
+    np.testing.assert_allclose(
+        to_numpy(state["targets"]), [[0, 0.5 * cos], [0.5 * cos, 0]], atol=1e-5)
+
+
+def test_graddrop_keeps_gradients_that_agree_in_sign():
+    jacobian = np.array([[1.0, -2.0, 0.5], [3.0, -1.0, 0.25]], "float32")
+    agg = keras_mtl.aggregators.GradDrop()
+    np.testing.assert_allclose(to_numpy(agg(jacobian)), jacobian.sum(0), rtol=1e-6)
+    # With opposite signs everywhere, one sign survives per coordinate.
+    direction = to_numpy(agg(np.array([[1.0, 1.0], [-1.0, -1.0]], "float32")))
+    assert set(np.abs(direction).round(5)) == {1.0}

@@ -1,0 +1,59 @@
+import keras
+from keras import ops
+
+from keras_mtl.src.aggregators.aggregator import Aggregator
+from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.api_export import keras_mtl_export
+
+
+@keras_mtl_export("keras_mtl.aggregators.GradDrop")
+class GradDrop(Aggregator):
+    """Gradient sign dropout (GradDrop).
+
+    For every coordinate, the sign purity `P = (1 + sum_i g_i / sum_i |g_i|) / 2`
+    and a draw `U ~ Uniform(0, 1)`: positive task components are kept where
+    `P > U` and negative ones where `P < U`; `leak` lets that fraction of the
+    dropped components through. The direction is the sum of the kept
+    components (sum convention, as TorchJD on the Jacobian). Not a weighted
+    sum of the task gradients: the logged weight of task `i` is the fraction
+    of its squared gradient norm that is kept. Cost: full Jacobian.
+    Randomised, seeded through `seed`.
+
+    Args:
+        leak: fraction in `[0, 1]` of the dropped components kept anyway.
+
+    Example:
+
+    >>> agg = keras_mtl.aggregators.GradDrop()
+    >>> direction = agg([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+
+    Reference:
+        Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
+        Gradient Sign Dropout", NeurIPS 2020.
+    """
+
+    def __init__(self, leak=0.0, name=None):
+        super().__init__(name=name)
+        if not 0.0 <= float(leak) <= 1.0:
+            raise ValueError(f"`leak` must be in [0, 1]. Received: leak={leak}")
+        self.leak = float(leak)
+
+    def aggregate(self, jacobian, losses=None, state=None, seed=None):
+        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
+        state = {} if state is None else state
+        purity = 0.5 * (1.0 + ops.divide_no_nan(
+            ops.sum(jacobian, axis=0), ops.sum(ops.abs(jacobian), axis=0)))
+        draw = keras.random.uniform(purity.shape, seed=seed_from(seed))
+        keep = ops.logical_or(
+            ops.logical_and(purity > draw, jacobian > 0),
+            ops.logical_and(purity < draw, jacobian < 0),
+        )
+        mask = self.leak + (1.0 - self.leak) * ops.cast(keep, "float32")
+        kept = jacobian * mask
+        weights = ops.divide_no_nan(
+            ops.sum(kept * jacobian, axis=1), ops.sum(jacobian * jacobian, axis=1)
+        )
+        return ops.sum(kept, axis=0), weights, state
+
+    def get_config(self):
+        return {**super().get_config(), "leak": self.leak}

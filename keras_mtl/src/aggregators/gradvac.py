@@ -1,0 +1,83 @@
+import keras
+from keras import ops
+
+from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.api_export import keras_mtl_export
+
+
+@keras_mtl_export("keras_mtl.aggregators.GradVac")
+class GradVac(Weighting):
+    """Gradient vaccine: align task gradients towards target similarities.
+
+    Keeps an EMA target cosine `phi_hat_ij` for each ordered pair of tasks.
+    For each task `i`, starting from `g'_i = g_i`, the other tasks `j` are
+    visited in a random order; with `phi_ij = cos(g'_i, g_j)`, if
+    `phi_ij < phi_hat_ij`:
+
+        g'_i <- g'_i + g_j ||g'_i|| (phi_hat_ij sqrt(1 - phi_ij^2)
+                 - phi_ij sqrt(1 - phi_hat_ij^2)) / (||g_j|| sqrt(1 - phi_hat_ij^2))
+
+    and in every case `phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi_ij`.
+    The direction is the sum `sum_i g'_i` (LibMTL). Whole-model granularity
+    (LibMTL's `group_type=0`, TorchJD), computed on the Gramian. Cost:
+    Gramian. Randomised (visiting order), seeded through `seed`.
+
+    State keys: `targets`, the `(T, T)` EMA target cosines (start at 0).
+
+    Args:
+        beta: EMA rate of the target cosines (reference: 0.5).
+        eps: numerical guard on norms.
+
+    Example:
+
+    >>> agg = keras_mtl.aggregators.GradVac()
+    >>> direction = agg([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+
+    Reference:
+        Wang et al., "Gradient Vaccine: Investigating and Improving
+        Multi-task Optimization in Massively Multilingual Models",
+        ICLR 2021.
+    """
+
+    def __init__(self, beta=0.5, eps=1e-8, name=None):
+        super().__init__(name=name)
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"`beta` must be in [0, 1]. Received: beta={beta}")
+        if not float(eps) > 0.0:
+            raise ValueError(f"`eps` must be > 0. Received: eps={eps}")
+        self.beta = float(beta)
+        self.eps = float(eps)
+
+    def initial_state(self, num_tasks):
+        return {"targets": ops.zeros((num_tasks, num_tasks))}
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        gramian = ops.cast(gramian, "float32")
+        targets = ops.cast(state["targets"], "float32")
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        eye = ops.eye(num_tasks)
+        noise = keras.random.uniform((num_tasks, num_tasks), seed=seed_from(seed))
+        # Sorting with the diagonal pushed last visits the other tasks first.
+        order = ops.argsort(noise + 2.0 * eye, axis=-1)
+        coefficients = eye
+        for position in range(num_tasks - 1):
+            visited = ops.one_hot(order[:, position], num_tasks)
+            dots = ops.sum(ops.matmul(coefficients, gramian) * visited, axis=1)
+            own_norm = ops.sqrt(ops.maximum(
+                ops.sum(coefficients * ops.matmul(coefficients, gramian), axis=1),
+                0.0))
+            other_norm = ops.sum(visited * norms[None, :], axis=1)
+            cosine = dots / (own_norm * other_norm + self.eps)
+            target = ops.sum(visited * targets, axis=1)
+            below = ops.logical_and(cosine < target, other_norm > 0)
+            step = own_norm * (
+                target * ops.sqrt(ops.maximum(1.0 - cosine**2, 0.0))
+                - cosine * ops.sqrt(ops.maximum(1.0 - target**2, 0.0))
+            ) / (other_norm * ops.sqrt(ops.maximum(1.0 - target**2, 0.0)) + self.eps)
+            coefficients = coefficients + ops.where(below, step, 0.0)[:, None] * visited
+            targets = targets + self.beta * visited * (cosine[:, None] - targets)
+        return ops.sum(coefficients, axis=0), {"targets": targets}
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "eps": self.eps}
