@@ -7,11 +7,15 @@ from keras_mtl.src.aggregators.cagrad import CAGrad
 from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.aggregators.dualproj import DualProj
+from keras_mtl.src.aggregators.dynamic_weight_average import (
+    DynamicWeightAverage,
+)
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradvac import GradVac
 from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.imtl_g import IMTLG
+from keras_mtl.src.aggregators.imtl_l import IMTLL
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
@@ -23,5 +27,9 @@ from keras_mtl.src.aggregators.registry import deserialize
 from keras_mtl.src.aggregators.registry import get
 from keras_mtl.src.aggregators.registry import serialize
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
+from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
+from keras_mtl.src.aggregators.uncertainty_weighting import (
+    UncertaintyWeighting,
+)
 from keras_mtl.src.aggregators.upgrad import UPGrad

@@ -44,9 +44,18 @@ class Aggregator:
 
     `diagnostics` names the state keys (scalars) that `MultiTaskModel` logs
     as `<aggregator name>_<key>`, e.g. a solver's convergence gap.
+
+    Rules with learnable parameters (uncertainty weighting, IMTL-L) return
+    them from `initial_parameters`; `MultiTaskModel` keeps them as trainable
+    variables and trains them with the model by differentiating
+    `scalarize(losses, parameters)`. Rules with `uses_epoch = True` read the
+    current epoch of `fit` from `state["epoch"]` (0 when used on its own).
+    The state passed in may hold these read-only entries; only the keys of
+    `initial_state` are kept from the returned state.
     """
 
     requires_jacobian = True
+    uses_epoch = False
     diagnostics = ()
 
     def __init__(self, name=None):
@@ -56,6 +65,25 @@ class Aggregator:
         """Returns the state before the first step: a dict of tensors."""
         del num_tasks
         return {}
+
+    def initial_parameters(self, num_tasks):
+        """Returns the trainable parameters' initial values: a dict."""
+        del num_tasks
+        return {}
+
+    def scalarize(self, losses, parameters):
+        """The objective whose gradient trains the model and the parameters.
+
+        Only used by rules with parameters; `losses` is the `(T,)` vector.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no learnable parameters."
+        )
+
+    def parameters_from(self, state, num_tasks):
+        """The parameters found in `state`, or their initial values."""
+        initial = self.initial_parameters(num_tasks)
+        return {key: state.get(key, value) for key, value in initial.items()}
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
         """Combines the rows of `jacobian`.
@@ -121,6 +149,7 @@ class Weighting(Aggregator):
         if losses is not None:
             losses = ops.convert_to_tensor(losses, dtype=jacobian.dtype)
         _check_losses(losses, num_tasks)
+        own_keys = set(self.initial_state(num_tasks))
         if state is None:
             state = self.initial_state(num_tasks)
         gramian = None
@@ -130,6 +159,7 @@ class Weighting(Aggregator):
             num_tasks, gramian, losses, state, seed
         )
         weights = ops.cast(weights, jacobian.dtype)
+        state = {k: v for k, v in state.items() if k in own_keys}
         return ops.matmul(weights, jacobian), weights, state
 
 

@@ -8,18 +8,26 @@ from keras_mtl.src.aggregators.cagrad import CAGrad
 from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.aggregators.dualproj import DualProj
+from keras_mtl.src.aggregators.dynamic_weight_average import (
+    DynamicWeightAverage,
+)
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradvac import GradVac
 from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.imtl_g import IMTLG
+from keras_mtl.src.aggregators.imtl_l import IMTLL
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
+from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
+from keras_mtl.src.aggregators.uncertainty_weighting import (
+    UncertaintyWeighting,
+)
 from keras_mtl.src.aggregators.upgrad import UPGrad
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -42,6 +50,10 @@ ALL_AGGREGATORS = {
     "nash_mtl": NashMTL,
     "gradvac": GradVac,
     "graddrop": GradDrop,
+    "uncertainty_weighting": UncertaintyWeighting,
+    "imtl_l": IMTLL,
+    "dwa": DynamicWeightAverage,
+    "stch": STCH,
 }
 
 

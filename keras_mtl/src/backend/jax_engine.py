@@ -41,24 +41,25 @@ def _replace(values, index, new):
     return values
 
 
-def _pullbacks(pullback, num_tasks, extra_zero, vectorize, part):
-    """Rows `pullback((e_t, 0))[part]` for each task t, stacked per leaf."""
+def _cotangent(outputs, **values):
+    """Cotangent dict for `outputs`: the given entries, zeros elsewhere."""
+    return {
+        key: values[key] if key in values else jnp.zeros_like(value)
+        for key, value in outputs.items()
+    }
+
+
+def _pullbacks(pullback, outputs, num_tasks, vectorize, part):
+    """Rows `pullback(e_t on the losses)[part]` per task, stacked per leaf."""
     eye = jnp.eye(num_tasks, dtype="float32")
 
     def row(e):
-        cotangent = (e,) if extra_zero is None else (e, extra_zero)
-        return pullback(cotangent)[part]
+        return pullback(_cotangent(outputs, losses=e))[part]
 
     if vectorize:
         return jax.vmap(row)(eye)
     rows = [row(eye[t]) for t in range(num_tasks)]
     return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
-
-
-def _cotangent(weights, regularization):
-    if regularization is None:
-        return (weights,)
-    return (weights, jnp.ones_like(regularization))
 
 
 def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
@@ -71,32 +72,42 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
             y_pred = model(x, training=True)
             losses, counts, labelled = model._task_losses(y, y_pred, sw)
             reg = model._sum_losses(model.losses)
-        outputs = (losses,) if reg is None else (losses, reg)
+            outputs = {"losses": losses}
+            if reg is not None:
+                outputs["reg"] = reg
+            if plan.parametrized:
+                outputs["objective"] = model._parametrized_objective(losses)
         aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
     outputs, pullback, aux = jax.vjp(forward, shared, others, has_aux=True)
-    losses = outputs[0]
+    losses = outputs["losses"]
     y_pred, counts, labelled, reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
+    one = {"reg": jnp.ones(())} if reg is not None else {}
 
     if plan.mode == "losses":
         weights = model._loss_weights(losses)
-        g_shared, g_others = pullback(_cotangent(weights, reg))
+        if plan.parametrized:
+            cotangent = _cotangent(outputs, objective=jnp.ones(()), **one)
+        else:
+            cotangent = _cotangent(outputs, losses=weights, **one)
+        g_shared, g_others = pullback(cotangent)
     else:
-        zero = None if reg is None else jnp.zeros_like(reg)
         jacobians = _pullbacks(
-            pullback, len(model.task_names), zero, model.vectorize, 0
+            pullback, outputs, len(model.task_names), model.vectorize, 0
         )
         g_shared, weights = model._combine(jacobians, losses)
         coefficients = model._task_coefficients(weights)
-        _, g_others = pullback(_cotangent(coefficients, reg))
+        _, g_others = pullback(
+            _cotangent(outputs, losses=coefficients, **one)
+        )
         if reg is not None:
             # Regularisation is not a task: its gradient is added as is.
-            g_reg, _ = pullback((jnp.zeros_like(losses), jnp.ones_like(reg)))
+            g_reg, _ = pullback(_cotangent(outputs, **one))
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
     grads = plan.assemble(g_shared, g_others)
     return grads, (losses, counts, labelled, y_pred, reg, weights)
@@ -127,25 +138,29 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
             y_pred = heads(model._heads_inputs(x, z), training=True)
             losses, counts, labelled = model._task_losses(y, y_pred, sw)
             reg = model._sum_losses(heads.losses)
-        outputs = (losses,) if reg is None else (losses, reg)
+        outputs = {"losses": losses}
+        if reg is not None:
+            outputs["reg"] = reg
         aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
     outputs, heads_pullback, aux = jax.vjp(
         heads_forward, z, others, has_aux=True
     )
-    losses = outputs[0]
+    losses = outputs["losses"]
     y_pred, counts, labelled, heads_reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
 
-    zero = None if heads_reg is None else jnp.zeros_like(heads_reg)
     jacobian = _pullbacks(
-        heads_pullback, len(model.task_names), zero, model.vectorize, 0
+        heads_pullback, outputs, len(model.task_names), model.vectorize, 0
     )
     (dz,), weights = model._combine([jacobian], losses)
     coefficients = model._task_coefficients(weights)
-    _, g_others = heads_pullback(_cotangent(coefficients, heads_reg))
+    one = {"reg": jnp.ones(())} if heads_reg is not None else {}
+    _, g_others = heads_pullback(
+        _cotangent(outputs, losses=coefficients, **one)
+    )
     trunk_cotangent = (dz,) if trunk_reg is None else (
         dz, jnp.ones_like(trunk_reg))
     (g_shared,) = trunk_pullback(trunk_cotangent)
@@ -159,7 +174,8 @@ def train_step(model, state, data):
     tv, ntv, ov, mv = state
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     plan = model._gradient_plan()
-    mapping = list(zip(model.non_trainable_variables, ntv))
+    mapping = list(zip(model.trainable_variables, tv))
+    mapping += list(zip(model.non_trainable_variables, ntv))
     mapping += list(zip(model.metrics_variables, mv))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         if plan.mode == "features":

@@ -53,7 +53,10 @@ def train_step(model, data):
         rows = [losses[t] for t in range(num_tasks)]  # Sliced on the tape.
         if plan.mode == "losses":
             weights = model._loss_weights(losses)
-            objective = tf.reduce_sum(weights * losses)
+            if plan.parametrized:
+                objective = model._parametrized_objective(losses)
+            else:
+                objective = tf.reduce_sum(weights * losses)
             if reg is not None:
                 objective = objective + reg
 

@@ -66,7 +66,10 @@ def train_step(model, data):
 
     if plan.mode == "losses":
         weights = model._loss_weights(losses)
-        objective = torch.sum(weights * losses)
+        if plan.parametrized:
+            objective = model._parametrized_objective(losses)
+        else:
+            objective = torch.sum(weights * losses)
         if reg is not None:
             objective = objective + reg
         grads = _grad(objective, shared + others)

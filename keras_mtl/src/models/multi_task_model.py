@@ -47,6 +47,9 @@ class GradientPlan:
             self.mode = "losses"
         else:
             self.mode = model.gradient_mode
+        # Loss-only rules with learnable parameters are trained through
+        # `aggregator.scalarize`, differentiated inside the step.
+        self.parametrized = bool(model._mtl.parameters)
         self.trunk = self.heads = None
         if self.mode == "features":
             self.trunk, self.heads = model._features_split()
@@ -134,7 +137,10 @@ class MultiTaskModel(keras.Model):
         if shared_variables is not None:
             self._shared_override = self._resolve_variables(shared_variables)
         self.aggregator_seed = keras.random.SeedGenerator(name="aggregator_seed")
-        self._mtl = _Holder(compiled=False, state={}, metrics=[], plan=None)
+        self._mtl = _Holder(
+            compiled=False, state={}, parameters={}, epoch=None, metrics=[],
+            plan=None,
+        )
 
     @classmethod
     def from_model(cls, model, shared_variables=None):
@@ -378,23 +384,51 @@ class MultiTaskModel(keras.Model):
             task_metrics=built,
         )
 
-    def _build_aggregator_state(self):
-        for variable in self._mtl.state.values():
-            self._untrack_variable(variable)
-        initial = self.aggregator.initial_state(len(self.task_names))
-        state = {}
-        for key, value in initial.items():
+    def _add_aggregator_variables(self, values, trainable, prefix):
+        variables = {}
+        for key, value in values.items():
             value = ops.convert_to_tensor(value)
-            state[key] = self.add_weight(
+            variables[key] = self.add_weight(
                 shape=tuple(value.shape),
                 initializer=keras.initializers.Constant(
                     ops.convert_to_numpy(value)
                 ),
                 dtype=value.dtype,
-                trainable=False,
-                name=f"aggregator_state_{key}",
+                trainable=trainable,
+                name=f"{prefix}_{key}",
             )
-        self._mtl.state = state
+        return variables
+
+    def _build_aggregator_state(self):
+        """(Re)creates the variables that hold the aggregator's state, its
+        trainable parameters and, if it needs it, the epoch counter."""
+        old = list(self._mtl.state.values()) + list(
+            self._mtl.parameters.values()
+        )
+        if self._mtl.epoch is not None:
+            old.append(self._mtl.epoch)
+        for variable in old:
+            self._untrack_variable(variable)
+        num_tasks = len(self.task_names)
+        aggregator = self.aggregator
+        parameters = aggregator.initial_parameters(num_tasks)
+        if parameters and aggregator.requires_jacobian:
+            raise ValueError(
+                "Aggregators with learnable parameters must be loss-only "
+                "(requires_jacobian=False). Received: aggregator="
+                f"{aggregator!r}"
+            )
+        self._mtl.state = self._add_aggregator_variables(
+            aggregator.initial_state(num_tasks), False, "aggregator_state"
+        )
+        self._mtl.parameters = self._add_aggregator_variables(
+            parameters, True, "aggregator"
+        )
+        self._mtl.epoch = None
+        if aggregator.uses_epoch:
+            self._mtl.epoch = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="epoch"
+            )
 
     @property
     def metrics(self):
@@ -538,6 +572,9 @@ class MultiTaskModel(keras.Model):
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         self._check_compiled()
         self._check_arrays(y, sample_weight)
+        if self._mtl.epoch is not None:
+            callbacks = list(kwargs.pop("callbacks", None) or [])
+            kwargs["callbacks"] = callbacks + [_EpochCounter(self._mtl.epoch)]
         return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
@@ -580,7 +617,17 @@ class MultiTaskModel(keras.Model):
         return ops.sum(ops.stack([ops.cast(v, "float32") for v in losses]))
 
     def _aggregator_state(self):
-        return {k: v.value for k, v in self._mtl.state.items()}
+        """The aggregator's state, plus the read-only epoch and parameters."""
+        state = {k: v.value for k, v in self._mtl.state.items()}
+        state.update({k: v.value for k, v in self._mtl.parameters.items()})
+        if self._mtl.epoch is not None:
+            state["epoch"] = self._mtl.epoch.value
+        return state
+
+    def _parametrized_objective(self, losses):
+        """`aggregator.scalarize` for rules with learnable parameters."""
+        parameters = {k: v.value for k, v in self._mtl.parameters.items()}
+        return self.aggregator.scalarize(losses, parameters)
 
     def _set_aggregator_state(self, state):
         for key, variable in self._mtl.state.items():
@@ -703,6 +750,17 @@ class MultiTaskModel(keras.Model):
 
     def test_step(self, *args):
         return backend.test_step(self, *args)
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Writes the current epoch of `fit` into the model's epoch variable."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(float(epoch))
 
 
 def _cumulative(sizes):
