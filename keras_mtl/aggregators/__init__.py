@@ -10,6 +10,7 @@ from keras_mtl.src.aggregators.dualproj import DualProj
 from keras_mtl.src.aggregators.dynamic_weight_average import (
     DynamicWeightAverage,
 )
+from keras_mtl.src.aggregators.famo import FAMO
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradvac import GradVac

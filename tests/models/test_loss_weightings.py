@@ -128,3 +128,25 @@ def test_log_scalarisations_are_scale_invariant(name):
     else:
         # GLS: the geometric mean scales by 10^(1/T); directions are parallel.
         np.testing.assert_allclose(b, a * 10 ** 0.5, rtol=1e-5)
+
+
+def test_famo_learns_its_logits_from_the_step_effect():
+    x, y = make_data(32)
+    model = mtl_model()
+    model.compile(keras.optimizers.SGD(0.05), loss=LOSSES, aggregator="famo")
+    before = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    after = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    # Weights of the step: z = 1/3 each, w_i proportional to 1 / L_i.
+    l0 = np.array([before[f"{t}_loss"] for t in TASKS])
+    w = (1 / l0) / (1 / l0).sum()
+    np.testing.assert_allclose([logs[f"{t}_weight"] for t in TASKS], w, rtol=1e-4)
+    # One Adam step on the logits along J_softmax^T delta (+ decay, 0 here).
+    l1 = np.array([after[f"{t}_loss"] for t in TASKS])
+    delta = np.log(l0 + 1e-8) - np.log(l1 + 1e-8)
+    z = np.full(3, 1 / 3)
+    gradient = z * (delta - (z * delta).sum())
+    expected = -0.025 * gradient / (np.abs(gradient) + 1e-8)
+    np.testing.assert_allclose(
+        to_numpy(model._mtl.state["logits"]), expected, rtol=1e-3, atol=1e-6)
+    assert float(to_numpy(model._mtl.state["step"])) == 1.0

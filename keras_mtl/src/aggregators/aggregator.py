@@ -52,10 +52,15 @@ class Aggregator:
     current epoch of `fit` from `state["epoch"]` (0 when used on its own).
     The state passed in may hold these read-only entries; only the keys of
     `initial_state` are kept from the returned state.
+
+    Rules with `requires_losses_after_step = True` (FAMO) get the task losses
+    re-evaluated on the same batch after the optimizer step, through
+    `update_after_step(losses_before, losses_after, state)`.
     """
 
     requires_jacobian = True
     uses_epoch = False
+    requires_losses_after_step = False
     diagnostics = ()
 
     def __init__(self, name=None):
@@ -79,6 +84,12 @@ class Aggregator:
         raise NotImplementedError(
             f"{type(self).__name__} has no learnable parameters."
         )
+
+    def update_after_step(self, losses_before, losses_after, state):
+        """Returns the new state once the step's effect on the losses is
+        known; only called when `requires_losses_after_step` is True."""
+        del losses_before, losses_after
+        return state
 
     def parameters_from(self, state, num_tasks):
         """The parameters found in `state`, or their initial values."""

@@ -11,6 +11,7 @@ from keras_mtl.src.aggregators.dualproj import DualProj
 from keras_mtl.src.aggregators.dynamic_weight_average import (
     DynamicWeightAverage,
 )
+from keras_mtl.src.aggregators.famo import FAMO
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradvac import GradVac
@@ -54,6 +55,7 @@ ALL_AGGREGATORS = {
     "imtl_l": IMTLL,
     "dwa": DynamicWeightAverage,
     "stch": STCH,
+    "famo": FAMO,
 }
 
 

@@ -190,6 +190,12 @@ def train_step(model, state, data):
     ntv = _new_values(scope, model.non_trainable_variables)
     mv = _new_values(scope, model.metrics_variables)
     tv, ov = model.optimizer.stateless_apply(ov, grads, tv)
+    if model.aggregator.requires_losses_after_step:
+        mapping = list(zip(model.trainable_variables, tv))
+        mapping += list(zip(model.non_trainable_variables, ntv))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            model._after_step(x, y, sw, losses)
+        ntv = _new_values(scope, model.non_trainable_variables)
     return logs, (tv, ntv, ov, mv)
 
 

@@ -99,6 +99,7 @@ def train_step(model, data):
         ) if others else []
         del tape
     model.optimizer.apply(plan.assemble(g_shared, g_others), model.trainable_variables)
+    model._after_step(x, y, sw, losses)
     total = model._total_loss(losses, reg)
     return model._update_metrics(
         losses, counts, labelled, y_pred, total, x, weights

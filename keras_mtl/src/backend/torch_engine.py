@@ -109,6 +109,7 @@ def train_step(model, data):
         model.optimizer.apply(
             plan.assemble(g_shared, g_others), model.trainable_variables
         )
+        model._after_step(x, y, sw, losses.detach())
         total = model._total_loss(losses.detach(), None if reg is None else reg.detach())
         return model._update_metrics(
             losses.detach(), counts, labelled,

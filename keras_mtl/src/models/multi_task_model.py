@@ -690,6 +690,20 @@ class MultiTaskModel(keras.Model):
         self._set_aggregator_state(state)
         return directions, ops.stop_gradient(weights)
 
+    def _after_step(self, x, y, sample_weight, losses_before):
+        """Re-evaluates the losses on the batch after the optimizer step
+        (inference mode) for rules that learn from the step's effect."""
+        if not self.aggregator.requires_losses_after_step:
+            return
+        y_pred = self(x, training=False)
+        losses_after, _, _ = self._task_losses(y, y_pred, sample_weight)
+        state = self.aggregator.update_after_step(
+            ops.stop_gradient(losses_before),
+            ops.stop_gradient(losses_after),
+            self._aggregator_state(),
+        )
+        self._set_aggregator_state(state)
+
     def _task_coefficients(self, weights):
         """Cotangents of the task losses for the non-shared variables."""
         if self.weight_task_specific:
