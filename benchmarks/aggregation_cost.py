@@ -1,0 +1,95 @@
+"""Cost of the aggregation alone, for every registered aggregator.
+
+Times `aggregator.aggregate(jacobian, losses, state, seed)` on a random
+`(T, P)` Jacobian for T = 2 ... 32, compiled with XLA on JAX and TensorFlow
+(`keras_mtl.src.backend.jit`) and eager on PyTorch, as `MultiTaskModel` runs
+them. Each backend runs in its own process, pinned to one thread.
+
+    python benchmarks/aggregation_cost.py --backends jax --tasks 2 8 32
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def worker(args):
+    import keras
+    import numpy as np
+
+    from keras_mtl import aggregators
+    from keras_mtl.src import backend
+
+    results = {}
+    for name in sorted(aggregators.ALL_AGGREGATORS):
+        for tasks in args.tasks:
+            rng = np.random.default_rng(0)
+            jacobian = rng.normal(size=(tasks, args.params)).astype("float32")
+            losses = rng.uniform(0.5, 2.0, size=(tasks,)).astype("float32")
+            agg = (aggregators.Constant([1.0] * tasks) if name == "constant"
+                   else aggregators.get(name))
+            state = agg.initial_state(tasks)
+            state.update(agg.initial_parameters(tasks))
+            seed = keras.random.SeedGenerator(0) if keras.config.backend() == "torch" else 0
+
+            def run(j, l, s):
+                direction, weights, _ = agg.aggregate(j, l, s, seed=seed)
+                return direction, weights
+
+            fn = backend.jit(run)
+            times = []
+            for i in range(args.repeats + 3):
+                start = time.perf_counter()
+                out = fn(jacobian, losses, state)
+                keras.ops.convert_to_numpy(out[1])
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+            results[f"{name}/{tasks}"] = statistics.median(times)
+    print(json.dumps(results))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+",
+                        default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--tasks", nargs="+", type=int, default=[2, 4, 8, 16, 32])
+    parser.add_argument("--params", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    measured = {}
+    for backend in args.backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="1",
+                   TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1",
+                   TF_CPP_MIN_LOG_LEVEL="3",
+                   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false "
+                             "intra_op_parallelism_threads=1")
+        command = [sys.executable, __file__, "--worker", "--params",
+                   str(args.params), "--repeats", str(args.repeats), "--tasks",
+                   *map(str, args.tasks)]
+        out = subprocess.run(command, env=env, capture_output=True, text=True)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        if out.returncode or not lines:
+            raise RuntimeError(out.stderr[-3000:])
+        measured[backend] = json.loads(lines[-1])
+    names = sorted({key.split("/")[0] for m in measured.values() for key in m})
+    header = " | ".join(f"{b} T={t}" for b in args.backends for t in args.tasks)
+    print(f"Aggregation time in ms, Jacobian (T, {args.params}), median of "
+          f"{args.repeats} calls\n")
+    print(f"| method | {header} |")
+    print("|---|" + "---|" * (len(args.backends) * len(args.tasks)))
+    for name in names:
+        cells = " | ".join(
+            f"{1000 * measured[b][f'{name}/{t}']:.2f}"
+            for b in args.backends for t in args.tasks)
+        print(f"| {name} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Step time of keras_mtl on PyTorch against TorchJD, method by method.
+
+Both train the same architecture (Dense trunk 64-512-512-256, one 256-64-1
+head per task, MSE, Adam, batch 256) with per-task gradients of the shared
+parameters: keras_mtl through `MultiTaskModel.fit` on the PyTorch backend,
+TorchJD through its documented loop (`mtl_backward` then `jac_to_grad`, then
+`optimizer.step()`). Median step time after warm-up, one thread. TorchJD is
+not a dependency of keras_mtl; install it only to run this script:
+
+    pip install --target /tmp/tjd "torchjd[full]==0.18.0"
+    PYTHONPATH=/tmp/tjd KERAS_BACKEND=torch python benchmarks/compare_torch_libraries.py
+
+LibMTL is not measured: its trainer hard-codes a CUDA device.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import keras_mtl  # noqa: E402
+
+# keras_mtl name -> TorchJD constructor (by number of tasks).
+METHODS = {
+    "mean": lambda t: "Mean()",
+    "upgrad": lambda t: "UPGrad()",
+    "dualproj": lambda t: "DualProj()",
+    "mgda": lambda t: "MGDA()",
+    "pcgrad": lambda t: "PCGrad()",
+    "imtl_g": lambda t: "IMTLG()",
+    "aligned_mtl": lambda t: "AlignedMTL()",
+    "config": lambda t: "ConFIG()",
+    "graddrop": lambda t: "GradDrop()",
+    "gradvac": lambda t: "GradVac()",
+    "cagrad": lambda t: "CAGrad(c=0.5)",
+    "nash_mtl": lambda t: f"NashMTL(n_tasks={t})",
+    "fairgrad": lambda t: "FairGrad(alpha=1.0)",
+}
+
+
+def data(tasks, batch, steps):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * steps, 64)).astype("float32")
+    y = {f"task_{i}": rng.normal(size=(batch * steps, 1)).astype("float32")
+         for i in range(tasks)}
+    return x, y
+
+
+def keras_mtl_step_time(method, tasks, batch, steps):
+    keras.utils.set_random_seed(0)
+    x, y = data(tasks, batch, steps)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(512, activation="relu")(inputs)
+    h = keras.layers.Dense(512, activation="relu")(h)
+    z = keras.layers.Dense(256, activation="relu")(h)
+    outputs = {t: keras.layers.Dense(1)(keras.layers.Dense(64, activation="relu")(z))
+               for t in y}
+    model = keras_mtl.MultiTaskModel(inputs, outputs)
+    # "mean" is loss-only here (one backward pass); TorchJD still forms the
+    # Jacobian for it.
+    aggregator = keras_mtl.aggregators.get(method)
+    model.compile(keras.optimizers.Adam(1e-3), loss={t: "mse" for t in y},
+                  aggregator=aggregator)
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x, y, batch_size=batch, epochs=2, verbose=0, shuffle=False,
+              callbacks=[Timer()])
+    return statistics.median(times[steps + 1:])
+
+
+def torchjd_step_time(method, tasks, batch, steps):
+    import torchjd.aggregation as aggregation
+    from torchjd.autojac import jac_to_grad
+    from torchjd.autojac import mtl_backward
+
+    torch.manual_seed(0)
+    aggregator = eval("aggregation." + METHODS[method](tasks))
+    trunk = torch.nn.Sequential(
+        torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+        torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU())
+    heads = [torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(),
+                                 torch.nn.Linear(64, 1)) for _ in range(tasks)]
+    params = [*trunk.parameters(), *(p for h in heads for p in h.parameters())]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    x, y = data(tasks, batch, steps)
+    x = torch.from_numpy(x)
+    y = [torch.from_numpy(v) for v in y.values()]
+    times = []
+    for epoch in range(2):
+        for step in range(steps):
+            start = time.perf_counter()
+            sl = slice(step * batch, (step + 1) * batch)
+            features = trunk(x[sl])
+            losses = [torch.nn.functional.mse_loss(h(features), t[sl])
+                      for h, t in zip(heads, y)]
+            optimizer.zero_grad()
+            mtl_backward(losses, features=features)
+            jac_to_grad(list(trunk.parameters()), aggregator)
+            optimizer.step()
+            float(sum(loss.detach() for loss in losses))
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[steps + 1:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", type=int, default=[3])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| T | method | keras_mtl (ms) | TorchJD (ms) | ratio |")
+    print("|---|---|---|---|---|")
+    for tasks in args.tasks:
+        for method in args.methods:
+            ours = keras_mtl_step_time(method, tasks, args.batch_size, args.steps)
+            try:
+                theirs = torchjd_step_time(method, tasks, args.batch_size,
+                                           args.steps)
+                cell, ratio = f"{1000 * theirs:.1f}", f"{ours / theirs:.2f}x"
+            except Exception as error:  # Missing optional solver, etc.
+                cell, ratio = f"failed: {type(error).__name__}", ""
+            print(f"| {tasks} | {method} | {1000 * ours:.1f} | {cell} | {ratio} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
