@@ -139,7 +139,7 @@ class MultiTaskModel(keras.Model):
         self.aggregator_seed = keras.random.SeedGenerator(name="aggregator_seed")
         self._mtl = _Holder(
             compiled=False, state={}, parameters={}, epoch=None, metrics=[],
-            plan=None,
+            plan=None, plan_key=None, split=None,
         )
 
     @classmethod
@@ -210,6 +210,9 @@ class MultiTaskModel(keras.Model):
 
     def _features_split(self):
         """Splits the graph at the features layer: (trunk, heads) models."""
+        cached = getattr(self._mtl, "split", None)
+        if cached is not None and cached[0] == self.features:
+            return cached[1]
         try:
             features = self.get_layer(self.features).output
         except ValueError as error:
@@ -220,6 +223,7 @@ class MultiTaskModel(keras.Model):
             ) from None
         trunk = keras.Model(self.input, features)
         heads = keras.Model([self.input, features], self.output)
+        self._mtl.split = (self.features, (trunk, heads))
         return trunk, heads
 
     # ------------------------------------------------------------- compile
@@ -510,8 +514,14 @@ class MultiTaskModel(keras.Model):
             )
 
     def _gradient_plan(self):
+        """The step's plan, rebuilt only when the trainable set changes
+        (PyTorch runs the step eagerly, so this is on the hot path)."""
         self._check_compiled()
-        return GradientPlan(self)
+        key = tuple(id(v) for v in self.trainable_variables)
+        if self._mtl.plan is None or self._mtl.plan_key != key:
+            self._mtl.plan = GradientPlan(self)
+            self._mtl.plan_key = key
+        return self._mtl.plan
 
     def _targets(self, y, sample_weight):
         """Validates `y` and `sample_weight`; returns dicts keyed by task."""
