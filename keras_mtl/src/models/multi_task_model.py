@@ -8,6 +8,7 @@ from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.aggregators.sum import Sum
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.models import task_losses
+from keras_mtl.src.models.task_means import TaskMeans
 
 GRADIENT_MODES = ("parameters", "features")
 
@@ -372,15 +373,18 @@ class MultiTaskModel(keras.Model):
                         prefix="weighted_" if weighted else "",
                     )
                     built.append((task, weighted, metric))
-        task_loss = [keras.metrics.Mean(name=f"{t}_loss") for t in self.task_names]
-        task_weight = [
-            keras.metrics.Mean(name=f"{t}_weight") for t in self.task_names
-        ]
+        names = self.task_names
+        task_loss = TaskMeans([f"{t}_loss" for t in names], name="task_losses")
+        task_weight = TaskMeans(
+            [f"{t}_weight" for t in names], name="task_weights"
+        )
         prefix = self.aggregator.name
-        diagnostics = {
-            key: keras.metrics.Mean(name=f"{prefix}_{key}")
-            for key in self.aggregator.diagnostics
-        }
+        diagnostics = None
+        if self.aggregator.diagnostics:
+            diagnostics = TaskMeans(
+                [f"{prefix}_{key}" for key in self.aggregator.diagnostics],
+                name="aggregator_diagnostics",
+            )
         return _Holder(
             task_loss=task_loss,
             task_weight=task_weight,
@@ -440,11 +444,12 @@ class MultiTaskModel(keras.Model):
         if not getattr(self, "_mtl", None) or not self._mtl.compiled:
             return base
         own = self._mtl.metrics
+        trackers = [own.task_loss, own.task_weight]
+        if own.diagnostics is not None:
+            trackers.append(own.diagnostics)
         return (
             base[:1]
-            + own.task_loss
-            + own.task_weight
-            + list(own.diagnostics.values())
+            + trackers
             + [m for _, _, m in own.task_metrics]
             + base[1:]
         )
@@ -726,14 +731,17 @@ class MultiTaskModel(keras.Model):
         own = self._mtl.metrics
         batch = ops.shape(next(t for t in _flatten(x) if t is not None))[0]
         self._loss_tracker.update_state(total, sample_weight=batch)
-        for t, tracker in enumerate(own.task_loss):
-            tracker.update_state(losses[t], sample_weight=counts[t])
+        own.task_loss.update_state(losses, sample_weight=counts)
         if weights is not None:
-            for t, tracker in enumerate(own.task_weight):
-                tracker.update_state(weights[t])
-            state = self._aggregator_state()
-            for key, tracker in own.diagnostics.items():
-                tracker.update_state(state[key])
+            own.task_weight.update_state(weights)
+            if own.diagnostics is not None:
+                state = self._aggregator_state()
+                own.diagnostics.update_state(
+                    ops.stack([
+                        ops.cast(state[k], "float32")
+                        for k in self.aggregator.diagnostics
+                    ])
+                )
         for task, weighted, metric in own.task_metrics:
             clean, mask, sample_weight = labelled[task]
             metric_weight = mask
@@ -742,9 +750,9 @@ class MultiTaskModel(keras.Model):
             metric.update_state(clean, y_pred[task], sample_weight=metric_weight)
         logs = self.get_metrics_result()
         if weights is None:
-            skip = {m.name for m in own.task_weight} | {
-                m.name for m in own.diagnostics.values()
-            }
+            skip = set(own.task_weight.names)
+            if own.diagnostics is not None:
+                skip |= set(own.diagnostics.names)
             logs = {k: v for k, v in logs.items() if k not in skip}
         return logs
 
