@@ -72,3 +72,24 @@ def per_task_gradients(model, x, y, tasks):
         for v, s in zip(model.trainable_variables, start):
             v.assign(s)
     return grads
+
+
+DEGENERATE_CASES = ("zeros", "identical", "opposite", "scales", "one_task",
+                    "twenty_tasks", "one_zero_row")
+
+
+def degenerate_jacobian(case):
+    """Hard Jacobians for the aggregators; returns (jacobian, g) with `g` the
+    (1, 5) base row the first cases are built from."""
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(1, 5))
+    jacobian = {
+        "zeros": np.zeros((3, 5)),
+        "identical": np.repeat(g, 3, axis=0),
+        "opposite": np.concatenate([g, -g]),
+        "scales": np.concatenate([1e-6 * g, 1e6 * rng.normal(size=(1, 5))]),
+        "one_task": g,
+        "twenty_tasks": rng.normal(size=(20, 7)),
+        "one_zero_row": np.concatenate([g, np.zeros((1, 5)), 2 * g]),
+    }[case]
+    return jacobian.astype("float32"), g

@@ -9,6 +9,8 @@ import pytest
 from keras_mtl import aggregators
 from keras_mtl.src import backend
 from tests.helpers import BACKEND
+from tests.helpers import DEGENERATE_CASES
+from tests.helpers import degenerate_jacobian
 from tests.helpers import to_numpy
 
 NAMES = sorted(aggregators.ALL_AGGREGATORS)
@@ -68,23 +70,9 @@ def test_compiled_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "case",
-    ["zeros", "identical", "opposite", "scales", "one_task", "twenty_tasks",
-     "one_zero_row"],
-)
+@pytest.mark.parametrize("case", DEGENERATE_CASES)
 def test_degenerate_inputs_give_finite_results(name, case):
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=(1, 5))
-    jacobian = {
-        "zeros": np.zeros((3, 5)),
-        "identical": np.repeat(g, 3, axis=0),
-        "opposite": np.concatenate([g, -g]),
-        "scales": np.concatenate([1e-6 * g, 1e6 * rng.normal(size=(1, 5))]),
-        "one_task": g,
-        "twenty_tasks": rng.normal(size=(20, 7)),
-        "one_zero_row": np.concatenate([g, np.zeros((1, 5)), 2 * g]),
-    }[case].astype("float32")
+    jacobian, g = degenerate_jacobian(case)
     losses = np.linspace(0.5, 1.5, len(jacobian)).astype("float32")
     agg = build(name, len(jacobian))
     direction, weights, _ = agg.aggregate(jacobian, losses)

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import settings
 
 import keras_mtl
+from tests.helpers import DEGENERATE_CASES
+from tests.helpers import degenerate_jacobian
 from tests.helpers import to_numpy
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
@@ -109,23 +111,9 @@ def test_pcgrad_is_reproducible_with_a_seed_and_random_without():
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "mgda", "pcgrad"])
-@pytest.mark.parametrize(
-    "case",
-    ["zeros", "identical", "opposite", "scales", "one_task", "twenty_tasks",
-     "one_zero_row"],
-)
+@pytest.mark.parametrize("case", DEGENERATE_CASES)
 def test_degenerate_inputs_give_finite_results(name, case):
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=(1, 5))
-    jacobian = {
-        "zeros": np.zeros((3, 5)),
-        "identical": np.repeat(g, 3, axis=0),
-        "opposite": np.concatenate([g, -g]),
-        "scales": np.concatenate([1e-6 * g, 1e6 * rng.normal(size=(1, 5))]),
-        "one_task": g,
-        "twenty_tasks": rng.normal(size=(20, 7)),
-        "one_zero_row": np.concatenate([g, np.zeros((1, 5)), 2 * g]),
-    }[case].astype("float32")
+    jacobian, g = degenerate_jacobian(case)
     agg = keras_mtl.aggregators.get(name)
     direction, weights, _ = agg.aggregate(jacobian)
     direction, weights = to_numpy(direction), to_numpy(weights)
