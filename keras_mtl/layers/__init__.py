@@ -1,0 +1,1 @@
+"""Drop-in Keras layers for multi-task and transfer learning."""
