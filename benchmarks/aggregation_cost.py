@@ -32,7 +32,7 @@ def worker(args):
             losses = rng.uniform(0.5, 2.0, size=(tasks,)).astype("float32")
             agg = (aggregators.Constant([1.0] * tasks) if name == "constant"
                    else aggregators.get(name))
-            state = agg.initial_state(tasks)
+            state = agg.initial_state(tasks, args.params)
             state.update(agg.initial_parameters(tasks))
             seed = keras.random.SeedGenerator(0) if keras.config.backend() == "torch" else 0
 

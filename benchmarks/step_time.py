@@ -13,6 +13,7 @@ Usage:
 
     python benchmarks/step_time.py                      # all backends, T = 2, 3, 8
     python benchmarks/step_time.py --backends jax --tasks 3 --steps 30
+    python benchmarks/step_time.py --variants all --tasks 3   # every method
 
 Threads are pinned to one per backend (small CI machines oversubscribe
 otherwise). Targets: `sum` <= 1.05x plain; parameter mode <= 1.2x of
@@ -68,7 +69,7 @@ def worker(args):
     y = {t: rng.normal(size=(n, 1)).astype("float32") for t in tasks}
     losses = {t: "mse" for t in tasks}
 
-    variant = VARIANTS[args.variant]
+    variant = VARIANTS.get(args.variant, (args.variant, "parameters", False))
     if variant is None:
         model = keras.Model(inputs, outputs)
         model.compile(keras.optimizers.Adam(1e-3), loss=losses)
@@ -169,6 +170,14 @@ def main():
         args.tasks = args.tasks[0]
         return worker(args)
 
+    if "all" in args.variants:
+        # Every registered aggregator in parameter mode.
+        from keras_mtl.aggregators import ALL_AGGREGATORS
+
+        args.variants = [v for v in args.variants if v != "all"] + sorted(
+            ALL_AGGREGATORS.keys() - {"constant"})
+    for name in args.variants:  # Any other registered aggregator name.
+        VARIANTS.setdefault(name, (name, "parameters", False))
     needed = set(args.variants) | {"plain", "forward"}
     results = []
     print("| backend | T | variant | median step (ms) | vs plain | "

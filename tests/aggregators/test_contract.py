@@ -37,7 +37,7 @@ def test_shapes_finiteness_and_config(name):
     direction, weights, state = agg.aggregate(jacobian, losses)
     assert tuple(direction.shape) == (9,) and tuple(weights.shape) == (4,)
     assert np.all(np.isfinite(to_numpy(direction)))
-    assert set(state) == set(agg.initial_state(4))
+    assert set(state) == set(agg.initial_state(4, 9))
     if isinstance(agg, aggregators.Weighting):
         np.testing.assert_allclose(
             to_numpy(direction), to_numpy(weights) @ jacobian, rtol=1e-4,

@@ -226,3 +226,15 @@ def test_graddrop_keeps_gradients_that_agree_in_sign():
     # With opposite signs everywhere, one sign survives per coordinate.
     direction = to_numpy(agg(np.array([[1.0, 1.0], [-1.0, -1.0]], "float32")))
     assert set(np.abs(direction).round(5)) == {1.0}
+
+
+@SETTINGS
+@given(jacobians())
+def test_cagrad_reports_a_small_duality_gap(jacobian):
+    agg = keras_mtl.aggregators.CAGrad()
+    _, weights, state = agg.aggregate(jacobian)
+    gap = float(to_numpy(state["solver_gap"]))
+    assert -1e-6 <= gap < 5e-3
+    # A one-iteration solve is further from the optimum, and says so.
+    _, _, short = keras_mtl.aggregators.CAGrad(max_iters=1).aggregate(jacobian)
+    assert float(to_numpy(short["solver_gap"])) >= gap - 1e-4

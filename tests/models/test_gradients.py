@@ -24,7 +24,7 @@ class JacobianRecorder(keras_mtl.aggregators.Aggregator):
         super().__init__(name=name)
         self.num_params = num_params
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {"jacobian": ops.zeros((num_tasks, self.num_params))}
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):

@@ -56,19 +56,29 @@ class Aggregator:
     Rules with `requires_losses_after_step = True` (FAMO) get the task losses
     re-evaluated on the same batch after the optimizer step, through
     `update_after_step(losses_before, losses_after, state)`.
+
+    Rules with `tracks_gradients = True` (MoCo, DB-MTL, ExcessMTL) keep
+    per-parameter state, O(T * num_params): `initial_state` needs
+    `num_params`, the Jacobian's width, which must stay the same from step to
+    step (they work on parameter gradients, not on feature gradients).
     """
 
     requires_jacobian = True
     uses_epoch = False
     requires_losses_after_step = False
+    tracks_gradients = False
     diagnostics = ()
 
     def __init__(self, name=None):
         self.name = name or _snake_case(type(self).__name__)
 
-    def initial_state(self, num_tasks):
-        """Returns the state before the first step: a dict of tensors."""
-        del num_tasks
+    def initial_state(self, num_tasks, num_params=None):
+        """Returns the state before the first step: a dict of tensors.
+
+        `num_params` (the Jacobian's width) is only read by rules with
+        `tracks_gradients = True`.
+        """
+        del num_tasks, num_params
         return {}
 
     def initial_parameters(self, num_tasks):
@@ -160,9 +170,10 @@ class Weighting(Aggregator):
         if losses is not None:
             losses = ops.convert_to_tensor(losses, dtype=jacobian.dtype)
         _check_losses(losses, num_tasks)
-        own_keys = set(self.initial_state(num_tasks))
+        initial = self.initial_state(num_tasks, jacobian.shape[1])
+        own_keys = set(initial)
         if state is None:
-            state = self.initial_state(num_tasks)
+            state = initial
         gramian = None
         if self.requires_jacobian:
             gramian = ops.matmul(jacobian, ops.transpose(jacobian))
@@ -172,6 +183,16 @@ class Weighting(Aggregator):
         weights = ops.cast(weights, jacobian.dtype)
         state = {k: v for k, v in state.items() if k in own_keys}
         return ops.matmul(weights, jacobian), weights, state
+
+
+def check_num_params(name, num_params):
+    """Returns `num_params` as an int, for rules with per-parameter state."""
+    if num_params is None or int(num_params) < 1:
+        raise ValueError(
+            f"{name} keeps per-parameter state and needs `num_params`, the "
+            f"Jacobian's width. Received: num_params={num_params!r}"
+        )
+    return int(num_params)
 
 
 def _snake_case(name):

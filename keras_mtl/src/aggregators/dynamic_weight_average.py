@@ -53,7 +53,7 @@ class DynamicWeightAverage(Weighting):
             None if iteration_window is None else int(iteration_window)
         )
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {
             "period": ops.zeros(()),
             "completed": ops.zeros(()),

@@ -44,7 +44,7 @@ class FairGrad(Weighting):
         self.alpha = float(alpha)
         self.max_iters = int(max_iters)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {"solver_residual": ops.zeros(())}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):

@@ -62,7 +62,7 @@ class FAMO(Weighting):
             float(b) for b in min_losses]
         self.eps = float(eps)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {
             "logits": ops.zeros((num_tasks,)),
             "adam_m": ops.zeros((num_tasks,)),

@@ -49,7 +49,7 @@ class GradVac(Weighting):
         self.beta = float(beta)
         self.eps = float(eps)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {"targets": ops.zeros((num_tasks, num_tasks))}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):

@@ -71,7 +71,7 @@ class MGDA(Weighting):
         self.max_iters = int(max_iters)
         self.tolerance = float(tolerance)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {
             "solver_gap": ops.zeros(()),
             "solver_iterations": ops.zeros(()),

@@ -59,7 +59,7 @@ class NashMTL(Weighting):
         self.max_iters = int(max_iters)
         self.max_norm = None if max_norm is None else float(max_norm)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {
             "weights": ops.ones((num_tasks,)),
             "step": ops.zeros(()),

@@ -7,19 +7,23 @@ from keras_mtl.src.aggregators.aligned_mtl import AlignedMTL
 from keras_mtl.src.aggregators.cagrad import CAGrad
 from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.aggregators.db_mtl import DBMTL
 from keras_mtl.src.aggregators.dualproj import DualProj
 from keras_mtl.src.aggregators.dynamic_weight_average import (
     DynamicWeightAverage,
 )
+from keras_mtl.src.aggregators.excess_mtl import ExcessMTL
 from keras_mtl.src.aggregators.famo import FAMO
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.graddrop import GradDrop
+from keras_mtl.src.aggregators.gradnorm import GradNorm
 from keras_mtl.src.aggregators.gradvac import GradVac
 from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.imtl_g import IMTLG
 from keras_mtl.src.aggregators.imtl_l import IMTLL
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
+from keras_mtl.src.aggregators.moco import MoCo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
@@ -56,6 +60,10 @@ ALL_AGGREGATORS = {
     "dwa": DynamicWeightAverage,
     "stch": STCH,
     "famo": FAMO,
+    "gradnorm": GradNorm,
+    "db_mtl": DBMTL,
+    "excess_mtl": ExcessMTL,
+    "moco": MoCo,
 }
 
 

@@ -50,7 +50,7 @@ class STCH(Weighting):
         self.mu = float(mu)
         self.warmup_epochs = int(warmup_epochs)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {
             "nadir_sum": ops.zeros((num_tasks,)),
             "nadir_count": ops.zeros(()),

@@ -55,7 +55,7 @@ class UPGrad(Weighting):
             )
         self.max_sweeps = int(max_sweeps)
 
-    def initial_state(self, num_tasks):
+    def initial_state(self, num_tasks, num_params=None):
         return {"solver_residual": ops.zeros(())}
 
     def _lower_bounds(self, num_tasks):

@@ -1,3 +1,5 @@
+import math
+
 import keras
 from keras import ops
 
@@ -52,6 +54,38 @@ class GradientPlan:
         # `aggregator.scalarize`, differentiated inside the step.
         self.parametrized = bool(model._mtl.parameters)
         self.trunk = self.heads = None
+        aggregator = model.aggregator
+        if aggregator.tracks_gradients and self.mode == "parameters":
+            width = sum(math.prod(v.shape) for v in self.shared)
+            if width != model._mtl.num_params:
+                raise ValueError(
+                    f"{type(aggregator).__name__} keeps per-parameter state "
+                    f"for {model._mtl.num_params} shared parameters, but "
+                    f"{width} are now "
+                    "trainable and shared. Compile the model again after "
+                    "changing which variables are trainable. Received: "
+                    f"{len(self.shared)} shared variables"
+                )
+        # Rules that balance the gradient norms of one layer (GradNorm).
+        self.norm_index = None
+        layer = getattr(aggregator, "layer", None)
+        if layer is not None and self.mode != "losses":
+            if self.mode != "parameters":
+                raise ValueError(
+                    f"{type(aggregator).__name__}(layer={layer!r}) needs "
+                    "gradient_mode='parameters'. Received: "
+                    f"gradient_mode={self.mode!r}"
+                )
+            layer_ids = {id(v) for v in model.get_layer(layer).trainable_variables}
+            self.norm_index = [
+                k for k, v in enumerate(self.shared) if id(v) in layer_ids
+            ]
+            if not self.norm_index:
+                raise ValueError(
+                    f"Layer {layer!r} has no shared trainable variables, so "
+                    f"{type(aggregator).__name__} cannot balance its gradient "
+                    f"norms. Received: layer={layer!r}"
+                )
         if self.mode == "features":
             self.trunk, self.heads = model._features_split()
             trunk_ids = {id(v) for v in self.trunk.trainable_variables}
@@ -140,7 +174,7 @@ class MultiTaskModel(keras.Model):
         self.aggregator_seed = keras.random.SeedGenerator(name="aggregator_seed")
         self._mtl = _Holder(
             compiled=False, state={}, parameters={}, epoch=None, metrics=[],
-            plan=None, plan_key=None, split=None,
+            plan=None, plan_key=None, split=None, num_params=None,
         )
 
     @classmethod
@@ -426,8 +460,19 @@ class MultiTaskModel(keras.Model):
                 "(requires_jacobian=False). Received: aggregator="
                 f"{aggregator!r}"
             )
+        num_params = None
+        if aggregator.tracks_gradients:
+            if self.gradient_mode != "parameters":
+                raise ValueError(
+                    f"{type(aggregator).__name__} keeps per-parameter state "
+                    "and needs gradient_mode='parameters'. Received: "
+                    f"gradient_mode={self.gradient_mode!r}"
+                )
+            num_params = sum(math.prod(v.shape) for v in self.shared_variables)
+        self._mtl.num_params = num_params
         self._mtl.state = self._add_aggregator_variables(
-            aggregator.initial_state(num_tasks), False, "aggregator_state"
+            aggregator.initial_state(num_tasks, num_params), False,
+            "aggregator_state",
         )
         self._mtl.parameters = self._add_aggregator_variables(
             parameters, True, "aggregator"
@@ -649,7 +694,12 @@ class MultiTaskModel(keras.Model):
             variable.assign(ops.cast(state[key], variable.dtype))
 
     def _loss_weights(self, losses):
-        """Task weights of a loss-only aggregator (updates its state)."""
+        """Task weights of a loss-only aggregator (updates its state).
+
+        A Jacobian aggregator lands here only when no variable is shared:
+        each task then simply trains its own variables."""
+        if not isinstance(self.aggregator, Weighting):
+            return ops.ones((len(self.task_names),), "float32")
         weights, state = self.aggregator.compute_weights(
             len(self.task_names),
             None,
@@ -680,9 +730,11 @@ class MultiTaskModel(keras.Model):
         ]
         state = self._aggregator_state()
         if isinstance(self.aggregator, Weighting):
-            gramian = flats[0] @ ops.transpose(flats[0])
-            for flat in flats[1:]:
-                gramian = gramian + flat @ ops.transpose(flat)
+            gramians = [flat @ ops.transpose(flat) for flat in flats]
+            gramian = _sum(gramians)
+            norm_index = self._gradient_plan().norm_index
+            if norm_index is not None:
+                state["layer_gramian"] = _sum([gramians[k] for k in norm_index])
             weights, state = self.aggregator.compute_weights(
                 num_tasks, gramian, losses, state, self.aggregator_seed
             )
@@ -793,6 +845,13 @@ class _EpochCounter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.variable.assign(float(epoch))
+
+
+def _sum(tensors):
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
 
 
 def _cumulative(sizes):
