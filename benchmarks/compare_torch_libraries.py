@@ -1,16 +1,21 @@
-"""Step time of keras_mtl on PyTorch against TorchJD, method by method.
+"""Step time of keras_mtl on PyTorch against TorchJD and LibMTL, per method.
 
-Both train the same architecture (Dense trunk 64-512-512-256, one 256-64-1
+All train the same architecture (Dense trunk 64-512-512-256, one 256-64-1
 head per task, MSE, Adam, batch 256) with per-task gradients of the shared
 parameters: keras_mtl through `MultiTaskModel.fit` on the PyTorch backend,
 TorchJD through its documented loop (`mtl_backward` then `jac_to_grad`, then
-`optimizer.step()`). Median step time after warm-up, one thread. TorchJD is
-not a dependency of keras_mtl; install it only to run this script:
+`optimizer.step()`), LibMTL through the body of its `Trainer.train` loop
+(forward, `model.backward(losses, **weight_args)`, `optimizer.step()`) on its
+hard-parameter-sharing architecture (its `Trainer` hard-codes a CUDA device,
+so the model is assembled the way `Trainer._prepare_model` does, on the
+CPU). Median step time after warm-up, one thread. Neither library is a
+dependency of keras_mtl; install them only to run this script (PyPI's LibMTL
+1.1.5 predates Nash-MTL, MoCo, DB-MTL, ...):
 
     pip install --target /tmp/tjd "torchjd[full]==0.18.0"
-    PYTHONPATH=/tmp/tjd KERAS_BACKEND=torch python benchmarks/compare_torch_libraries.py
-
-LibMTL is not measured: its trainer hard-codes a CUDA device.
+    pip install --no-deps --target /tmp/libmtl LibMTL==1.1.5
+    PYTHONPATH=/tmp/tjd:/tmp/libmtl KERAS_BACKEND=torch \
+        python benchmarks/compare_torch_libraries.py
 """
 
 import argparse
@@ -42,6 +47,21 @@ METHODS = {
     "cagrad": lambda t: "CAGrad(c=0.5)",
     "nash_mtl": lambda t: f"NashMTL(n_tasks={t})",
     "fairgrad": lambda t: "FairGrad(alpha=1.0)",
+}
+
+# keras_mtl name -> (LibMTL weighting class, its `weight_args`, epoch to set).
+# LibMTL's GradNorm and DWA weight equally until epochs 1 and 2.
+LIBMTL = {
+    "sum": ("EW", {}, 0),
+    "mgda": ("MGDA", {"mgda_gn": "none"}, 0),
+    "pcgrad": ("PCGrad", {}, 0),
+    "cagrad": ("CAGrad", {"calpha": 0.5, "rescale": 1}, 0),
+    "gradvac": ("GradVac", {"beta": 0.5}, 0),
+    "gradnorm": ("GradNorm", {"alpha": 1.5}, 1),
+    "uncertainty_weighting": ("UW", {}, 0),
+    "dwa": ("DWA", {"T": 2.0}, 2),
+    "gls": ("GLS", {}, 0),
+    "rlw": ("RLW", {"dist": "Normal"}, 0),
 }
 
 
@@ -117,26 +137,109 @@ def torchjd_step_time(method, tasks, batch, steps):
     return statistics.median(times[steps + 1:])
 
 
+def _import_libmtl():
+    """LibMTL's weighting and architecture modules, without running its
+    package `__init__` (which imports torchvision for its ResNet models)."""
+    import importlib.util
+    import sys
+    import types
+
+    if "LibMTL" not in sys.modules:
+        spec = importlib.util.find_spec("LibMTL")
+        if spec is None:
+            raise ModuleNotFoundError("LibMTL")
+        package = types.ModuleType("LibMTL")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["LibMTL"] = package
+    import LibMTL.weighting as weighting
+    from LibMTL.architecture.HPS import HPS
+
+    return weighting, HPS
+
+
+def libmtl_step_time(method, tasks, batch, steps):
+    weighting, HPS = _import_libmtl()
+
+    name, weight_args, epoch = LIBMTL[method]
+    torch.manual_seed(0)
+    task_names = [f"task_{i}" for i in range(tasks)]
+
+    def encoder():
+        return torch.nn.Sequential(
+            torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+            torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU())
+
+    decoders = torch.nn.ModuleDict({
+        t: torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 1)) for t in task_names})
+
+    class Model(HPS, getattr(weighting, name)):  # As Trainer._prepare_model.
+        def __init__(self):
+            super().__init__(task_names, encoder, decoders, False, False,
+                             torch.device("cpu"))
+            self.init_param()
+
+        def zero_grad_share_params(self):
+            # LibMTL 1.1.5 predates torch 2's `set_to_none=True` default and
+            # then fails writing into the `None` gradients.
+            self.encoder.zero_grad(set_to_none=False)
+
+    model = Model()
+    model.epoch = epoch
+    model.train_loss_buffer = np.ones((tasks, max(epoch, 1) + 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = data(tasks, batch, steps)
+    x = torch.from_numpy(x)
+    y = [torch.from_numpy(v) for v in y.values()]
+    times = []
+    for _ in range(2):
+        for step in range(steps):
+            start = time.perf_counter()
+            sl = slice(step * batch, (step + 1) * batch)
+            preds = model(x[sl])
+            losses = torch.stack([
+                torch.nn.functional.mse_loss(preds[t], target[sl])
+                for t, target in zip(task_names, y)])
+            optimizer.zero_grad(set_to_none=False)
+            model.backward(losses, **weight_args)
+            optimizer.step()
+            float(losses.detach().sum())
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[steps + 1:])
+
+
+def _measure(fn, method, tasks, args):
+    try:
+        return fn(method, tasks, args.batch_size, args.steps)
+    except Exception as error:  # Missing optional solver, etc.
+        return f"failed: {type(error).__name__}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", type=int, default=[3])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+",
+                        default=sorted(set(METHODS) | set(LIBMTL)))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| T | method | keras_mtl (ms) | TorchJD (ms) | ratio |")
-    print("|---|---|---|---|---|")
+    print("| T | method | keras_mtl (ms) | TorchJD (ms) | vs TorchJD | "
+          "LibMTL (ms) | vs LibMTL |")
+    print("|---|---|---|---|---|---|---|")
     for tasks in args.tasks:
         for method in args.methods:
             ours = keras_mtl_step_time(method, tasks, args.batch_size, args.steps)
-            try:
-                theirs = torchjd_step_time(method, tasks, args.batch_size,
-                                           args.steps)
-                cell, ratio = f"{1000 * theirs:.1f}", f"{ours / theirs:.2f}x"
-            except Exception as error:  # Missing optional solver, etc.
-                cell, ratio = f"failed: {type(error).__name__}", ""
-            print(f"| {tasks} | {method} | {1000 * ours:.1f} | {cell} | {ratio} |",
+            cells = [f"{1000 * ours:.1f}"]
+            for table, fn in ((METHODS, torchjd_step_time),
+                              (LIBMTL, libmtl_step_time)):
+                theirs = (_measure(fn, method, tasks, args) if method in table
+                          else "n/a")
+                if isinstance(theirs, float):
+                    cells += [f"{1000 * theirs:.1f}", f"{ours / theirs:.2f}x"]
+                else:
+                    cells += [theirs, ""]
+            print(f"| {tasks} | {method} | " + " | ".join(cells) + " |",
                   flush=True)
 
 
