@@ -1,1 +1,3 @@
 """Drop-in Keras layers for multi-task and transfer learning."""
+
+from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
