@@ -1,3 +1,4 @@
 """Drop-in Keras layers for multi-task and transfer learning."""
 
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
