@@ -4,3 +4,4 @@ from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
+from keras_mtl.src.layers.average_combiner import AverageCombiner
