@@ -1,0 +1,1 @@
+"""Implementations behind `keras_mtl.layers`."""
