@@ -1,6 +1,9 @@
 """`add_combiner`: learn to combine frozen source adapters."""
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.average_combiner import AverageCombiner
+from keras_mtl.src.layers.scalearn import ScaLearn
+from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.add_adapters import task_name_list
 from keras_mtl.src.transfer.adapter_wrapper import check_name
@@ -26,12 +29,9 @@ def combiner_factory(combiner, num_sources, kwargs):
     one set shared by every layer ("++"), dropout 0.3 on the scales except
     0.0 for ScaLearnUniform++.
     """
-    from keras_mtl.src.layers.adapter_fusion import AdapterFusion
-    from keras_mtl.src.layers.average_combiner import AverageCombiner
-    from keras_mtl.src.layers.scalearn import ScaLearn
-    from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
-
     if combiner == "adapter_fusion":
+        from keras_mtl.src.layers.adapter_fusion import AdapterFusion
+
         return lambda name: AdapterFusion(name=name, **kwargs)
     if combiner == "average":
         return lambda name: AverageCombiner(name=name, **kwargs)
