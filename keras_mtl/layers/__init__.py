@@ -5,3 +5,4 @@ from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.layers.average_combiner import AverageCombiner
+from keras_mtl.src.layers.adapter_fusion import AdapterFusion
