@@ -23,6 +23,8 @@ EXPECTED_COUNTS = {
     "scalearn_plus_plus": 3 * 16,
     "scalearn_uniform_plus_plus": 3,
     "average": 0,
+    # Q and K with bias, V without: 3 d^2 + 2 d per layer.
+    "adapter_fusion": 2 * (3 * 16 * 16 + 2 * 16),
 }
 
 
@@ -116,24 +118,37 @@ def test_combination_leaves_outputs_unchanged_with_untrained_sources():
                                atol=1e-6)
 
 
-def test_fit_trains_the_scales_only():
+@pytest.mark.parametrize("combiner", ["scalearn", "adapter_fusion"])
+def test_fit_trains_the_combiner_only(combiner):
     backbone = tiny_bert()
     transfer.add_adapters(backbone, TASKS, reduction_factor=4)
     for seed, task in enumerate(TASKS):
         randomize(adapter_variables(backbone, task), seed=seed)
-    transfer.add_combiner(backbone, TASKS, "scalearn")
-    scales = combiner_variables(backbone, "scalearn")
-    others = [w for w in backbone.weights if id(w) not in set(ids(scales))]
-    before_scales, before_others = snapshot(scales), snapshot(others)
+    options = {}
+    if combiner == "adapter_fusion":
+        options = {"temperature": 50.0, "temperature_decay": 0.05}
+    transfer.add_combiner(backbone, TASKS, combiner, combiner_kwargs=options)
+    learned = [
+        w for w in combiner_variables(backbone, combiner) if w.trainable
+    ]
+    assert ids(backbone.trainable_weights) == ids(learned)
+    others = [w for w in backbone.weights if id(w) not in set(ids(learned))]
+    # The annealed temperature is a non-trainable variable of the combiner.
+    annealed = [w for w in others if w.path.endswith("temperature")]
+    assert len(annealed) == (2 if options else 0)
+    frozen = [w for w in others if id(w) not in set(ids(annealed))]
+    before_learned, before_frozen = snapshot(learned), snapshot(frozen)
     model = classifier(backbone)
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     inputs = bert_inputs(batch=8)
     targets = np.random.default_rng(1).normal(size=(8, 1)).astype("float32")
     model.fit(inputs, targets, batch_size=4, epochs=1, verbose=0)
-    for value, before in zip(snapshot(others), before_others):
+    for value, before in zip(snapshot(frozen), before_frozen):
         np.testing.assert_array_equal(value, before)
-    for value, before in zip(snapshot(scales), before_scales):
+    for value, before in zip(snapshot(learned), before_learned):
         assert np.abs(value - before).max() > 0
+    for value in snapshot(annealed):
+        np.testing.assert_allclose(value, 50.0 - 2 * 0.05, rtol=1e-6)
 
 
 def test_switching_between_a_task_and_a_combination(stack_with_sources):

@@ -30,6 +30,13 @@ def check_name(name, what):
     return name
 
 
+class _Registry:
+    """A plain container that Keras' attribute tracking leaves alone."""
+
+    def __init__(self):
+        self.non_trainable_ids = set()
+
+
 @keras_mtl_export("keras_mtl.transfer.AdapterWrapper")
 class AdapterWrapper(keras.layers.Layer):
     """Wraps a sub-layer of a transformer block with per-task adapters.
@@ -117,6 +124,9 @@ class AdapterWrapper(keras.layers.Layer):
             )
         self.layer = layer
         self.placement = placement
+        # Variables that adapters or combiners create as non-trainable (e.g.
+        # an annealed temperature); `set_active_adapter` keeps them frozen.
+        self._registry = _Registry()
         self.adapters = {}
         self.combiners = {}
         self.combiner_sources = {}
@@ -134,6 +144,11 @@ class AdapterWrapper(keras.layers.Layer):
             self.add_combiner(name, combiner, combiner_sources[name])
         self.set_active(active)
 
+    def _remember_non_trainable(self, layer):
+        for variable in layer.weights:
+            if not variable.trainable:
+                self._registry.non_trainable_ids.add(id(variable))
+
     @property
     def names(self):
         """Task and combination names, in insertion order."""
@@ -149,6 +164,8 @@ class AdapterWrapper(keras.layers.Layer):
             )
         if self.built and not adapter.built:
             adapter.build(self._hidden_shape)
+        if adapter.built:
+            self._remember_non_trainable(adapter)
         with unlocked(self):
             self.adapters[name] = adapter
 
@@ -171,6 +188,8 @@ class AdapterWrapper(keras.layers.Layer):
         if self.built and not combiner.built:
             shape = self._hidden_shape
             combiner.build([shape] * len(sources))
+        if combiner.built:
+            self._remember_non_trainable(combiner)
         with unlocked(self):
             self.combiners[name] = combiner
             self.combiner_sources[name] = sources
@@ -193,10 +212,12 @@ class AdapterWrapper(keras.layers.Layer):
         for adapter in self.adapters.values():
             if not adapter.built:
                 adapter.build(self._hidden_shape)
+                self._remember_non_trainable(adapter)
         for name, combiner in self.combiners.items():
             if not combiner.built:
                 num = len(self.combiner_sources[name])
                 combiner.build([self._hidden_shape] * num)
+                self._remember_non_trainable(combiner)
 
     def _delta(self, h, training):
         if self.active in self.adapters:

@@ -1,6 +1,7 @@
 """`add_combiner`: learn to combine frozen source adapters."""
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.adapter_fusion import AdapterFusion
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
@@ -30,8 +31,6 @@ def combiner_factory(combiner, num_sources, kwargs):
     0.0 for ScaLearnUniform++.
     """
     if combiner == "adapter_fusion":
-        from keras_mtl.src.layers.adapter_fusion import AdapterFusion
-
         return lambda name: AdapterFusion(name=name, **kwargs)
     if combiner == "average":
         return lambda name: AverageCombiner(name=name, **kwargs)

@@ -22,7 +22,9 @@ def set_active_adapter(backbone, task_name):
 
     In every `AdapterWrapper` of `backbone`, the adapters of `task_name` (or
     the combiners of the combination `task_name`, see `add_combiner`) become
-    the active ones. Exactly their variables are made trainable; the
+    the active ones. Exactly their variables are made trainable (except
+    those the layers create non-trainable, such as an annealed
+    temperature); the
     variables of every other adapter and combiner are frozen (the sources
     of a combination stay frozen). Other backbone variables are left as
     they are. `task_name=None` deactivates all adapters: the backbone then
@@ -62,6 +64,10 @@ def set_active_adapter(backbone, task_name):
         active_ids = {
             id(v) for v in backbone_walk.unit_variables(found, task_name)
         }
+    # Variables the layers create non-trainable (e.g. AdapterFusion's
+    # annealed temperature) never become trainable.
+    for _, _, wrapper in found:
+        active_ids -= wrapper._registry.non_trainable_ids
     for variable in backbone_walk.transfer_variables(found):
         variable.trainable = id(variable) in active_ids
     return backbone
