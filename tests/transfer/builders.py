@@ -37,14 +37,16 @@ def bert_inputs(batch=4, seed=0):
     }
 
 
-def encoder_stack(normalize_first=False, num_layers=2, seed=0):
+def encoder_stack(
+    normalize_first=False, num_layers=2, seed=0, hidden_dim=HIDDEN
+):
     """A hand-built functional model made of `TransformerEncoder`s."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((SEQ, HIDDEN))
+    inputs = keras.Input((SEQ, hidden_dim))
     x = inputs
     for _ in range(num_layers):
         x = keras_hub.layers.TransformerEncoder(
-            intermediate_dim=2 * HIDDEN,
+            intermediate_dim=2 * hidden_dim,
             num_heads=2,
             normalize_first=normalize_first,
         )(x)
@@ -91,9 +93,13 @@ def snapshot(variables):
 
 
 def classifier(backbone):
-    """A regression head on BERT's pooled output."""
+    """A regression head on BERT's pooled output or a stack's first token."""
     inputs = backbone.input
-    features = backbone(inputs)["pooled_output"]
+    features = backbone(inputs)
+    if isinstance(features, dict):
+        features = features["pooled_output"]
+    else:
+        features = features[:, 0]
     return keras.Model(inputs, keras.layers.Dense(1, name="head")(features))
 
 

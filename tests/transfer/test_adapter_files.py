@@ -65,17 +65,17 @@ def test_loading_adds_a_missing_adapter_under_any_name(trained):
 
 def test_wrong_sizes_are_rejected(trained):
     _, path = trained
-    wider = tiny_bert(hidden_dim=32)
+    wider = encoder_stack(hidden_dim=32)
     with pytest.raises(ValueError, match="hidden size 16.*hidden size 32"):
         transfer.load_adapter(wider, "b", path)
     assert not wrappers(wider)
-    deeper = tiny_bert(num_layers=3)
+    deeper = encoder_stack(num_layers=3)
     with pytest.raises(ValueError, match="2 encoder layers.*3 encoder"):
         transfer.load_adapter(deeper, "b", path)
-    narrow = transfer.add_adapters(tiny_bert(), ["b"], reduction_factor=8)
+    narrow = transfer.add_adapters(encoder_stack(), ["b"], reduction_factor=8)
     with pytest.raises(ValueError, match=r"bottleneck 4\).*bottleneck 2\)"):
         transfer.load_adapter(narrow, "b", path)
-    houlsby = transfer.add_adapters(tiny_bert(), ["b"], config="houlsby")
+    houlsby = transfer.add_adapters(encoder_stack(), ["b"], config="houlsby")
     with pytest.raises(ValueError, match="'houlsby' adapters"):
         transfer.load_adapter(houlsby, "b", path)
     pre_ln = encoder_stack(normalize_first=True)
@@ -91,7 +91,7 @@ def test_save_errors_and_foreign_files(trained, tmp_path):
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros(3))
     with pytest.raises(ValueError, match="not a keras_mtl adapter file"):
-        transfer.load_adapter(tiny_bert(), "b", other)
+        transfer.load_adapter(encoder_stack(), "b", other)
 
 
 def test_keras_file_recipe(trained, tmp_path):

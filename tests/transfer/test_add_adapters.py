@@ -65,20 +65,21 @@ def test_pfeiffer_computes_layer_norm_of_residual_plus_adapter():
     wrapper = encoder._feedforward_layer_norm
     norm = wrapper.layer
     # s, recomputed with the encoder's own sub-layers (dropout inactive).
-    x = norm_attention = encoder._self_attention_layer_norm(
-        inputs + encoder._self_attention_layer(inputs, inputs)
+    x = keras.ops.convert_to_tensor(inputs)
+    attended = encoder._self_attention_layer_norm(
+        x + encoder._self_attention_layer(x, x)
     )
-    s = encoder._feedforward_output_dense(
-        encoder._feedforward_intermediate_dense(x)
-    ) + norm_attention
+    s = attended + encoder._feedforward_output_dense(
+        encoder._feedforward_intermediate_dense(attended)
+    )
     h = norm(s)
     down, down_bias, up, up_bias = [
         keras.ops.convert_to_numpy(w) for w in wrapper.adapters["task"].weights
     ]
     h_np = keras.ops.convert_to_numpy(h)
     delta = np.maximum(h_np @ down + down_bias, 0.0) @ up + up_bias
-    expected = keras.ops.convert_to_numpy(norm(keras.ops.convert_to_numpy(s)
-                                               + delta))
+    s_np = keras.ops.convert_to_numpy(s)
+    expected = keras.ops.convert_to_numpy(norm(s_np + delta))
     np.testing.assert_allclose(sequence_output(model, inputs), expected,
                                atol=1e-5)
 

@@ -112,7 +112,7 @@ def test_combination_leaves_outputs_unchanged_with_untrained_sources():
     backbone = tiny_bert()
     inputs = bert_inputs()
     expected = sequence_output(backbone, inputs)
-    transfer.add_adapters(backbone, TASKS)
+    transfer.add_adapters(backbone, TASKS, reduction_factor=4)
     transfer.add_combiner(backbone, TASKS, "scalearn")
     np.testing.assert_allclose(sequence_output(backbone, inputs), expected,
                                atol=1e-6)
@@ -120,7 +120,7 @@ def test_combination_leaves_outputs_unchanged_with_untrained_sources():
 
 @pytest.mark.parametrize("combiner", ["scalearn", "adapter_fusion"])
 def test_fit_trains_the_combiner_only(combiner):
-    backbone = tiny_bert()
+    backbone = encoder_stack()
     transfer.add_adapters(backbone, TASKS, reduction_factor=4)
     for seed, task in enumerate(TASKS):
         randomize(adapter_variables(backbone, task), seed=seed)
@@ -140,7 +140,7 @@ def test_fit_trains_the_combiner_only(combiner):
     before_learned, before_frozen = snapshot(learned), snapshot(frozen)
     model = classifier(backbone)
     model.compile(keras.optimizers.Adam(1e-2), "mse")
-    inputs = bert_inputs(batch=8)
+    inputs = stack_inputs(batch=8)
     targets = np.random.default_rng(1).normal(size=(8, 1)).astype("float32")
     model.fit(inputs, targets, batch_size=4, epochs=1, verbose=0)
     for value, before in zip(snapshot(frozen), before_frozen):
