@@ -1,12 +1,34 @@
 """Transfer learning with adapters on keras-hub transformer backbones.
 
-`add_adapters` inserts one bottleneck adapter per task into every
-`keras_hub.layers.TransformerEncoder` of a backbone (with the backbone
-frozen), `set_active_adapter` chooses the adapter that runs and trains,
-`add_combiner` learns a combination of frozen source adapters (ScaLearn and
-its variants, AdapterFusion, averaging), `save_adapter` / `load_adapter`
-move one task's adapter through a small file, and
-`count_transfer_parameters` counts the transfer parameters.
+Works with every backbone made of `keras_hub.layers.TransformerEncoder`
+(BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, ELECTRA, ... or your own
+stack); keras-hub must be installed.
+
+Workflow (two-stage transfer as in ScaLearn, Frohmann et al., 2024):
+
+1. `add_adapters(backbone, ["mnli", "sst2", ...])` inserts one bottleneck
+   adapter per task into every encoder and freezes the backbone;
+   `set_active_adapter(backbone, "sst2")` picks the adapter that runs and
+   trains (compile the model after each change). Train each task's adapter
+   with its own head.
+2. `add_combiner(backbone, source_task_names, "scalearn")` adds a learned
+   combination of the frozen source adapters; only its parameters train.
+   `count_transfer_parameters(backbone)` counts them.
+
+Saving and loading:
+
+- One adapter: `save_adapter(backbone, "sst2", "sst2.adapter.npz")`, then
+  `load_adapter(other_backbone, "sst2", "sst2.adapter.npz")` (which adds
+  the adapter if needed, and checks sizes).
+- A whole adapted model: `model.save("m.keras")` works, but the backbone's
+  config knows nothing of adapters, so `keras.saving.load_model("m.keras")`
+  returns the backbone *without* them (its own weights loaded). Re-inject
+  with the same calls, then reload all weights:
+
+      restored = keras.saving.load_model("m.keras")
+      add_adapters(restored, task_names)        # same arguments as before
+      add_combiner(restored, sources, "scalearn")  # if there was one
+      restored.load_weights("m.keras")
 """
 
 from keras_mtl.src.transfer.adapter_files import load_adapter

@@ -1,10 +1,13 @@
 """Tiny transformer backbones and helpers shared by the transfer tests."""
 
 import keras
-import keras_hub
 import numpy as np
+import pytest
 
 import keras_mtl
+
+# keras-hub is an optional dependency (the `hub` extra).
+keras_hub = pytest.importorskip("keras_hub")
 
 transfer = keras_mtl.transfer
 

@@ -1,5 +1,4 @@
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
@@ -8,6 +7,7 @@ from tests.transfer.builders import bert_inputs
 from tests.transfer.builders import classifier
 from tests.transfer.builders import encoder_stack
 from tests.transfer.builders import ids
+from tests.transfer.builders import keras_hub
 from tests.transfer.builders import randomize
 from tests.transfer.builders import sequence_output
 from tests.transfer.builders import snapshot

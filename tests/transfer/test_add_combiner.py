@@ -188,3 +188,23 @@ def test_argument_errors(args, kwargs, match):
 def test_backbone_without_adapters():
     with pytest.raises(ValueError, match="add_adapters"):
         transfer.add_combiner(encoder_stack(num_layers=1), ["a"])
+
+
+def test_keras_file_recipe_with_a_shared_combination(tmp_path):
+    model = encoder_stack()
+    inputs = stack_inputs()
+    transfer.add_adapters(model, TASKS, reduction_factor=4)
+    for seed, task in enumerate(TASKS):
+        randomize(adapter_variables(model, task), seed=seed)
+    transfer.add_combiner(model, TASKS, "scalearn_plus_plus")
+    randomize(model.trainable_weights, seed=7)
+    expected = sequence_output(model, inputs)
+    path = str(tmp_path / "adapted.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert not wrappers(restored)
+    transfer.add_adapters(restored, TASKS, reduction_factor=4)
+    transfer.add_combiner(restored, TASKS, "scalearn_plus_plus")
+    restored.load_weights(path)
+    np.testing.assert_allclose(sequence_output(restored, inputs), expected,
+                               atol=1e-5)

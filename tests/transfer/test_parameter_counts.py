@@ -3,8 +3,9 @@
 import importlib.util
 import pathlib
 
-import keras_hub
+import pytest
 
+from tests.transfer.builders import keras_hub
 from tests.transfer.builders import transfer
 
 EXAMPLE = (
@@ -52,11 +53,13 @@ def test_roberta_large_layer_counts():
     assert counts["adapter (one task)"] * 24 == 3_171_840
 
 
-def test_xlm_roberta_is_supported():
-    backbone = keras_hub.models.XLMRobertaBackbone(
+@pytest.mark.parametrize("name", ["XLMRobertaBackbone", "DistilBertBackbone"])
+def test_other_keras_hub_backbones(name):
+    backbone = getattr(keras_hub.models, name)(
         vocabulary_size=10, num_layers=2, num_heads=2, hidden_dim=16,
         intermediate_dim=4, max_sequence_length=4,
     )
     transfer.add_adapters(backbone, ["a", "b"])
     transfer.add_combiner(backbone, ["a", "b"], "scalearn_uniform")
     assert transfer.count_transfer_parameters(backbone) == 2 * 2
+    assert len(backbone.trainable_weights) == 2

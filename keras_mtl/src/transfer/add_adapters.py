@@ -91,7 +91,10 @@ def add_adapters(
     The up-projections start at zero, so the backbone's outputs are
     unchanged at initialisation. Unless `freeze_backbone=False`, every
     variable of `backbone` that is not part of an adapter is frozen (its
-    `trainable` flag is set to `False`, variable by variable). If `backbone`
+    `trainable` flag is set to `False`, variable by variable; pass the
+    backbone rather than a task model, whose head would be frozen too).
+    Backbones that reuse one encoder layer several times (ALBERT) get one
+    adapter per encoder layer object, shared like its weights. If `backbone`
     had no adapters yet, the first task of `task_names` becomes the active
     one (see `set_active_adapter`); otherwise the active one is kept. The
     function can be called again to add more tasks with the same `config`.
