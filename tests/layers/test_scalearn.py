@@ -13,7 +13,9 @@ ScaLearnScales = keras_mtl.layers.ScaLearnScales
 
 def sources(num_sources=3, shape=(2, 4, 5), seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=shape).astype("float32") for _ in range(num_sources)]
+    return [
+        rng.normal(size=shape).astype("float32") for _ in range(num_sources)
+    ]
 
 
 def set_random_scales(layer, seed=1):
@@ -119,7 +121,9 @@ def count_params(num_layers, num_sources, dim, mode, shared):
         ("scalar", True, 8, 1),  # ScaLearnUniform++
     ],
 )
-def test_parameter_counts_of_roberta_base(mode, shared, expected, num_variables):
+def test_parameter_counts_of_roberta_base(
+    mode, shared, expected, num_variables
+):
     # Reference: 12 layers, d = 768, N = 8 sources.
     assert count_params(12, 8, 768, mode, shared) == (expected, num_variables)
 
@@ -153,7 +157,6 @@ def test_config_round_trip():
 
 
 def shared_model(mode):
-    keras.utils.set_random_seed(0)
     scales = ScaLearnScales(3, mode=mode)
     hidden = inputs = keras.Input((2, 4))
     for layer_index in range(3):
