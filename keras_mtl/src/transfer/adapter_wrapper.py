@@ -1,3 +1,5 @@
+"""`AdapterWrapper`: per-task adapters around a sub-layer of a block."""
+
 import contextlib
 
 import keras
