@@ -1,0 +1,1 @@
+"""Transfer learning utilities (implementation of `keras_mtl.transfer`)."""

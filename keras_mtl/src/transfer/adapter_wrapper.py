@@ -1,0 +1,300 @@
+"""`AdapterWrapper`: per-task adapters around a sub-layer of a block."""
+
+import contextlib
+
+import keras
+
+from keras_mtl.src.api_export import keras_mtl_export
+
+PLACEMENTS = ("post_norm", "output")
+
+
+@contextlib.contextmanager
+def unlocked(layer):
+    """Lets a built layer track new sub-layers (as `Dense.enable_lora`)."""
+    locked = layer._tracker.locked
+    if locked:
+        layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            layer._tracker.lock()
+
+
+def check_name(name, what):
+    """Returns `name` if it is a usable task or combination name."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(
+            f"Each {what} must be a non-empty string without '/'. "
+            f"Received: {what}={name!r}"
+        )
+    return name
+
+
+class _Registry:
+    """A plain container that Keras' attribute tracking leaves alone."""
+
+    def __init__(self):
+        self.non_trainable_ids = set()
+
+
+@keras_mtl_export("keras_mtl.transfer.AdapterWrapper")
+class AdapterWrapper(keras.layers.Layer):
+    """Wraps a sub-layer of a transformer block with per-task adapters.
+
+    The wrapper holds one adapter per task and, optionally, named
+    combinations of several task adapters (ScaLearn, AdapterFusion, ...).
+    Exactly one of them is *active* (or none, in which case the wrapper
+    returns the wrapped layer's output unchanged). Adapters and combiners
+    return deltas, without residual; the wrapper adds the residual:
+
+    - `placement="post_norm"` wraps the LayerNorm that closes a post-LN
+      sub-layer and computes `s -> LN(s + delta(LN(s)))` with the same
+      (pre-trained) LayerNorm twice: the Pfeiffer adapter of
+      Pfeiffer et al. (2021), as in `adapters`' `SeqBnConfig`
+      (`original_ln_before=True, original_ln_after=True,
+      residual_before_ln=True`).
+    - `placement="output"` wraps a sub-layer's output (e.g. its dropout)
+      and computes `d -> d + delta(d)`: the Houlsby et al. (2019)
+      placement.
+
+    Here `delta(h)` is `A_t(h)` for an active task `t`, or
+    `combiner([A_i(h) for i in sources], query=h)` for an active
+    combination. `keras_mtl.transfer.add_adapters` inserts these wrappers
+    into keras-hub `TransformerEncoder`s; use the wrapper directly only
+    for your own blocks.
+
+    Args:
+        layer: the wrapped layer (a `LayerNormalization` for
+            `placement="post_norm"`).
+        placement: `"post_norm"` or `"output"`, see above. Defaults to
+            `"post_norm"`.
+        adapters: dict mapping task names to adapter layers that return
+            the adapter's delta (e.g.
+            `keras_mtl.layers.BottleneckAdapter(residual=False)`).
+        combiners: dict mapping combination names to combiner layers,
+            called as `combiner(list_of_deltas, query=h, training=...)`.
+        combiner_sources: dict mapping each combination name to the list
+            of task names whose adapters it combines.
+        active: the task or combination used in `call`, or `None` for
+            none. Defaults to `None`.
+        **kwargs: base `Layer` keyword arguments.
+
+    Call arguments:
+        inputs: the wrapped layer's input, shape `(..., hidden_dim)`.
+        training: Python boolean, passed to the adapters and combiners.
+
+    Example:
+
+    >>> adapter = keras_mtl.layers.BottleneckAdapter(
+    ...     reduction_factor=4, residual=False)
+    >>> wrapper = keras_mtl.transfer.AdapterWrapper(
+    ...     keras.layers.LayerNormalization(),
+    ...     adapters={"sst2": adapter}, active="sst2")
+    >>> y = wrapper(np.ones((2, 5, 8), "float32"))
+    >>> tuple(y.shape)
+    (2, 5, 8)
+
+    Reference:
+        - [Pfeiffer et al., 2021](https://arxiv.org/abs/2005.00247)
+        - [Houlsby et al., 2019](https://arxiv.org/abs/1902.00751)
+    """
+
+    def __init__(
+        self,
+        layer,
+        placement="post_norm",
+        adapters=None,
+        combiners=None,
+        combiner_sources=None,
+        active=None,
+        **kwargs,
+    ):
+        if "dtype" not in kwargs and hasattr(layer, "dtype_policy"):
+            kwargs["dtype"] = layer.dtype_policy
+        super().__init__(**kwargs)
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "`layer` must be a Keras layer. "
+                f"Received: layer={layer!r}"
+            )
+        if placement not in PLACEMENTS:
+            raise ValueError(
+                f"`placement` must be one of {PLACEMENTS}. "
+                f"Received: placement={placement!r}"
+            )
+        self.layer = layer
+        self.placement = placement
+        # Variables that adapters or combiners create as non-trainable (e.g.
+        # an annealed temperature); `set_active_adapter` keeps them frozen.
+        self._registry = _Registry()
+        self.adapters = {}
+        self.combiners = {}
+        self.combiner_sources = {}
+        self.active = None
+        for name, adapter in (adapters or {}).items():
+            self.add_adapter(name, adapter)
+        combiner_sources = combiner_sources or {}
+        for name, combiner in (combiners or {}).items():
+            if name not in combiner_sources:
+                raise ValueError(
+                    f"`combiner_sources` has no entry for combination "
+                    f"{name!r}. Received: combiner_sources="
+                    f"{combiner_sources!r}"
+                )
+            self.add_combiner(name, combiner, combiner_sources[name])
+        self.set_active(active)
+
+    def _remember_non_trainable(self, layer):
+        for variable in layer.weights:
+            if not variable.trainable:
+                self._registry.non_trainable_ids.add(id(variable))
+
+    @property
+    def names(self):
+        """Task and combination names, in insertion order."""
+        return list(self.adapters) + list(self.combiners)
+
+    def add_adapter(self, name, adapter):
+        """Adds `adapter` for task `name` (built if the wrapper is)."""
+        check_name(name, "task name")
+        if name in self.adapters or name in self.combiners:
+            raise ValueError(
+                f"This wrapper already has an adapter or combination "
+                f"named {name!r}. Received: name={name!r}"
+            )
+        if self.built and not adapter.built:
+            adapter.build(self._hidden_shape)
+        if adapter.built:
+            self._remember_non_trainable(adapter)
+        with unlocked(self):
+            self.adapters[name] = adapter
+
+    def add_combiner(self, name, combiner, sources):
+        """Adds a combination `name` of the adapters of `sources`."""
+        check_name(name, "combination name")
+        if name in self.adapters or name in self.combiners:
+            raise ValueError(
+                f"This wrapper already has an adapter or combination "
+                f"named {name!r}. Received: name={name!r}"
+            )
+        sources = list(sources)
+        unknown = [s for s in sources if s not in self.adapters]
+        if unknown or not sources:
+            raise ValueError(
+                f"Combination {name!r} needs a non-empty list of task "
+                f"names among {list(self.adapters)}. "
+                f"Received: sources={sources!r}"
+            )
+        if self.built and not combiner.built:
+            shape = self._hidden_shape
+            combiner.build([shape] * len(sources))
+        if combiner.built:
+            self._remember_non_trainable(combiner)
+        with unlocked(self):
+            self.combiners[name] = combiner
+            self.combiner_sources[name] = sources
+
+    def set_active(self, name):
+        """Makes task or combination `name` (or `None`) the active one."""
+        if name is not None and name not in self.names:
+            raise ValueError(
+                f"Unknown task or combination. Available: {self.names}. "
+                f"Received: name={name!r}"
+            )
+        self.active = name
+
+    def build(self, input_shape):
+        self._hidden_shape = (None,) * (len(input_shape) - 1) + (
+            input_shape[-1],
+        )
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        for adapter in self.adapters.values():
+            if not adapter.built:
+                adapter.build(self._hidden_shape)
+                self._remember_non_trainable(adapter)
+        for name, combiner in self.combiners.items():
+            if not combiner.built:
+                num = len(self.combiner_sources[name])
+                combiner.build([self._hidden_shape] * num)
+                self._remember_non_trainable(combiner)
+
+    def _delta(self, h, training):
+        if self.active in self.adapters:
+            return self.adapters[self.active](h, training=training)
+        outputs = [
+            self.adapters[source](h, training=training)
+            for source in self.combiner_sources[self.active]
+        ]
+        return self.combiners[self.active](
+            outputs, query=h, training=training
+        )
+
+    def call(self, inputs, training=None):
+        if self.placement == "post_norm":
+            h = self.layer(inputs, training=training)
+            if self.active is None:
+                return h
+            delta = self._delta(h, training)
+            return self.layer(inputs + delta, training=training)
+        d = self.layer(inputs, training=training)
+        if self.active is None:
+            return d
+        return d + self._delta(d, training)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def save_own_variables(self, store):
+        # The wrapped layer's variables are also written at the wrapper's
+        # own path, where the unwrapped model keeps them: a model saved with
+        # adapters then loads into the same model without adapters (e.g.
+        # rebuilt from its config by `keras.saving.load_model`).
+        self.layer.save_own_variables(store)
+
+    def load_own_variables(self, store):
+        if len(store.keys()):
+            self.layer.load_own_variables(store)
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "layer": serialize(self.layer),
+                "placement": self.placement,
+                "adapters": {
+                    name: serialize(adapter)
+                    for name, adapter in self.adapters.items()
+                },
+                "combiners": {
+                    name: serialize(combiner)
+                    for name, combiner in self.combiners.items()
+                },
+                "combiner_sources": {
+                    name: list(sources)
+                    for name, sources in self.combiner_sources.items()
+                },
+                "active": self.active,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+
+        def load(item):
+            return deserialize(item, custom_objects=custom_objects)
+
+        config["layer"] = load(config["layer"])
+        config["adapters"] = {
+            name: load(item) for name, item in config["adapters"].items()
+        }
+        config["combiners"] = {
+            name: load(item) for name, item in config["combiners"].items()
+        }
+        return cls(**config)

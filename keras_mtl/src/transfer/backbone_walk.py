@@ -1,0 +1,120 @@
+"""Finding the encoders and adapter wrappers inside a model (private)."""
+
+import keras
+
+from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
+from keras_mtl.src.transfer.adapter_wrapper import unlocked  # noqa: F401
+
+# Sub-layers of `keras_hub.layers.TransformerEncoder` that can be wrapped,
+# in the order their wrappers are visited (and saved).
+POSITIONS = (
+    "_self_attention_dropout",
+    "_feedforward_layer_norm",
+    "_feedforward_dropout",
+)
+
+
+def _encoder_class():
+    try:
+        from keras_hub.layers import TransformerEncoder
+    except ImportError as error:  # pragma: no cover - optional dependency
+        raise ImportError(
+            "keras_mtl.transfer needs keras-hub: `pip install keras-hub` "
+            "(or `pip install keras-mtl[hub]`)."
+        ) from error
+    return TransformerEncoder
+
+
+def transformer_encoders(backbone):
+    """The built `TransformerEncoder`s of `backbone`, in layer order."""
+    if not isinstance(backbone, keras.layers.Layer):
+        raise ValueError(
+            "`backbone` must be a Keras model or layer containing "
+            "`keras_hub.layers.TransformerEncoder` layers. "
+            f"Received: backbone={backbone!r}"
+        )
+    encoder_cls = _encoder_class()
+    encoders = [
+        layer
+        for layer in backbone._flatten_layers(include_self=True)
+        if isinstance(layer, encoder_cls)
+    ]
+    if not encoders:
+        raise ValueError(
+            "Unsupported backbone: it contains no "
+            "`keras_hub.layers.TransformerEncoder` (supported: BERT, "
+            "RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, ELECTRA, ... and "
+            "models built from `TransformerEncoder`). Received: "
+            f"backbone={type(backbone).__name__}(name={backbone.name!r})"
+        )
+    unbuilt = [e.name for e in encoders if not e.built]
+    if unbuilt:
+        raise ValueError(
+            "Adapters can only be added to built encoders; build the model "
+            f"first (e.g. call it once). Unbuilt encoders: {unbuilt}"
+        )
+    return encoders
+
+
+def hidden_dim(encoder):
+    """The feature size of a built `TransformerEncoder`."""
+    return encoder._feedforward_output_dense.units
+
+
+def wrappers(backbone):
+    """`(encoder_index, position, wrapper)` for every `AdapterWrapper`."""
+    found = []
+    for index, encoder in enumerate(transformer_encoders(backbone)):
+        for position in POSITIONS:
+            layer = getattr(encoder, position, None)
+            if isinstance(layer, AdapterWrapper):
+                found.append((index, position, layer))
+    return found
+
+
+def wrappers_or_raise(backbone):
+    found = wrappers(backbone)
+    if not found:
+        raise ValueError(
+            "`backbone` has no adapters; call "
+            "`keras_mtl.transfer.add_adapters(backbone, task_names)` first. "
+            f"Received: backbone={type(backbone).__name__}"
+            f"(name={backbone.name!r})"
+        )
+    return found
+
+
+def check_known(found, name, argument, kinds=("adapters", "combiners")):
+    """Raises unless `name` is a task (or combination) of the wrappers."""
+    wrapper = found[0][2]
+    known = []
+    for kind in kinds:
+        known += list(getattr(wrapper, kind))
+    if name not in known:
+        raise ValueError(
+            f"Unknown {argument}: the backbone has {known}. "
+            f"Received: {argument}={name!r}"
+        )
+
+
+def transfer_variables(found):
+    """Variables of all adapters and combiners, deduplicated, in order."""
+    seen = {}
+    for _, _, wrapper in found:
+        for layer in list(wrapper.adapters.values()) + list(
+            wrapper.combiners.values()
+        ):
+            for variable in layer.weights:
+                seen.setdefault(id(variable), variable)
+    return list(seen.values())
+
+
+def unit_variables(found, name):
+    """Variables of the task adapter or combination `name`, deduplicated."""
+    seen = {}
+    for _, _, wrapper in found:
+        layer = wrapper.adapters.get(name, wrapper.combiners.get(name))
+        for variable in layer.weights:
+            seen.setdefault(id(variable), variable)
+    return list(seen.values())
+
