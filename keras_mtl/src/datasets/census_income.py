@@ -65,16 +65,11 @@ CATEGORICAL_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 # college but no degree" as well would give 0.286.
 COLLEGE_PREFIXES = ("Associates", "Bachelors", "Masters", "Prof school", "Doctorate")
 
-GROUPS = {
-    1: {
-        "tasks": ("income", "never_married"),
-        "excluded": ("income_50k", "marital_stat"),
-    },
-    2: {
-        "tasks": ("college", "never_married"),
-        "excluded": ("education", "marital_stat", "income_50k"),
-    },
-}
+GROUPS = {1: ("income", "never_married"), 2: ("college", "never_married")}
+# The columns the tasks are derived from; the paper removes education and
+# marital status from the inputs in both groups (section 6.3.1), and
+# `income_50k` is the data set's own target.
+LABEL_COLUMNS = ("income_50k", "education", "marital_stat")
 CACHE_FORMAT = 1
 
 
@@ -272,7 +267,7 @@ def _labels(arrays, split, group, rows):
             "marital_stat", lambda v: v == "Never married"
         ),
     }
-    return {task: labels[task]() for task in GROUPS[group]["tasks"]}
+    return {task: labels[task]() for task in GROUPS[group]}
 
 
 @keras_mtl_export("keras_mtl.datasets.census_income")
@@ -308,27 +303,28 @@ def census_income(
     calls take about a second.
 
     Features. `instance_weight` is dropped (UCI: it is a sampling weight,
-    not a feature), and so are the columns that define the group's tasks:
-    `income_50k` and `marital_stat` in group 1; `education`, `marital_stat`
-    and, being the data set's own target, `income_50k` in group 2. All other
-    columns are kept, as in the MMoE reproductions (PaddleRec,
-    drawbridge/keras-mmoe). Note that some of them are strong proxies of
-    marital status (`det_hh_fam_stat`, e.g. "Child 18+ never marr ...",
-    `det_hh_summ`, `tax_filer_stat`), which is why published never-married
-    AUCs are close to 0.99; pass them in `drop_columns` for a harder task.
-    The 7 numeric columns (`age`, `wage_per_hour`, `capital_gains`,
+    not a feature), and so are the three columns the tasks come from,
+    `income_50k`, `education` and `marital_stat`, in both groups: the paper
+    removes education and marital status from the inputs "as they are
+    treated as labels" (section 6.3.1), so both groups share the same 38
+    input columns. (PaddleRec's and drawbridge/keras-mmoe's group-1
+    reproductions keep `education` as an input, which makes income easier.)
+    Some kept columns are strong proxies of marital status
+    (`det_hh_fam_stat`, e.g. "Child 18+ never marr ...", `det_hh_summ`,
+    `tax_filer_stat`), which is why published never-married AUCs are about
+    0.99; pass them in `drop_columns` for a harder task. The 7 numeric columns (`age`, `wage_per_hour`, `capital_gains`,
     `capital_losses`, `stock_dividends`, `num_emp`, `weeks_worked`) are
-    standardised with the training mean and standard deviation; the
-    categorical columns (33 minus the dropped ones; the integer industry
-    and occupation codes, `own_or_self`, `vet_benefits` and `year` are
-    nominal) use the vocabulary of the training file.
+    standardised with the training mean and standard deviation; the 31
+    categorical columns (the integer industry and occupation codes,
+    `own_or_self`, `vet_benefits` and `year` are nominal) use the
+    vocabulary of the training file.
 
     Args:
         group: `1` or `2`, the task group.
         categorical: `"one_hot"` (default): `x` is one float32 matrix,
             the numeric columns followed by the one-hot codes of every
-            categorical column (about 500 columns, as in the MMoE
-            reproductions); a value never seen in training gives an all-zero
+            categorical column (486 columns on the real data; the MMoE
+            reproductions one-hot encode the same way); a value never seen in training gives an all-zero
             block. `"integer"`: `x` is a dict with `"numeric"` (float32,
             `(n, 7)`) and `"categorical"` (int32, `(n, num_categorical)`),
             where code 0 means "not seen in training" and codes
@@ -413,7 +409,7 @@ def census_income(
         "val": ("test", np.sort(order[: num_test // 2])),
         "test": ("test", np.sort(order[num_test // 2 :])),
     }
-    excluded = set(GROUPS[group]["excluded"]) | {"instance_weight"}
+    excluded = set(LABEL_COLUMNS) | {"instance_weight"}
     excluded |= set(drop_columns)
     numeric = [c for c in NUMERIC_COLUMNS if c not in excluded]
     categorical_columns = [c for c in CATEGORICAL_COLUMNS if c not in excluded]
@@ -474,7 +470,7 @@ def census_income(
         for c in categorical_columns
     }
     info = {
-        "tasks": GROUPS[group]["tasks"],
+        "tasks": GROUPS[group],
         "feature_names": list(numeric)
         + [f"{c}={v}" for c in categorical_columns for v in vocabularies[c]],
         "numeric_columns": list(numeric),
