@@ -1,64 +1,13 @@
-import io
 import os
 import subprocess
-import tarfile
 
 import numpy as np
 import pytest
 
 from keras_mtl.datasets import census_income
 from keras_mtl.src.datasets import census_income as module
-
-EDUCATION = (
-    "High school graduate",
-    "Some college but no degree",
-    "Associates degree-occup /vocational",
-    "Bachelors degree(BA AB BS)",
-    "Children",
-    "Doctorate degree(PhD EdD)",
-)
-MARITAL = ("Never married", "Married-civilian spouse present", "Divorced")
-INCOME = ("- 50000.", "50000+.")
-SEX = ("Female", "Male")
-
-
-def make_rows(num_rows, seed, sex=SEX):
-    """Rows in the UCI format; `age` is the row number, so rows can be traced."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(num_rows):
-        values = {c: "Not in universe" for c in module.COLUMNS}
-        for c in module.NUMERIC_COLUMNS:
-            values[c] = f"{rng.integers(0, 100)}"
-        values["age"] = str(i)
-        values["instance_weight"] = f"{rng.uniform(100, 3000):.2f}"
-        values["education"] = EDUCATION[rng.integers(len(EDUCATION))]
-        values["marital_stat"] = MARITAL[rng.integers(len(MARITAL))]
-        values["income_50k"] = INCOME[rng.integers(2)]
-        values["sex"] = sex[rng.integers(len(sex))]
-        # A value with a trailing space, as in the real files.
-        values["citizenship"] = "Foreign born- Not a citizen of U S "
-        values["det_ind_code"] = str(rng.integers(0, 5))
-        rows.append(values)
-    return rows
-
-
-def write_archive(path, train_rows, test_rows, members=None):
-    members = members or {
-        module.MEMBER.format("train"): train_rows,
-        module.MEMBER.format("test"): test_rows,
-    }
-    with tarfile.open(path, "w:gz") as tar:
-        for name, rows in members.items():
-            text = "".join(
-                ", ".join(row[c] for c in module.COLUMNS) + "\n" for row in rows
-            )
-            data = text.encode("ascii")
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
-
+from tests.datasets.census_archive import make_rows
+from tests.datasets.census_archive import write_archive
 
 @pytest.fixture
 def archive(tmp_path):
