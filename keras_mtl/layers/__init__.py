@@ -5,3 +5,9 @@ from keras_mtl.src.layers.multi_gate_mixture_of_experts import MMoE
 from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
     MultiGateMixtureOfExperts,
 )
+from keras_mtl.src.layers.customized_gate_control import CGC
+from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
+from keras_mtl.src.layers.progressive_layered_extraction import PLE
+from keras_mtl.src.layers.progressive_layered_extraction import (
+    ProgressiveLayeredExtraction,
+)
