@@ -309,8 +309,8 @@ def num_params(variables):
     return sum(math.prod(v.shape) for v in variables)
 
 
-def pretrain(backbone, x, vocabulary_sizes, epochs, batch_size, rng,
-             run_eagerly=False):
+def pretrain_masked_columns(backbone, x, vocabulary_sizes, epochs,
+                            batch_size, rng, run_eagerly=False):
     """Masked-column modelling on the rows of `x` (no task labels)."""
     num_numeric = backbone.input["numeric"].shape[1]
     inputs, targets, weights = masked_copies(x, vocabulary_sizes, epochs, rng)
@@ -324,6 +324,24 @@ def pretrain(backbone, x, vocabulary_sizes, epochs, batch_size, rng,
     )
     history = model.fit(inputs, targets, sample_weight=weights,
                         batch_size=batch_size, epochs=1, verbose=0)
+    return history.history["loss"][-1]
+
+
+def pretrain_multitask(backbone, x, y, epochs, batch_size, run_eagerly=False):
+    """Shared-backbone multi-task training on the source labels `y`."""
+    pooled = backbone.output["pooled_output"]
+    outputs = {
+        task: keras.layers.Dense(1, activation="sigmoid", name=task)(pooled)
+        for task in y
+    }
+    model = keras.Model(backbone.input, outputs, name="multitask")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={task: "binary_crossentropy" for task in y},
+        run_eagerly=run_eagerly,
+    )
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs,
+                        verbose=0)
     return history.history["loss"][-1]
 
 
@@ -368,8 +386,9 @@ def format_table(rows):
 
 def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
          hidden_dim=32, num_layers=2, num_heads=2, reduction_factor=4,
-         pretrain_epochs=3, source_epochs=2, target_epochs=20, batch_size=128,
-         combiners=tuple(COMBINERS), baselines=tuple(BASELINES), seed=0,
+         pretraining="multitask", pretrain_epochs=3, source_epochs=2,
+         target_epochs=20, batch_size=128, combiners=tuple(COMBINERS),
+         baselines=tuple(BASELINES), seed=0,
          path=None, cache_dir=None, run_eagerly=False):
     """Runs the two-stage transfer study and prints the results table.
 
@@ -382,8 +401,12 @@ def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
         hidden_dim, num_layers, num_heads: backbone size.
         reduction_factor: adapter bottleneck is `hidden_dim //
             reduction_factor`.
-        pretrain_epochs: masked copies of the source pool seen in
-            pre-training.
+        pretraining: `"multitask"` (default: the backbone is trained with
+            one head per source task on the source pool) or
+            `"masked_columns"` (self-supervised masked-column modelling on
+            the same rows, no labels).
+        pretrain_epochs: epochs of pre-training (for `"masked_columns"`,
+            differently masked copies of the source pool).
         source_epochs, target_epochs: epochs of the source adapters and of
             every target run.
         batch_size: batch size of every run.
@@ -402,6 +425,8 @@ def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
         `"adapter_file_bytes"`; `"reload_max_difference"`;
         `"source_auc"`, `{task: test-free training AUC}`.
     """
+    if pretraining not in ("multitask", "masked_columns"):
+        raise ValueError(f"Unknown pretraining={pretraining!r}.")
     unknown = [c for c in combiners if c not in COMBINERS]
     unknown += [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -437,11 +462,16 @@ def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
     # Pre-training: masked-column modelling, no labels.
     began = time.time()
     backbone = build_backbone(**sizes)
-    loss = pretrain(backbone, x_source, data["vocabulary_sizes"],
-                    pretrain_epochs, batch_size, rng, run_eagerly)
+    if pretraining == "multitask":
+        loss = pretrain_multitask(backbone, x_source, y_source,
+                                  pretrain_epochs, batch_size, run_eagerly)
+    else:
+        loss = pretrain_masked_columns(
+            backbone, x_source, data["vocabulary_sizes"], pretrain_epochs,
+            batch_size, rng, run_eagerly)
     pretrained = backbone.get_weights()
     backbone_params = num_params(backbone.weights)
-    print(f"Pre-training (masked columns): backbone of {backbone_params:,} "
+    print(f"Pre-training ({pretraining}): backbone of {backbone_params:,} "
           f"parameters, final loss {loss:.3f} ({time.time() - began:.0f} s)")
 
     results = {}
@@ -557,9 +587,11 @@ if __name__ == "__main__":
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--target-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretraining", default="multitask",
+                        choices=("multitask", "masked_columns"))
     parser.add_argument("--path", default=None)
     args = parser.parse_args()
     main(num_source=args.num_source, num_target=args.num_target,
          num_test=args.num_test, hidden_dim=args.hidden_dim,
          num_layers=args.num_layers, target_epochs=args.target_epochs,
-         seed=args.seed, path=args.path)
+         seed=args.seed, pretraining=args.pretraining, path=args.path)
