@@ -128,7 +128,9 @@ class ColumnTokens(keras.layers.Layer):
 
     def call(self, inputs):
         numeric = ops.cast(inputs["numeric"], self.compute_dtype)
-        codes = ops.cast(inputs["categorical"], "int32") + self._offsets
+        codes = ops.cast(inputs["categorical"], "int32") + ops.convert_to_tensor(
+            self._offsets
+        )
         categorical = ops.take(self.category_embeddings, codes, axis=0)
         numeric = numeric[..., None] * self.numeric_kernel + self.numeric_bias
         tokens = ops.concatenate([numeric, categorical], axis=1)

