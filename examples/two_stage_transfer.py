@@ -19,10 +19,12 @@ a bottleneck adapter, and a low-resource target task learns to combine them.
   vector + a bias (numeric columns), plus a learned column embedding; then
   a LayerNorm and `num_layers` post-LN `TransformerEncoder`s; a task head is
   `Dense(1, sigmoid)` on the mean of the token outputs.
-- Pre-training (cheap, self-supervised, no task labels): masked-column
-  modelling on the source pool. 30 % of the categorical tokens of each row
-  are replaced by a per-column [MASK] code and predicted from the others
-  (one softmax per column); numeric columns are never masked. One pass over
+- Pre-training (cheap): by default, multi-task training of the backbone
+  with one head per source task on the source pool (`pretrain_epochs`
+  epochs); with `pretraining="masked_columns"`, self-supervised
+  masked-column modelling instead: 30 % of the categorical tokens of each
+  row are replaced by a per-column [MASK] code and predicted from the others
+  (one softmax per column; numeric columns are never masked), over
   `pretrain_epochs` differently masked copies of the rows.
 - Stage 1 (`keras_mtl.transfer.add_adapters`, Pfeiffer placement): the
   backbone is frozen and one adapter per task is trained with its own head,
@@ -128,9 +130,8 @@ class ColumnTokens(keras.layers.Layer):
 
     def call(self, inputs):
         numeric = ops.cast(inputs["numeric"], self.compute_dtype)
-        codes = ops.cast(inputs["categorical"], "int32") + ops.convert_to_tensor(
-            self._offsets
-        )
+        offsets = ops.convert_to_tensor(self._offsets)
+        codes = ops.cast(inputs["categorical"], "int32") + offsets
         categorical = ops.take(self.category_embeddings, codes, axis=0)
         numeric = numeric[..., None] * self.numeric_kernel + self.numeric_bias
         tokens = ops.concatenate([numeric, categorical], axis=1)
@@ -425,7 +426,7 @@ def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
         "auc", "accuracy", "seconds"}}` (methods are the keys of
         `BASELINES` and `COMBINERS`); `"sizes"`, `{"N", "d", "L"}`;
         `"adapter_file_bytes"`; `"reload_max_difference"`;
-        `"source_auc"`, `{task: test-free training AUC}`.
+        `"source_auc"`, `{task: training AUC of its source adapter}`.
     """
     if pretraining not in ("multitask", "masked_columns"):
         raise ValueError(f"Unknown pretraining={pretraining!r}.")

@@ -10,7 +10,11 @@ from tests.datasets.census_archive import make_rows
 from tests.datasets.census_archive import write_archive
 from tests.test_examples import load
 
-EMPLOYMENT = ("Full-time schedules", "Not in labor force", "Children or Armed Forces")
+EMPLOYMENT = (
+    "Full-time schedules",
+    "Not in labor force",
+    "Children or Armed Forces",
+)
 
 
 def rows(num_rows, seed):
