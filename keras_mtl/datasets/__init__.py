@@ -1,5 +1,6 @@
 """Data sets for multi-task learning (public API)."""
 
+from keras_mtl.src.datasets.census_income import census_income
 from keras_mtl.src.datasets.synthetic_task_correlation import (
     synthetic_task_correlation,
 )

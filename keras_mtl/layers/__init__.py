@@ -3,6 +3,17 @@
 from keras_mtl.src.layers.adapter_fusion import AdapterFusion
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.customized_gate_control import CGC
+from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
+from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
+from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
+    MultiGateMixtureOfExperts,
+)
+from keras_mtl.src.layers.multi_gate_mixture_of_experts import MMoE
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
+from keras_mtl.src.layers.progressive_layered_extraction import (
+    ProgressiveLayeredExtraction,
+)
+from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales

@@ -1,0 +1,151 @@
+"""A stack of small MLP experts held as batched weights (internal)."""
+
+import keras
+from keras import ops
+
+
+def normalize_units(units, name="expert_units"):
+    """Returns `units` (an int or a sequence of ints) as a tuple of ints."""
+    values = (units,) if isinstance(units, int) else units
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = None
+    if (
+        not values
+        or any(isinstance(u, bool) or not isinstance(u, int) for u in values)
+        or any(u <= 0 for u in values)
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive integer or a non-empty sequence of "
+            f"positive integers. Received: {name}={units!r}"
+        )
+    return values
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+class ExpertStack(keras.layers.Layer):
+    """`num_experts` MLPs evaluated together with batched einsums.
+
+    Expert `e` computes `h_0 = x`, `h_l = act_l(h_{l-1} W_{e,l} + b_{e,l})`
+    for the layer widths in `units`; `act_l` is `activation` for every layer
+    but the last and `output_activation` for the last. The weights of layer
+    `l` form one variable of shape `(num_experts, in, out)` (with `groups`,
+    `(groups, num_experts, in, out)`).
+
+    Without `groups`, the input is `(..., d)` and the output
+    `(..., num_experts, units[-1])`: every expert reads the same input. With
+    `groups=G`, the input is `(..., G, d)` and the output
+    `(..., G, num_experts, units[-1])`: group `g` has its own experts, which
+    read the input slice `g`.
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        units,
+        activation="relu",
+        output_activation=None,
+        groups=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = num_experts
+        self.units = normalize_units(units)
+        self.activation = keras.activations.get(activation)
+        self.output_activation = keras.activations.get(output_activation)
+        self.groups = groups
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or kernel_initializer
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        lead = (self.num_experts,)
+        if self.groups is not None:
+            lead = (self.groups, self.num_experts)
+        self.kernels, self.biases = [], []
+        width = input_shape[-1]
+        last = len(self.units) - 1
+        for i, units in enumerate(self.units):
+            initializer = (
+                self.output_kernel_initializer
+                if i == last
+                else self.kernel_initializer
+            )
+            self.kernels.append(
+                self.add_weight(
+                    name=f"kernel_{i}",
+                    shape=lead + (width, units),
+                    initializer=initializer,
+                    regularizer=self.kernel_regularizer,
+                )
+            )
+            if self.use_bias:
+                self.biases.append(
+                    self.add_weight(
+                        name=f"bias_{i}",
+                        shape=lead + (units,),
+                        initializer=self.bias_initializer,
+                        regularizer=self.bias_regularizer,
+                    )
+                )
+            width = units
+
+    def call(self, inputs):
+        g = "" if self.groups is None else "g"
+        h = inputs
+        last = len(self.units) - 1
+        for i in range(len(self.units)):
+            if i == 0:
+                equation = f"...{g}d,{g}edu->...{g}eu"
+            else:
+                equation = f"...{g}ed,{g}edu->...{g}eu"
+            h = ops.einsum(equation, h, self.kernels[i])
+            if self.use_bias:
+                h = h + self.biases[i]
+            h = (self.output_activation if i == last else self.activation)(h)
+        return h
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_experts, self.units[-1])
+
+    def get_config(self):
+        ser = keras.initializers.serialize
+        return {
+            **super().get_config(),
+            "num_experts": self.num_experts,
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "output_activation": keras.activations.serialize(
+                self.output_activation
+            ),
+            "groups": self.groups,
+            "use_bias": self.use_bias,
+            "kernel_initializer": ser(self.kernel_initializer),
+            "output_kernel_initializer": ser(self.output_kernel_initializer),
+            "bias_initializer": ser(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(
+                self.kernel_regularizer
+            ),
+            "bias_regularizer": keras.regularizers.serialize(
+                self.bias_regularizer
+            ),
+        }
