@@ -11,3 +11,8 @@ from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.progressive_layered_extraction import (
     ProgressiveLayeredExtraction,
 )
+from keras_mtl.src.layers.mixture_of_experts import MixtureOfExperts
+from keras_mtl.src.layers.add_adapter_experts import add_adapter_experts
+from keras_mtl.src.layers.mixture_of_adapter_experts import (
+    MixtureOfAdapterExperts,
+)
