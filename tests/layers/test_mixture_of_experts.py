@@ -38,12 +38,18 @@ def _numpy_top_k_gates(logits, k):
     return gates
 
 
-def test_dense_gating_matches_numpy():
+@pytest.mark.parametrize("output_activation", [None, "tanh"])
+def test_dense_gating_matches_numpy(output_activation):
+    # A linear last layer takes the fused path, tanh the per-expert one.
     x = _x((5, 6))
-    layer = MoE(3, expert_units=(7, 4), bias_initializer="random_normal")
+    layer = MoE(3, expert_units=(7, 4), bias_initializer="random_normal",
+                output_activation=output_activation)
     got = to_numpy(layer(x))
     gates = softmax(x @ to_numpy(layer.router_kernel))
-    want = np.einsum("ne,neu->nu", gates, _numpy_experts(layer, x))
+    experts = _numpy_experts(layer, x)
+    if output_activation == "tanh":
+        experts = np.tanh(experts)
+    want = np.einsum("ne,neu->nu", gates, experts)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

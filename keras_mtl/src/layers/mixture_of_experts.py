@@ -55,11 +55,15 @@ class MixtureOfExperts(keras.layers.Layer):
     `router_z_loss_weight * mean_x logsumexp(h(x))^2` (ST-MoE).
 
     **Computation.** Every expert is evaluated on every token with one
-    batched einsum per expert layer, and the gate (zero outside the chosen
+    batched product per expert layer, and the gate (zero outside the chosen
     experts) combines them, as in keras-hub's Mixtral block: Keras ops have
     no grouped matrix product, and for the few small experts typical of
-    multi-task models this is the fastest portable choice. Sparse routing
-    therefore saves no FLOPs here; it changes the function, not the cost.
+    multi-task models this is the fastest portable choice. With a linear
+    last layer the gate scales the experts' last hidden layer, so the last
+    layers of all experts run as one dense product of width
+    `E * hidden`. Sparse routing therefore saves no FLOPs here: the cost is
+    that of a dense block with the experts' total width, and `top_k`
+    changes the function, not the cost.
 
     **Statistics.** `expert_load` (`(E,)`, the `f_e` above) and
     `dropped_fraction` (the fraction of token choices dropped for capacity)
@@ -214,6 +218,9 @@ class MixtureOfExperts(keras.layers.Layer):
         self.router_initializer = keras.initializers.get(router_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self._linear_output = (
+            keras.activations.serialize(self.output_activation) == "linear"
+        )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.expert_layers = []
@@ -329,14 +336,17 @@ class MixtureOfExperts(keras.layers.Layer):
         lead = ops.shape(inputs)[:-1]
         tokens = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
         route = self._route(tokens, training)
-        if self.expert is None:
-            outputs = self.experts(tokens)  # (N, E, u)
+        if self.expert is None and self._linear_output:
+            mixed = self.experts.gated_sum(tokens, route["gates"])
         else:
-            outputs = ops.stack(
-                [layer(tokens) for layer in self.expert_layers], axis=1
-            )
-        gates = ops.cast(route["gates"], outputs.dtype)
-        mixed = ops.einsum("ne,neu->nu", gates, outputs)
+            if self.expert is None:
+                outputs = self.experts(tokens)  # (N, E, u)
+            else:
+                outputs = ops.stack(
+                    [layer(tokens) for layer in self.expert_layers], axis=1
+                )
+            gates = ops.cast(route["gates"], outputs.dtype)
+            mixed = ops.einsum("ne,neu->nu", gates, outputs)
         if training:
             load, dropped = self._statistics(route)
             self.expert_load.assign(load)
