@@ -123,9 +123,8 @@ class CustomizedGateControl(keras.layers.Layer):
         )
 
     def _split_shapes(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
-            input_shape[0], (list, tuple)
-        ):
+        nested = isinstance(input_shape, (list, tuple)) and bool(input_shape)
+        if nested and isinstance(input_shape[0], (list, tuple)):
             if len(input_shape) != self.num_tasks + 1:
                 raise ValueError(
                     "CustomizedGateControl expects one tensor or a list of "

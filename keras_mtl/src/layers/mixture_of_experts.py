@@ -1,5 +1,3 @@
-import math
-
 import keras
 from keras import ops
 
