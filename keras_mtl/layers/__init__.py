@@ -1,11 +1,16 @@
 """Drop-in Keras layers for multi-task and transfer learning."""
 
 from keras_mtl.src.layers.adapter_fusion import AdapterFusion
+from keras_mtl.src.layers.add_adapter_experts import add_adapter_experts
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.customized_gate_control import CGC
 from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
 from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
+from keras_mtl.src.layers.mixture_of_adapter_experts import (
+    MixtureOfAdapterExperts,
+)
+from keras_mtl.src.layers.mixture_of_experts import MixtureOfExperts
 from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
     MultiGateMixtureOfExperts,
 )

@@ -73,7 +73,7 @@ def test_cgc_list_inputs_and_utilization():
 
 def test_ple_matches_stacked_numpy_cgc():
     x = _x()
-    layer = PLE(num_tasks=2, num_levels=3, num_specific_experts=2,
+    layer = PLE(num_tasks=2, num_levels=2, num_specific_experts=2,
                 num_shared_experts=1, expert_units=(5, 3))
     outputs = layer(x)
     assert [tuple(o.shape) for o in outputs] == [(5, 3)] * 2

@@ -123,9 +123,8 @@ class CustomizedGateControl(keras.layers.Layer):
         )
 
     def _split_shapes(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
-            input_shape[0], (list, tuple)
-        ):
+        nested = isinstance(input_shape, (list, tuple)) and bool(input_shape)
+        if nested and isinstance(input_shape[0], (list, tuple)):
             if len(input_shape) != self.num_tasks + 1:
                 raise ValueError(
                     "CustomizedGateControl expects one tensor or a list of "
@@ -187,29 +186,32 @@ class CustomizedGateControl(keras.layers.Layer):
                     f"num_tasks + 1 = {self.num_tasks + 1} tensors. Received: "
                     f"{len(inputs)} inputs"
                 )
-            task_inputs = ops.stack(inputs[:-1], axis=-2)  # (..., T, d)
-            shared_input = inputs[-1]
         else:
-            shared_input = inputs
-            task_inputs = ops.stack([inputs] * self.num_tasks, axis=-2)
-        specific = self.specific_experts(task_inputs)  # (..., T, m_k, u)
-        shared = self.shared_experts(shared_input)  # (..., m_s, u)
-        shared_per_task = ops.stack([shared] * self.num_tasks, axis=-3)
-        candidates = ops.concatenate([specific, shared_per_task], axis=-2)
-        logits = ops.einsum("...td,tde->...te", task_inputs, self.gate_kernel)
+            inputs = [inputs] * (self.num_tasks + 1)
+        # Flatten leading axes: einsums without "..." (TensorFlow
+        # differentiates those slowly).
+        lead = tuple(ops.shape(inputs[0])[:-1])
+        flat = [ops.reshape(x, (-1, ops.shape(x)[-1])) for x in inputs]
+        task_inputs = ops.stack(flat[:-1], axis=1)  # (N, T, d)
+        shared_input = flat[-1]
+        specific = self.specific_experts(task_inputs)  # (N, T, m_k, u)
+        shared = self.shared_experts(shared_input)  # (N, m_s, u)
+        shared_per_task = ops.stack([shared] * self.num_tasks, axis=1)
+        candidates = ops.concatenate([specific, shared_per_task], axis=2)
+        logits = ops.einsum("ntd,tde->nte", task_inputs, self.gate_kernel)
         if self.use_gate_bias:
             logits = logits + self.gate_bias
-        gates = ops.softmax(logits, axis=-1)  # (..., T, m_k + m_s)
+        gates = ops.softmax(logits, axis=-1)  # (N, T, m_k + m_s)
         if training:
-            flat = ops.reshape(gates, (-1,) + tuple(gates.shape[-2:]))
             self.expert_utilization.assign(
-                ops.cast(ops.mean(flat, axis=0), "float32")
+                ops.cast(ops.mean(gates, axis=0), "float32")
             )
-        mixed = ops.einsum("...te,...teu->...tu", gates, candidates)
-        outputs = [mixed[..., t, :] for t in range(self.num_tasks)]
+        mixed = ops.einsum("nte,nteu->ntu", gates, candidates)
+        outputs = [mixed[:, t, :] for t in range(self.num_tasks)]
         if self.shared_gate:
             outputs.append(self._shared_mixture(shared_input, specific, shared))
-        return outputs
+        shape = lead + (self.expert_units[-1],)
+        return [ops.reshape(o, shape) for o in outputs]
 
     def _shared_mixture(self, shared_input, specific, shared):
         """Softmax gate over every expert, read from the shared input."""
@@ -217,7 +219,7 @@ class CustomizedGateControl(keras.layers.Layer):
         kernel = self.shared_gate_kernel
         kernel_specific = ops.reshape(kernel[:, : t * m_k], (-1, t, m_k))
         logits_specific = ops.einsum(
-            "...d,dtm->...tm", shared_input, kernel_specific
+            "nd,dtm->ntm", shared_input, kernel_specific
         )
         logits_shared = ops.matmul(shared_input, kernel[:, t * m_k :])
         if self.use_gate_bias:
@@ -228,15 +230,15 @@ class CustomizedGateControl(keras.layers.Layer):
             logits_shared = logits_shared + bias[t * m_k :]
         # One softmax over the T * m_k + m_s logits, kept in two blocks.
         top = ops.maximum(
-            ops.max(logits_specific, axis=(-2, -1)),
+            ops.max(logits_specific, axis=(1, 2)),
             ops.max(logits_shared, axis=-1),
         )
-        e_specific = ops.exp(logits_specific - top[..., None, None])
-        e_shared = ops.exp(logits_shared - top[..., None])
-        total = ops.sum(e_specific, axis=(-2, -1)) + ops.sum(e_shared, -1)
-        mixed = ops.einsum("...tm,...tmu->...u", e_specific, specific)
-        mixed = mixed + ops.einsum("...m,...mu->...u", e_shared, shared)
-        return mixed / total[..., None]
+        e_specific = ops.exp(logits_specific - top[:, None, None])
+        e_shared = ops.exp(logits_shared - top[:, None])
+        total = ops.sum(e_specific, axis=(1, 2)) + ops.sum(e_shared, axis=1)
+        mixed = ops.einsum("ntm,ntmu->nu", e_specific, specific)
+        mixed = mixed + ops.einsum("nm,nmu->nu", e_shared, shared)
+        return mixed / total[:, None]
 
     def compute_output_shape(self, input_shape):
         task_shape, _ = self._split_shapes(input_shape)

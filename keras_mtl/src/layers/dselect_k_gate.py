@@ -156,20 +156,19 @@ class DSelectKGate(keras.layers.Layer):
                 name="w_logits", shape=(k,), initializer=self.w_initializer
             )
 
-    def selectors(self, inputs):
-        """Returns `(selector_outputs, selector_weights)`: the `r^(i)` of
-        shape `(..., num_nonzeros, num_experts)` and `softmax(w)` of shape
-        `(..., num_nonzeros)` (without leading axes when not
-        example-conditioned)."""
+    def _selectors(self, tokens):
+        """Returns `(r, alpha)`: the selector outputs `r^(i)`, shape
+        `(N, num_nonzeros, num_experts)` (or without `N` when not
+        example-conditioned), and `softmax(w)`, shape `(N, num_nonzeros)`."""
         if self.example_conditioned:
-            x = ops.cast(inputs, self.compute_dtype)
-            z = ops.einsum("...d,dkm->...km", x, self.z_kernel) + self.z_bias
-            w = ops.einsum("...d,dk->...k", x, self.w_kernel) + self.w_bias
+            x = ops.cast(tokens, self.compute_dtype)
+            z = ops.einsum("nd,dkm->nkm", x, self.z_kernel) + self.z_bias
+            w = ops.matmul(x, self.w_kernel) + self.w_bias
         else:
             z, w = ops.convert_to_tensor(self.z_logits), self.w_logits
-        s = smooth_step(z, self.gamma)[..., None, :]  # (..., k, 1, m)
+        s = smooth_step(z, self.gamma)[..., None, :]  # (N, k, 1, m)
         codes = ops.convert_to_tensor(self._codes, dtype=s.dtype)
-        factors = codes * s + (1.0 - codes) * (1.0 - s)  # (..., k, n, m)
+        factors = codes * s + (1.0 - codes) * (1.0 - s)  # (N, k, n, m)
         if self.num_nonzeros == 1:  # softmax over one selector is 1
             alpha = ops.ones_like(w)
         else:
@@ -177,14 +176,15 @@ class DSelectKGate(keras.layers.Layer):
         return ops.prod(factors, axis=-1), alpha
 
     def call(self, inputs, training=None):
-        r, alpha = self.selectors(inputs)
+        lead = tuple(ops.shape(inputs)[:-1])
+        tokens = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+        r, alpha = self._selectors(tokens)
         weights = ops.sum(alpha[..., None] * r, axis=-2)
         if training:
             self._add_regularization(r)
-        if not self.example_conditioned:
-            lead = ops.shape(inputs)[:-1]
-            weights = ops.broadcast_to(weights, tuple(lead) + (self.num_experts,))
-        return weights
+        if self.example_conditioned:
+            return ops.reshape(weights, lead + (self.num_experts,))
+        return ops.broadcast_to(weights, lead + (self.num_experts,))
 
     def _add_regularization(self, r):
         if self.entropy_regularization > 0:

@@ -110,19 +110,66 @@ class ExpertStack(keras.layers.Layer):
             width = units
 
     def call(self, inputs):
-        g = "" if self.groups is None else "g"
-        h = inputs
+        lead = ops.shape(inputs)[: -1 if self.groups is None else -2]
+        h = self._apply_layers(inputs, len(self.units))
+        trailing = (self.num_experts, self.units[-1])
+        if self.groups is not None:
+            trailing = (self.groups,) + trailing
+        return ops.reshape(h, tuple(lead) + trailing)
+
+    def _apply_layers(self, inputs, count):
+        """Applies the first `count` layers to the flattened inputs; returns
+        `(N, E, width)` (`(N, G, E, width)` with groups)."""
+        # Leading axes are flattened and every product is a plain matmul or
+        # an einsum without "...": TensorFlow differentiates einsums with an
+        # ellipsis about 100x more slowly.
         last = len(self.units) - 1
-        for i in range(len(self.units)):
-            if i == 0:
-                equation = f"...{g}d,{g}edu->...{g}eu"
-            else:
-                equation = f"...{g}ed,{g}edu->...{g}eu"
-            h = ops.einsum(equation, h, self.kernels[i])
+        d = ops.shape(inputs)[-1]
+        E = self.num_experts
+        if self.groups is None:
+            x = ops.reshape(inputs, (-1, d))
+        else:
+            x = ops.reshape(inputs, (-1, self.groups, d))
+        if count == 0:
+            return ops.stack([x] * E, axis=-2)
+        if self.groups is None:
+            kernel = ops.reshape(
+                ops.transpose(self.kernels[0], (1, 0, 2)), (d, -1)
+            )
+            h = ops.reshape(ops.matmul(x, kernel), (-1, E, self.units[0]))
+        else:
+            h = ops.einsum("ngd,gedu->ngeu", x, self.kernels[0])
+        for i in range(count):
+            if i > 0:
+                if self.groups is None:
+                    h = ops.einsum("ned,edu->neu", h, self.kernels[i])
+                else:
+                    h = ops.einsum("nged,gedu->ngeu", h, self.kernels[i])
             if self.use_bias:
                 h = h + self.biases[i]
             h = (self.output_activation if i == last else self.activation)(h)
         return h
+
+    def gated_sum(self, inputs, gates):
+        """`sum_e gates[:, e] * expert_e(inputs)` for `(N, d)` inputs and
+        `(N, E)` gates, for a linear last layer.
+
+        The gate scales each expert's last hidden layer, and the last layers
+        of all experts become one `(N, E * h) @ (E * h, units)` product: the
+        cost of a dense layer of width `E * h` instead of `E` separate
+        outputs.
+        """
+        h = self._apply_layers(inputs, len(self.units) - 1)  # (N, E, h)
+        width = ops.shape(h)[-1]
+        scaled = ops.reshape(
+            h * ops.cast(gates, h.dtype)[:, :, None],
+            (-1, self.num_experts * width),
+        )
+        kernel = ops.reshape(self.kernels[-1], (-1, self.units[-1]))
+        y = ops.matmul(scaled, kernel)
+        if self.use_bias:
+            y = y + ops.matmul(ops.cast(gates, y.dtype), self.biases[-1])
+        return y
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_experts, self.units[-1])

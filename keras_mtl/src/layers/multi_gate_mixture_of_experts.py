@@ -173,26 +173,39 @@ class MultiGateMixtureOfExperts(keras.layers.Layer):
 
     def gate_weights(self, inputs, training=None):
         """Gate weights of shape `(..., num_tasks, num_experts)`."""
+        lead = ops.shape(inputs)[:-1]
+        tokens = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+        gates = self._gates(tokens, training)
+        return ops.reshape(
+            gates, tuple(lead) + (self.num_tasks, self.num_experts)
+        )
+
+    def _gates(self, tokens, training):
+        # Einsums without "..." (TensorFlow differentiates those slowly).
         if self.gate == "softmax":
-            logits = ops.einsum("...d,tde->...te", inputs, self.gate_kernel)
+            logits = ops.einsum("nd,tde->nte", tokens, self.gate_kernel)
             if self.use_gate_bias:
                 logits = logits + self.gate_bias
             return ops.softmax(logits, axis=-1)
         return ops.stack(
-            [gate(inputs, training=training) for gate in self.dselect_gates],
-            axis=-2,
+            [gate(tokens, training=training) for gate in self.dselect_gates],
+            axis=1,
         )
 
     def call(self, inputs, training=None):
-        experts = self.experts(inputs)  # (..., E, u)
-        gates = self.gate_weights(inputs, training=training)  # (..., T, E)
+        lead = ops.shape(inputs)[:-1]
+        tokens = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+        experts = self.experts(tokens)  # (N, E, u)
+        gates = self._gates(tokens, training)  # (N, T, E)
         if training:
-            flat = ops.reshape(gates, (-1, self.num_tasks, self.num_experts))
             self.expert_utilization.assign(
-                ops.cast(ops.mean(flat, axis=0), "float32")
+                ops.cast(ops.mean(gates, axis=0), "float32")
             )
-        mixed = ops.einsum("...te,...eu->...tu", gates, experts)
-        return [mixed[..., t, :] for t in range(self.num_tasks)]
+        mixed = ops.einsum("nte,neu->ntu", gates, experts)
+        shape = tuple(lead) + (self.expert_units[-1],)
+        return [
+            ops.reshape(mixed[:, t, :], shape) for t in range(self.num_tasks)
+        ]
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape[:-1]) + (self.expert_units[-1],)
