@@ -4,6 +4,7 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 
 @keras_mtl_export("keras_mtl.layers.CrossStitch")
@@ -78,18 +79,14 @@ class CrossStitch(keras.layers.Layer):
         self.per_channel = per_channel
 
     def _check_inputs(self, shapes):
-        if (
-            not isinstance(shapes, (list, tuple))
-            or not shapes
-            or isinstance(shapes[0], (int, type(None)))
-            or len(shapes) != self.num_tasks
-        ):
+        split = split_shapes(shapes, self.num_tasks)
+        if split is None:
             raise ValueError(
                 f"CrossStitch(num_tasks={self.num_tasks}) expects a list of "
                 f"{self.num_tasks} tensors. Received: inputs with shapes "
                 f"{shapes!r}"
             )
-        shapes = [tuple(s) for s in shapes]
+        shapes = split
         first = shapes[0]
         for shape in shapes[1:]:
             if len(shape) != len(first) or any(

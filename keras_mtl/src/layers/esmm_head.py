@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.validation import split_shapes
 from keras_mtl.src.losses.esmm_loss import ctcvr_log_probabilities
 
 OUTPUT_MODES = ("probabilities", "logits")
@@ -112,12 +113,13 @@ class ESMMHead(keras.layers.Layer):
         self.epsilon = float(epsilon)
 
     def _check_inputs(self, shapes):
-        if not isinstance(shapes, (list, tuple)) or len(shapes) != 2:
+        split = split_shapes(shapes, 2)
+        if split is None:
             raise ValueError(
                 "ESMMHead expects a list of two tensors [ctr, cvr]. "
                 f"Received: inputs with shapes {shapes!r}"
             )
-        ctr, cvr = (tuple(s) for s in shapes)
+        ctr, cvr = split
         if len(ctr) != len(cvr) or any(
             a is not None and b is not None and a != b
             for a, b in zip(ctr, cvr)

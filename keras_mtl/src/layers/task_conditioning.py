@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 
 @keras_mtl_export("keras_mtl.layers.TaskConditioning")
@@ -71,12 +72,13 @@ class TaskConditioning(keras.layers.Layer):
         self.beta_regularizer = keras.regularizers.get(beta_regularizer)
 
     def _check_inputs(self, shapes):
-        if not isinstance(shapes, (list, tuple)) or len(shapes) != 2:
+        split = split_shapes(shapes, 2)
+        if split is None:
             raise ValueError(
                 "TaskConditioning expects a list [features, task_ids]. "
                 f"Received: inputs with shapes {shapes!r}"
             )
-        features, ids = (tuple(s) for s in shapes)
+        features, ids = split
         if len(features) < 2 or features[-1] is None:
             raise ValueError(
                 "TaskConditioning expects features of shape "

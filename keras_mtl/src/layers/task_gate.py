@@ -4,6 +4,7 @@ from keras import ops
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_choice
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -103,15 +104,16 @@ class TaskGate(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def _split_shapes(self, input_shape):
-        if isinstance(input_shape, list) and input_shape and not isinstance(
-            input_shape[0], (int, type(None))
+        if isinstance(input_shape, (list, tuple)) and any(
+            isinstance(s, (list, tuple)) for s in input_shape
         ):
-            if len(input_shape) != 2:
+            split = split_shapes(input_shape, 2)
+            if split is None:
                 raise ValueError(
                     "TaskGate expects a tensor x or a list [x, context]. "
                     f"Received: inputs with shapes {input_shape!r}"
                 )
-            x, context = (tuple(s) for s in input_shape)
+            x, context = split
         else:
             x = context = tuple(input_shape)
         if len(x) < 2 or x[-1] is None:

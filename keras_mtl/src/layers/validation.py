@@ -18,3 +18,13 @@ def check_choice(value, arg_name, choices):
             f"{arg_name}={value!r}"
         )
     return value
+
+
+def split_shapes(shapes, count):
+    """The `count` shapes of a list input, or None if `shapes` is not a list
+    of exactly `count` shapes (a single shape is a tuple of ints/None)."""
+    if not isinstance(shapes, (list, tuple)) or len(shapes) != count:
+        return None
+    if any(not isinstance(s, (list, tuple)) for s in shapes):
+        return None
+    return [tuple(s) for s in shapes]
