@@ -35,12 +35,15 @@ class ESMMHead(keras.layers.Layer):
       product of two probabilities underflows. Use this mode for training.
 
     In `keras_mtl.MultiTaskModel` every output is a task with a loss, so
-    build the training model from the `"ctr"` and `"ctcvr"` outputs
-    (labels: click and click-and-convert, over all impressions) and read
-    pCVR from a second model on the same tensors,
-    `keras.Model(inputs, outputs["cvr"])`, which shares the weights.
-    Because the CTR tower feeds both tasks, its variables count as shared
-    and a gradient aggregator combines its two task gradients.
+    train on two tasks, `"ctr"` and `"ctcvr"` (labels: click and
+    click-and-convert, over all impressions), and read pCVR from a second
+    model on the same tensors, `keras.Model(inputs, outputs["cvr"])`, which
+    shares the weights. For the `"ctr"` task pass the CTR tower's logit
+    itself (equal to `outputs["ctr"]` in `"logits"` mode): Keras tracks
+    dependencies per layer call, so `outputs["ctr"]` would appear to depend
+    on the CVR tower too. The CTR tower then feeds both tasks and its
+    variables are the shared ones whose two task gradients an aggregator
+    combines; the CVR tower is trained by the CTCVR loss alone.
 
     Args:
         from_logits: whether the inputs are logits (`True`) or
@@ -67,7 +70,7 @@ class ESMMHead(keras.layers.Layer):
     >>> out = keras_mtl.layers.ESMMHead(output_mode="logits")(
     ...     [ctr_logit, cvr_logit])
     >>> model = keras_mtl.MultiTaskModel(
-    ...     x, {"ctr": out["ctr"], "ctcvr": out["ctcvr"]})
+    ...     x, {"ctr": ctr_logit, "ctcvr": out["ctcvr"]})
     >>> bce = keras.losses.BinaryCrossentropy(from_logits=True)
     >>> model.compile("adam", loss={"ctr": bce, "ctcvr": bce})
     >>> click = np.array([[1.0], [0.0], [1.0], [0.0]])
