@@ -4,9 +4,12 @@ from keras_mtl.src.layers.adapter_fusion import AdapterFusion
 from keras_mtl.src.layers.add_adapter_experts import add_adapter_experts
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.cross_stitch import CrossStitch
 from keras_mtl.src.layers.customized_gate_control import CGC
 from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
 from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
+from keras_mtl.src.layers.esmm_head import ESMMHead
+from keras_mtl.src.layers.gradient_reversal import GradientReversal
 from keras_mtl.src.layers.mixture_of_adapter_experts import (
     MixtureOfAdapterExperts,
 )
@@ -22,3 +25,6 @@ from keras_mtl.src.layers.progressive_layered_extraction import (
 from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
+from keras_mtl.src.layers.task_conditioning import TaskConditioning
+from keras_mtl.src.layers.task_feature_refinement import TaskFeatureRefinement
+from keras_mtl.src.layers.task_gate import TaskGate

@@ -1,0 +1,5 @@
+"""Training callbacks (public API)."""
+
+from keras_mtl.src.callbacks.gradient_reversal_schedule import (
+    GradientReversalSchedule,
+)
