@@ -148,7 +148,7 @@ def subsample(split, limit, rng):
 
 
 def format_table(group, tasks, results, models, seeds):
-    header = f"{'Group ' + str(group):<28} | {tasks[0]:>17} | {tasks[1]:>17}"
+    header = f"{'Group ' + str(group):<30} | {tasks[0]:>17} | {tasks[1]:>17}"
     lines = [header, "-" * len(header)]
     for kind in models:
         cells = []
@@ -156,11 +156,11 @@ def format_table(group, tasks, results, models, seeds):
             values = np.array(results[(group, kind, task)])
             cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
         lines.append(
-            f"{LABELS[kind] + f' (ours, {seeds} seeds)':<28} | "
+            f"{LABELS[kind] + f' (ours, {seeds} seeds)':<30} | "
             + " | ".join(f"{c:>17}" for c in cells)
         )
     for name, first, second in PUBLISHED[group]:
-        lines.append(f"{name:<28} | {first:>17.4f} | {second:>17.4f}")
+        lines.append(f"{name:<30} | {first:>17.4f} | {second:>17.4f}")
     return "\n".join(lines)
 
 
