@@ -20,6 +20,15 @@ the two binary cross-entropies with Adam; each run keeps the weights of the
 epoch with the lowest validation loss.
 
     KERAS_BACKEND=jax python examples/census_income_mmoe.py
+
+Result of that command (defaults: 5 epochs, batch 1024, one seed; JAX on a
+shared 2-core CPU, 347 s), test AUC (main task / never married):
+group 1: single-task 0.9459 / 0.9946, shared-bottom 0.9456 / 0.9945,
+MMoE 0.9452 / 0.9943, PLE 0.9454 / 0.9945; group 2: single-task
+0.8910 / 0.9946, shared-bottom 0.8903 / 0.9945, MMoE 0.8891 / 0.9944,
+PLE 0.8905 / 0.9945. All four are within 0.002 of each other (one seed,
+untuned): above the paper's means and at PaddleRec's level, without the
+MMoE advantage the paper reports.
 """
 
 import argparse

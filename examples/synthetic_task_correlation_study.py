@@ -31,6 +31,20 @@ Each task has a tower Dense(8, relu) -> Dense(1). Loss: the sum of the two
 MSEs (`keras_mtl.MultiTaskModel` with the default "sum" aggregator), Adam.
 
     KERAS_BACKEND=jax python examples/synthetic_task_correlation_study.py
+
+Result of that command (3 seeds, 20 epochs; JAX on a shared 2-core CPU,
+287 s), final test MSE, mean ± std (label variance about 2.2):
+
+    p     Shared-bottom   OMoE            MMoE
+    1.0   0.091 ± 0.005   0.077 ± 0.007   0.055 ± 0.011
+    0.9   0.101 ± 0.013   0.076 ± 0.013   0.063 ± 0.012
+    0.5   0.107 ± 0.013   0.087 ± 0.004   0.069 ± 0.007
+    0.0   0.114 ± 0.021   0.093 ± 0.008   0.067 ± 0.008
+
+Shared-bottom degrades as `p` falls and MMoE < OMoE < shared-bottom
+throughout, as in the paper; but MMoE's margin over shared-bottom is almost
+constant (+0.037 at p = 1 to +0.047 at p = 0, within the seed spread), so
+the paper's growing advantage is not clearly reproduced at this budget.
 """
 
 import argparse
