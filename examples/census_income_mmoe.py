@@ -20,6 +20,15 @@ the two binary cross-entropies with Adam; each run keeps the weights of the
 epoch with the lowest validation loss.
 
     KERAS_BACKEND=jax python examples/census_income_mmoe.py
+
+Result of that command (defaults: 5 epochs, batch 1024, one seed; JAX on a
+shared 2-core CPU, 347 s), test AUC (main task / never married):
+group 1: single-task 0.9459 / 0.9946, shared-bottom 0.9456 / 0.9945,
+MMoE 0.9452 / 0.9943, PLE 0.9454 / 0.9945; group 2: single-task
+0.8910 / 0.9946, shared-bottom 0.8903 / 0.9945, MMoE 0.8891 / 0.9944,
+PLE 0.8905 / 0.9945. All four are within 0.002 of each other (one seed,
+untuned): above the paper's means and at PaddleRec's level, without the
+MMoE advantage the paper reports.
 """
 
 import argparse
@@ -65,13 +74,21 @@ def tower(h, task, units):
     return keras.layers.Dense(1, activation="sigmoid", name=task)(h)
 
 
-def build_model(kind, num_features, tasks, hidden_units=128, num_experts=8,
-                expert_units=16, tower_units=8):
+def build_model(
+    kind,
+    num_features,
+    tasks,
+    hidden_units=128,
+    num_experts=8,
+    expert_units=16,
+    tower_units=8,
+):
     """One model; for `"single_task"`, `tasks` holds the one task."""
     inputs = keras.Input((num_features,), name="features")
     if kind in ("single_task", "shared_bottom"):
-        bottom = keras.layers.Dense(hidden_units, activation="relu",
-                                    name="bottom")(inputs)
+        bottom = keras.layers.Dense(
+            hidden_units, activation="relu", name="bottom"
+        )(inputs)
         representations = [bottom] * len(tasks)
     elif kind == "mmoe":
         representations = keras_mtl.layers.MultiGateMixtureOfExperts(
@@ -79,10 +96,12 @@ def build_model(kind, num_features, tasks, hidden_units=128, num_experts=8,
         )(inputs)
     elif kind == "ple":
         representations = keras_mtl.layers.ProgressiveLayeredExtraction(
-            num_tasks=len(tasks), num_levels=2,
+            num_tasks=len(tasks),
+            num_levels=2,
             num_specific_experts=num_experts // 4,
             num_shared_experts=num_experts // 2,
-            expert_units=expert_units, name="ple",
+            expert_units=expert_units,
+            name="ple",
         )(inputs)
     else:
         raise ValueError(f"`models` must be among {MODELS}. Received: {kind!r}")
@@ -114,11 +133,17 @@ def train(kind, tasks, data, seed, epochs, batch_size, learning_rate, sizes):
         loss={task: "binary_crossentropy" for task in tasks},
     )
     model.fit(
-        x, {t: y[t] for t in tasks},
+        x,
+        {t: y[t] for t in tasks},
         validation_data=(x_val, {t: y_val[t] for t in tasks}),
-        batch_size=batch_size, epochs=epochs, verbose=0,
-        callbacks=[keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=epochs, restore_best_weights=True)],
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=epochs, restore_best_weights=True
+            )
+        ],
     )
     return test_auc(model, x_test, y_test, tasks)
 
@@ -132,7 +157,7 @@ def subsample(split, limit, rng):
 
 
 def format_table(group, tasks, results, models, seeds):
-    header = f"{'Group ' + str(group):<28} | {tasks[0]:>17} | {tasks[1]:>17}"
+    header = f"{'Group ' + str(group):<30} | {tasks[0]:>17} | {tasks[1]:>17}"
     lines = [header, "-" * len(header)]
     for kind in models:
         cells = []
@@ -140,18 +165,30 @@ def format_table(group, tasks, results, models, seeds):
             values = np.array(results[(group, kind, task)])
             cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
         lines.append(
-            f"{LABELS[kind] + f' (ours, {seeds} seeds)':<28} | "
+            f"{LABELS[kind] + f' (ours, {seeds} seeds)':<30} | "
             + " | ".join(f"{c:>17}" for c in cells)
         )
     for name, first, second in PUBLISHED[group]:
-        lines.append(f"{name:<28} | {first:>17.4f} | {second:>17.4f}")
+        lines.append(f"{name:<30} | {first:>17.4f} | {second:>17.4f}")
     return "\n".join(lines)
 
 
-def main(groups=(1, 2), models=MODELS, epochs=8, seeds=1, batch_size=512,
-         learning_rate=1e-3, max_train_samples=None, max_eval_samples=None,
-         hidden_units=128, num_experts=8, expert_units=16, tower_units=8,
-         path=None, cache_dir=None):
+def main(
+    groups=(1, 2),
+    models=MODELS,
+    epochs=5,
+    seeds=1,
+    batch_size=1024,
+    learning_rate=1e-3,
+    max_train_samples=None,
+    max_eval_samples=None,
+    hidden_units=128,
+    num_experts=8,
+    expert_units=16,
+    tower_units=8,
+    path=None,
+    cache_dir=None,
+):
     """Trains every model on every group and prints the AUC tables.
 
     Args:
@@ -172,8 +209,12 @@ def main(groups=(1, 2), models=MODELS, epochs=8, seeds=1, batch_size=512,
             raise ValueError(
                 f"`models` must be among {MODELS}. Received: models={models!r}"
             )
-    sizes = dict(hidden_units=hidden_units, num_experts=num_experts,
-                 expert_units=expert_units, tower_units=tower_units)
+    sizes = dict(
+        hidden_units=hidden_units,
+        num_experts=num_experts,
+        expert_units=expert_units,
+        tower_units=tower_units,
+    )
     results = {}
     tables = []
     start = time.time()
@@ -199,11 +240,29 @@ def main(groups=(1, 2), models=MODELS, epochs=8, seeds=1, batch_size=512,
                 if kind == "single_task":
                     aucs = {}
                     for task in tasks:
-                        aucs.update(train(kind, (task,), data, seed, epochs,
-                                          batch_size, learning_rate, sizes))
+                        aucs.update(
+                            train(
+                                kind,
+                                (task,),
+                                data,
+                                seed,
+                                epochs,
+                                batch_size,
+                                learning_rate,
+                                sizes,
+                            )
+                        )
                 else:
-                    aucs = train(kind, tasks, data, seed, epochs, batch_size,
-                                 learning_rate, sizes)
+                    aucs = train(
+                        kind,
+                        tasks,
+                        data,
+                        seed,
+                        epochs,
+                        batch_size,
+                        learning_rate,
+                        sizes,
+                    )
                 for task, value in aucs.items():
                     results.setdefault((group, kind, task), []).append(value)
                 print(
@@ -228,12 +287,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--path", default=None)
     args = parser.parse_args()
-    main(tuple(args.groups), tuple(args.models), args.epochs, args.seeds,
-         args.batch_size, max_train_samples=args.max_train_samples,
-         path=args.path)
+    main(
+        tuple(args.groups),
+        tuple(args.models),
+        args.epochs,
+        args.seeds,
+        args.batch_size,
+        max_train_samples=args.max_train_samples,
+        path=args.path,
+    )

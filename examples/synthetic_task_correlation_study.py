@@ -31,6 +31,20 @@ Each task has a tower Dense(8, relu) -> Dense(1). Loss: the sum of the two
 MSEs (`keras_mtl.MultiTaskModel` with the default "sum" aggregator), Adam.
 
     KERAS_BACKEND=jax python examples/synthetic_task_correlation_study.py
+
+Result of that command (3 seeds, 20 epochs; JAX on a shared 2-core CPU,
+287 s), final test MSE, mean ± std (label variance about 2.2):
+
+    p     Shared-bottom   OMoE            MMoE
+    1.0   0.091 ± 0.005   0.077 ± 0.007   0.055 ± 0.011
+    0.9   0.101 ± 0.013   0.076 ± 0.013   0.063 ± 0.012
+    0.5   0.107 ± 0.013   0.087 ± 0.004   0.069 ± 0.007
+    0.0   0.114 ± 0.021   0.093 ± 0.008   0.067 ± 0.008
+
+Shared-bottom degrades as `p` falls and MMoE < OMoE < shared-bottom
+throughout, as in the paper; but MMoE's margin over shared-bottom is almost
+constant (+0.037 at p = 1 to +0.047 at p = 0, within the seed spread), so
+the paper's growing advantage is not clearly reproduced at this budget.
 """
 
 import argparse
@@ -46,8 +60,10 @@ MODELS = ("shared_bottom", "omoe", "mmoe")
 LABELS = {"shared_bottom": "Shared-bottom", "omoe": "OMoE", "mmoe": "MMoE"}
 _RNG = np.random.default_rng(2018)
 CONSTANTS = {
-    "normal": {"alphas": _RNG.standard_normal(10),
-               "betas": _RNG.standard_normal(10)},
+    "normal": {
+        "alphas": _RNG.standard_normal(10),
+        "betas": _RNG.standard_normal(10),
+    },
     "google": {},  # The generator's defaults: alpha_i = i, beta_i = (i-1)^2.
 }
 
@@ -72,35 +88,62 @@ def build_model(kind, num_features, num_experts, expert_units, tower_units):
         raise ValueError(f"`models` must be among {MODELS}. Received: {kind!r}")
     outputs = {}
     for task, h in zip(TASKS, representations):
-        h = keras.layers.Dense(tower_units, activation="relu",
-                               name=f"{task}_tower")(h)
+        h = keras.layers.Dense(
+            tower_units, activation="relu", name=f"{task}_tower"
+        )(h)
         outputs[task] = keras.layers.Dense(1, name=task)(h)
     return keras_mtl.MultiTaskModel(inputs, outputs, name=kind)
 
 
-def run_once(kind, correlation, seed, num_samples, epochs, batch_size,
-             learning_rate, num_experts, expert_units, tower_units,
-             constants="normal"):
+def run_once(
+    kind,
+    correlation,
+    seed,
+    num_samples,
+    epochs,
+    batch_size,
+    learning_rate,
+    num_experts,
+    expert_units,
+    tower_units,
+    constants="normal",
+):
     """Trains one model on one data set; returns the final test losses."""
     x, y = keras_mtl.datasets.synthetic_task_correlation(
-        num_samples=num_samples, num_features=100, correlation=correlation,
-        seed=seed, **CONSTANTS[constants],
+        num_samples=num_samples,
+        num_features=100,
+        correlation=correlation,
+        seed=seed,
+        **CONSTANTS[constants],
     )
     split = int(0.8 * num_samples)
     keras.utils.set_random_seed(seed)
-    model = build_model(kind, x.shape[1], num_experts, expert_units,
-                        tower_units)
+    model = build_model(
+        kind, x.shape[1], num_experts, expert_units, tower_units
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={task: "mse" for task in TASKS},
     )
-    model.fit(x[:split], {t: v[:split] for t, v in y.items()},
-              batch_size=batch_size, epochs=epochs, verbose=0)
-    results = model.evaluate(x[split:], {t: v[split:] for t, v in y.items()},
-                             batch_size=1024, verbose=0, return_dict=True)
+    model.fit(
+        x[:split],
+        {t: v[:split] for t, v in y.items()},
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+    )
+    results = model.evaluate(
+        x[split:],
+        {t: v[split:] for t, v in y.items()},
+        batch_size=1024,
+        verbose=0,
+        return_dict=True,
+    )
     variance = float(np.mean([y[t][split:].var() for t in TASKS]))
     loss = float(np.mean([results[f"{t}_loss"] for t in TASKS]))
-    label_correlation = float(np.corrcoef(y["task_1"][:, 0], y["task_2"][:, 0])[0, 1])
+    label_correlation = float(
+        np.corrcoef(y["task_1"][:, 0], y["task_2"][:, 0])[0, 1]
+    )
     return loss, variance, label_correlation
 
 
@@ -118,9 +161,19 @@ def format_table(results, correlations, models):
     return "\n".join(lines)
 
 
-def main(correlations=(1.0, 0.9, 0.5, 0.0), seeds=5, models=MODELS,
-         num_samples=12000, epochs=20, batch_size=128, learning_rate=1e-3,
-         num_experts=8, expert_units=16, tower_units=8, constants="normal"):
+def main(
+    correlations=(1.0, 0.9, 0.5, 0.0),
+    seeds=3,
+    models=MODELS,
+    num_samples=12000,
+    epochs=20,
+    batch_size=128,
+    learning_rate=1e-3,
+    num_experts=8,
+    expert_units=16,
+    tower_units=8,
+    constants="normal",
+):
     """Runs the study and prints the table.
 
     Args:
@@ -153,8 +206,16 @@ def main(correlations=(1.0, 0.9, 0.5, 0.0), seeds=5, models=MODELS,
         for kind in models:
             for seed in range(seeds):
                 loss, variance, label_correlation = run_once(
-                    kind, p, seed, num_samples, epochs, batch_size,
-                    learning_rate, num_experts, expert_units, tower_units,
+                    kind,
+                    p,
+                    seed,
+                    num_samples,
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    num_experts,
+                    expert_units,
+                    tower_units,
                     constants,
                 )
                 results.setdefault((kind, p), []).append(loss)
@@ -183,24 +244,34 @@ def main(correlations=(1.0, 0.9, 0.5, 0.0), seeds=5, models=MODELS,
     )
     print(f"Pearson correlation of the two labels: {correlations_text}")
     if "mmoe" in models and "shared_bottom" in models:
-        gaps = ", ".join(
-            f"p={p:g}: {np.mean(results[('shared_bottom', p)]) - np.mean(results[('mmoe', p)]):+.3f}"
+        gap = {
+            p: np.mean(results[("shared_bottom", p)])
+            - np.mean(results[("mmoe", p)])
             for p in correlations
-        )
+        }
+        gaps = ", ".join(f"p={p:g}: {gap[p]:+.3f}" for p in correlations)
         print(f"Shared-bottom minus MMoE (positive: MMoE better): {gaps}")
     return results
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--correlations", type=float, nargs="+",
-                        default=[1.0, 0.9, 0.5, 0.0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--correlations", type=float, nargs="+", default=[1.0, 0.9, 0.5, 0.0]
+    )
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=12000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--constants", default="normal",
-                        choices=sorted(CONSTANTS))
+    parser.add_argument(
+        "--constants", default="normal", choices=sorted(CONSTANTS)
+    )
     args = parser.parse_args()
-    main(tuple(args.correlations), args.seeds, tuple(args.models),
-         args.num_samples, args.epochs, constants=args.constants)
+    main(
+        tuple(args.correlations),
+        args.seeds,
+        tuple(args.models),
+        args.num_samples,
+        args.epochs,
+        constants=args.constants,
+    )

@@ -43,7 +43,9 @@ def make_rows(num_rows, seed, sex=SEX):
         values["age"] = str(i)
         values["instance_weight"] = f"{rng.uniform(100, 3000):.2f}"
         values["sex"] = pick(sex)
-        values["det_hh_summ"] = pick(("Child under 18 never married", "Householder"))
+        values["det_hh_summ"] = pick(
+            ("Child under 18 never married", "Householder")
+        )
         values["major_occ_code"] = pick(("Professional specialty", "Sales"))
         agree = rng.uniform(size=3) < 0.85
         rich = (values["sex"] == "Male") == agree[0]
@@ -51,7 +53,9 @@ def make_rows(num_rows, seed, sex=SEX):
         single = values["det_hh_summ"].startswith("Child") == agree[1]
         values["marital_stat"] = MARITAL[0] if single else pick(MARITAL[1:])
         college = values["major_occ_code"].startswith("Prof") == agree[2]
-        values["education"] = pick(COLLEGE if college else EDUCATION[:2] + EDUCATION[4:5])
+        values["education"] = pick(
+            COLLEGE if college else EDUCATION[:2] + EDUCATION[4:5]
+        )
         # A value with a trailing space, as in the real files.
         values["citizenship"] = "Foreign born- Not a citizen of U S "
         values["det_ind_code"] = str(rng.integers(0, 5))

@@ -9,6 +9,7 @@ from keras_mtl.src.datasets import census_income as module
 from tests.datasets.census_archive import make_rows
 from tests.datasets.census_archive import write_archive
 
+
 @pytest.fixture
 def archive(tmp_path):
     # "Other" never occurs in training: it must map to unseen codes.
@@ -41,13 +42,19 @@ def test_protocol_labels_and_traceable_rows(archive):
     np.testing.assert_array_equal(row_numbers(x), np.arange(60))
     val_rows, test_rows = row_numbers(x_val), row_numbers(x_test)
     assert sorted(np.concatenate([val_rows, test_rows])) == list(range(21))
-    for labels, rows, source in ((y, range(60), train), (y_val, val_rows, test),
-                                 (y_test, test_rows, test)):
-        assert all(v.shape == (len(rows), 1) and v.dtype == np.float32
-                   for v in labels.values())
+    for labels, rows, source in (
+        (y, range(60), train),
+        (y_val, val_rows, test),
+        (y_test, test_rows, test),
+    ):
+        assert all(
+            v.shape == (len(rows), 1) and v.dtype == np.float32
+            for v in labels.values()
+        )
         expected_income = [source[i]["income_50k"] == "50000+." for i in rows]
-        expected_single = [source[i]["marital_stat"] == "Never married"
-                           for i in rows]
+        expected_single = [
+            source[i]["marital_stat"] == "Never married" for i in rows
+        ]
         np.testing.assert_array_equal(labels["income"][:, 0], expected_income)
         np.testing.assert_array_equal(
             labels["never_married"][:, 0], expected_single
@@ -73,9 +80,16 @@ def test_task_columns_and_instance_weight_are_not_features(archive, group):
     path, _, _ = archive
     _, _, _, info = load(path, group=group, with_info=True)
     columns = info["numeric_columns"] + info["categorical_columns"]
-    for column in ("instance_weight", "income_50k", "marital_stat", "education"):
+    for column in (
+        "instance_weight",
+        "income_50k",
+        "marital_stat",
+        "education",
+    ):
         assert column not in columns
-        assert not any(n.startswith(column + "=") for n in info["feature_names"])
+        assert not any(
+            n.startswith(column + "=") for n in info["feature_names"]
+        )
     assert len(info["numeric_columns"]) == 7
     assert len(columns) == 38 and "sex" in columns
 
@@ -84,8 +98,10 @@ def test_one_hot_encoding_and_standardisation(archive):
     path, _, _ = archive
     (x, _), (x_val, _), (x_test, _), info = load(path, with_info=True)
     names = info["feature_names"]
-    assert x.shape[1] == len(names) == 7 + sum(
-        len(v) for v in info["vocabularies"].values()
+    assert (
+        x.shape[1]
+        == len(names)
+        == 7 + sum(len(v) for v in info["vocabularies"].values())
     )
     numeric = x[:, :7]
     np.testing.assert_allclose(numeric.mean(axis=0), 0.0, atol=1e-5)
@@ -116,12 +132,17 @@ def test_integer_codes_match_one_hot(archive):
     assert xi["categorical"].shape == (60, len(info["categorical_columns"]))
     np.testing.assert_array_equal(xi["numeric"], x[:, :7])
     np.testing.assert_array_equal(yi["income"], y["income"])
-    for features, codes in ((x, xi["categorical"]), (x_val, xi_val["categorical"])):
+    for features, codes in (
+        (x, xi["categorical"]),
+        (x_val, xi_val["categorical"]),
+    ):
         start = 7
         for j, column in enumerate(info["categorical_columns"]):
             size = len(info["vocabularies"][column])
             block = features[:, start : start + size]
-            expected = np.where(block.sum(axis=1) > 0, block.argmax(axis=1) + 1, 0)
+            expected = np.where(
+                block.sum(axis=1) > 0, block.argmax(axis=1) + 1, 0
+            )
             np.testing.assert_array_equal(codes[:, j], expected)
             start += size
     sex = info["categorical_columns"].index("sex")
@@ -151,7 +172,9 @@ def test_drop_columns(archive):
 def test_decoded_arrays_are_cached(archive, monkeypatch):
     path, _, _ = archive
     first = load(path, categorical="integer")
-    caches = [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".npz")]
+    caches = [
+        f for f in os.listdir(os.path.dirname(path)) if f.endswith(".npz")
+    ]
     assert len(caches) == 1 and caches[0].startswith("census_income_kdd_")
 
     def fail(_):
@@ -168,7 +191,9 @@ def test_decoded_arrays_are_cached(archive, monkeypatch):
     with open(cache, "wb") as handle:
         handle.write(b"PK not a zip file")
     third = load(path, categorical="integer")
-    np.testing.assert_array_equal(first[0][0]["numeric"], third[0][0]["numeric"])
+    np.testing.assert_array_equal(
+        first[0][0]["numeric"], third[0][0]["numeric"]
+    )
     with np.load(cache) as stored:
         assert "vocab__sex" in stored.files
 
@@ -258,7 +283,8 @@ def test_real_census_income():
     assert y["income"].sum() == 12382 and y["never_married"].sum() == 86485
     for (_, labels), (_, val), (_, test) in (group_1, group_2):
         assert all(v.shape[0] == 199523 for v in labels.values())
-    # |Pearson| over all 299,285 rows: 0.1783 and 0.2392 (paper: 0.1768, 0.2373).
+    # |Pearson| over all 299,285 rows: 0.1783 and 0.2392
+    # (paper: 0.1768 and 0.2373).
     for split_data, expected in ((group_1, 0.1783), (group_2, 0.2392)):
         first, second = split_data[0][1]
         a = np.concatenate([part[1][first] for part in split_data])[:, 0]

