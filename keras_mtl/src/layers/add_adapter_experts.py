@@ -13,8 +13,11 @@ class _Stash:
     inputs = None
 
 
-class FeedForwardInputTap(keras.layers.Layer):
-    """Wraps an encoder's intermediate dense: remembers its input."""
+class _FeedForwardInputTap(keras.layers.Layer):
+    """Wraps an encoder's intermediate dense: remembers its input.
+
+    Internal and not serialised: `add_adapter_experts` is re-applied after
+    loading (see its docstring)."""
 
     def __init__(self, dense, stash, **kwargs):
         super().__init__(**kwargs)
@@ -32,7 +35,7 @@ class FeedForwardInputTap(keras.layers.Layer):
         return self.dense.compute_output_shape(input_shape)
 
 
-class ParallelAdapterExperts(keras.layers.Layer):
+class _ParallelAdapterExperts(keras.layers.Layer):
     """Wraps an encoder's output dense: adds the expert mixture of the
     feed-forward input to the feed-forward output."""
 
@@ -137,7 +140,7 @@ def add_adapter_experts(backbone, layer_indices=None, **moae_kwargs):
     for encoder in chosen:
         intermediate = encoder._feedforward_intermediate_dense
         output = encoder._feedforward_output_dense
-        if isinstance(output, ParallelAdapterExperts):
+        if isinstance(output, _ParallelAdapterExperts):
             raise ValueError(
                 f"Encoder layer {encoder.name!r} already has adapter experts."
             )
@@ -149,8 +152,8 @@ def add_adapter_experts(backbone, layer_indices=None, **moae_kwargs):
         )
         experts.build((None, width))
         stash = _Stash()
-        tap = FeedForwardInputTap(intermediate, stash, name="ffn_input_tap")
-        wrapped = ParallelAdapterExperts(
+        tap = _FeedForwardInputTap(intermediate, stash, name="ffn_input_tap")
+        wrapped = _ParallelAdapterExperts(
             output, experts, stash, name="ffn_output_with_experts"
         )
         tap.build(None)

@@ -3,8 +3,8 @@ import numpy as np
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.argument_checks import check_positive_int
-from keras_mtl.src.layers.argument_checks import split_shapes
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 
 @keras_mtl_export("keras_mtl.layers.CrossStitch")
@@ -60,7 +60,7 @@ class CrossStitch(keras.layers.Layer):
     def __init__(self, num_tasks, self_weight=0.9, per_channel=False,
                  **kwargs):
         super().__init__(**kwargs)
-        self.num_tasks = check_positive_int(num_tasks, "num_tasks", minimum=2)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks, minimum=2)
         if (
             isinstance(self_weight, bool)
             or not isinstance(self_weight, (int, float))

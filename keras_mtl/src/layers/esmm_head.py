@@ -2,7 +2,7 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.argument_checks import split_shapes
+from keras_mtl.src.layers.validation import split_shapes
 from keras_mtl.src.losses.esmm_loss import ctcvr_log_probabilities
 
 OUTPUT_MODES = ("probabilities", "logits")

@@ -2,8 +2,8 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.argument_checks import check_positive_int
-from keras_mtl.src.layers.argument_checks import split_shapes
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 
 @keras_mtl_export("keras_mtl.layers.TaskConditioning")
@@ -65,7 +65,7 @@ class TaskConditioning(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = check_positive_int(num_tasks, "num_tasks")
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
         self.gamma_initializer = keras.initializers.get(gamma_initializer)
         self.beta_initializer = keras.initializers.get(beta_initializer)
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)

@@ -2,7 +2,7 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.argument_checks import check_positive_int
+from keras_mtl.src.layers.validation import check_positive_int
 
 
 @keras_mtl_export("keras_mtl.layers.TaskFeatureRefinement")
@@ -70,8 +70,8 @@ class TaskFeatureRefinement(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = check_positive_int(num_tasks, "num_tasks")
-        self.reduction = check_positive_int(reduction, "reduction")
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.reduction = check_positive_int("reduction", reduction)
         if not isinstance(use_bias, bool):
             raise ValueError(
                 f"`use_bias` must be a bool. Received: use_bias={use_bias!r}"

@@ -2,9 +2,9 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.argument_checks import check_choice
-from keras_mtl.src.layers.argument_checks import check_positive_int
-from keras_mtl.src.layers.argument_checks import split_shapes
+from keras_mtl.src.layers.validation import check_choice
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import split_shapes
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -82,8 +82,8 @@ class TaskGate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = check_positive_int(num_tasks, "num_tasks")
-        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
         if scale is not None and (
             isinstance(scale, bool)
             or not isinstance(scale, (int, float))

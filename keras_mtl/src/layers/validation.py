@@ -20,16 +20,17 @@ def check_positive_number(name, value, allow_none=False):
     return value
 
 
-def check_positive_int(name, value, allow_none=False):
+def check_positive_int(name, value, allow_none=False, minimum=1):
     if value is None and allow_none:
         return value
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
-        or value < 1
+        or value < minimum
     ):
         raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+            f"`{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
         )
     return int(value)
 
@@ -101,3 +102,13 @@ def last_dim(name, shape):
             f"Received: {name} shape={shape}"
         )
     return int(dim)
+
+
+def split_shapes(shapes, count):
+    """The `count` shapes of a list input, or None if `shapes` is not a list
+    of exactly `count` shapes (a single shape is a tuple of ints/None)."""
+    if not isinstance(shapes, (list, tuple)) or len(shapes) != count:
+        return None
+    if any(not isinstance(s, (list, tuple)) for s in shapes):
+        return None
+    return [tuple(s) for s in shapes]

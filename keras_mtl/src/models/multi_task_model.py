@@ -732,7 +732,7 @@ class MultiTaskModel(keras.Model):
         if isinstance(self.aggregator, Weighting):
             gramians = [flat @ ops.transpose(flat) for flat in flats]
             gramian = _sum(gramians)
-            norm_index = self._gradient_plan().norm_index
+            norm_index = self._mtl.plan.norm_index  # Built by this step.
             if norm_index is not None:
                 state["layer_gramian"] = _sum([gramians[k] for k in norm_index])
             weights, state = self.aggregator.compute_weights(
