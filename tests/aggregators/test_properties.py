@@ -228,13 +228,27 @@ def test_graddrop_keeps_gradients_that_agree_in_sign():
     assert set(np.abs(direction).round(5)) == {1.0}
 
 
+def test_graddrop_leak_blends_the_dropped_and_the_plain_sum():
+    jacobian = np.random.default_rng(0).normal(size=(3, 50)).astype("float32")
+    dropped, dropped_weights, _ = keras_mtl.aggregators.GradDrop().aggregate(jacobian)
+    assert np.all(to_numpy(dropped_weights) < 1.0)
+    full, full_weights, _ = keras_mtl.aggregators.GradDrop(leak=1.0).aggregate(jacobian)
+    np.testing.assert_allclose(to_numpy(full), jacobian.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(full_weights), 1.0, rtol=1e-6)
+    # Same seed, same draw: leak 0.25 mixes the two directions linearly.
+    mixed, _, _ = keras_mtl.aggregators.GradDrop(leak=0.25).aggregate(jacobian)
+    np.testing.assert_allclose(
+        to_numpy(mixed), 0.25 * jacobian.sum(0) + 0.75 * to_numpy(dropped),
+        rtol=1e-5, atol=1e-5)
+
+
 @SETTINGS
 @given(jacobians())
 def test_cagrad_reports_a_small_duality_gap(jacobian):
     agg = keras_mtl.aggregators.CAGrad()
     _, weights, state = agg.aggregate(jacobian)
     gap = float(to_numpy(state["solver_gap"]))
-    assert -1e-6 <= gap < 5e-3
+    assert -1e-6 <= gap < 2e-3
     # A one-iteration solve is further from the optimum, and says so.
     _, _, short = keras_mtl.aggregators.CAGrad(max_iters=1).aggregate(jacobian)
     assert float(to_numpy(short["solver_gap"])) >= gap - 1e-4

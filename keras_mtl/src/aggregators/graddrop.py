@@ -41,19 +41,24 @@ class GradDrop(Aggregator):
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
         jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
         state = {} if state is None else state
-        purity = 0.5 * (1.0 + ops.divide_no_nan(
-            ops.sum(jacobian, axis=0), ops.sum(ops.abs(jacobian), axis=0)))
-        draw = keras.random.uniform(purity.shape, seed=seed_from(seed))
-        keep = ops.logical_or(
-            ops.logical_and(purity > draw, jacobian > 0),
-            ops.logical_and(purity < draw, jacobian < 0),
-        )
-        mask = self.leak + (1.0 - self.leak) * ops.cast(keep, "float32")
-        kept = jacobian * mask
-        weights = ops.divide_no_nan(
-            ops.sum(kept * jacobian, axis=1), ops.sum(jacobian * jacobian, axis=1)
-        )
-        return ops.sum(kept, axis=0), weights, state
+        # P > U, with the purity P = (1 + total / magnitude) / 2 and
+        # U ~ Uniform(0, 1), is total > (2U - 1) * magnitude: no division.
+        total = ops.sum(jacobian, axis=0)
+        magnitude = ops.sum(ops.abs(jacobian), axis=0)
+        draw = keras.random.uniform(
+            ops.shape(total), minval=-1.0, maxval=1.0, seed=seed_from(seed))
+        # The surviving sign of every coordinate (0 drops both); the kept
+        # part of task i is `sign * relu(g_i * sign)`.
+        sign = ops.sign(total - draw * magnitude)
+        agreeing = ops.relu(jacobian * sign)
+        kept_norms = ops.norm(agreeing, axis=1) ** 2
+        norms = ops.norm(jacobian, axis=1) ** 2
+        direction = (1.0 - self.leak) * sign * ops.sum(agreeing, axis=0)
+        if self.leak:
+            direction = direction + self.leak * total
+            kept_norms = (1.0 - self.leak) * kept_norms + self.leak * norms
+        weights = ops.divide_no_nan(kept_norms, norms)
+        return direction, weights, state
 
     def get_config(self):
         return {**super().get_config(), "leak": self.leak}
