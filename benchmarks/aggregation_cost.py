@@ -6,6 +6,7 @@ Times `aggregator.aggregate(jacobian, losses, state, seed)` on a random
 them. Each backend runs in its own process, pinned to one thread.
 
     python benchmarks/aggregation_cost.py --backends jax --tasks 2 8 32
+    python benchmarks/aggregation_cost.py --methods cagrad graddrop
 """
 
 import argparse
@@ -25,7 +26,7 @@ def worker(args):
     from keras_mtl.src import backend
 
     results = {}
-    for name in sorted(aggregators.ALL_AGGREGATORS):
+    for name in args.methods or sorted(aggregators.ALL_AGGREGATORS):
         for tasks in args.tasks:
             rng = np.random.default_rng(0)
             jacobian = rng.normal(size=(tasks, args.params)).astype("float32")
@@ -59,6 +60,8 @@ def main():
     parser.add_argument("--tasks", nargs="+", type=int, default=[2, 4, 8, 16, 32])
     parser.add_argument("--params", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--methods", nargs="+",
+                        help="registry names (default: all of them)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -73,6 +76,8 @@ def main():
         command = [sys.executable, __file__, "--worker", "--params",
                    str(args.params), "--repeats", str(args.repeats), "--tasks",
                    *map(str, args.tasks)]
+        if args.methods:
+            command += ["--methods", *args.methods]
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
         if out.returncode or not lines:
