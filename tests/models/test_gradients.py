@@ -192,7 +192,9 @@ def test_eager_and_compiled_steps_agree(aggregator, gradient_mode):
             jit_compile=not eager,
         )
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
-        results.append(model.get_weights())
+        # The model's variables; the solver diagnostics (MGDA's iteration
+        # count) may differ by a few iterations with the rounding.
+        results.append([keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

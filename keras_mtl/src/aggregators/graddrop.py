@@ -43,8 +43,11 @@ class GradDrop(Aggregator):
         state = {} if state is None else state
         # P > U, with the purity P = (1 + total / magnitude) / 2 and
         # U ~ Uniform(0, 1), is total > (2U - 1) * magnitude: no division.
-        total = ops.sum(jacobian, axis=0)
-        magnitude = ops.sum(ops.abs(jacobian), axis=0)
+        # Sums over tasks as products with ones: XLA's CPU reduction over the
+        # leading axis is 10-80x slower than this matrix product.
+        ones = ops.ones((1, ops.shape(jacobian)[0]))
+        total = ops.matmul(ones, jacobian)[0]
+        magnitude = ops.matmul(ones, ops.abs(jacobian))[0]
         draw = keras.random.uniform(
             ops.shape(total), minval=-1.0, maxval=1.0, seed=seed_from(seed))
         # The surviving sign of every coordinate (0 drops both); the kept
@@ -53,7 +56,7 @@ class GradDrop(Aggregator):
         agreeing = ops.relu(jacobian * sign)
         kept_norms = ops.norm(agreeing, axis=1) ** 2
         norms = ops.norm(jacobian, axis=1) ** 2
-        direction = (1.0 - self.leak) * sign * ops.sum(agreeing, axis=0)
+        direction = (1.0 - self.leak) * sign * ops.matmul(ones, agreeing)[0]
         if self.leak:
             direction = direction + self.leak * total
             kept_norms = (1.0 - self.leak) * kept_norms + self.leak * norms
