@@ -101,10 +101,12 @@ class CAGrad(Weighting):
             return (pick @ trial_logits, pick @ trials, pick @ trial_gw,
                     pick @ norms)
 
-        _, w, gw, norm = ops.fori_loop(
-            0, self.max_iters, body,
-            (ops.zeros((1, num_tasks)), mean, linear, norm),
-        )
+        w, gw = mean, linear
+        if num_tasks > 1:  # One task: the simplex is a point.
+            _, w, gw, norm = ops.fori_loop(
+                0, self.max_iters, body,
+                (ops.zeros((1, num_tasks)), mean, linear, norm),
+            )
         gradient = gradient_at(gw, norm)
         gap = ops.sum(w * gradient) - ops.min(gradient)
         weights = (mean + ops.divide_no_nan(radius, norm) * w)[0]

@@ -36,9 +36,11 @@ class MGDA(Weighting):
         normalization: one of `"none"` (default, as in LibMTL), `"l2"`,
             `"loss"`, `"loss+"`.
         max_iters: maximum number of Frank-Wolfe iterations (reference: 250).
-        tolerance: stopping threshold on the L1 change of the weights
-            (reference: 1e-5 on its plain Frank-Wolfe steps; 1e-6 here, as
-            pairwise steps reach it in few extra iterations).
+        tolerance: stop when `(G w)_t` of every task in the support is
+            within this of the smallest (KKT; trace-normalised Gramian). The
+            reference stops when the L1 change of the weights is below 1e-5,
+            which pairwise steps can meet early (a step that drops a task of
+            tiny weight).
 
     Example:
 
@@ -53,7 +55,7 @@ class MGDA(Weighting):
     diagnostics = ("solver_gap", "solver_iterations")
 
     def __init__(
-        self, normalization="none", max_iters=250, tolerance=1e-6, name=None
+        self, normalization="none", max_iters=250, tolerance=1e-7, name=None
     ):
         super().__init__(name=name)
         if normalization not in NORMALIZATIONS:

@@ -7,9 +7,10 @@ then take pairwise Frank-Wolfe steps (Lacoste-Julien & Jaggi, 2015): weight
 moves from the task of the support with the largest `(G w)_t` to the task
 with the smallest, with an exact line search. Sener & Koltun move towards
 the smallest only; both reach the same point, but pairwise steps converge
-linearly on the simplex (on random problems with 8 tasks, about 10x fewer
-iterations). The loop is an `ops.while_loop` bounded by `max_iters`, so it stays on
-the device and traces under `jit`.
+linearly on the simplex (on random problems, about 25 iterations for 8 tasks
+where plain steps take 150-200, and 45 for 16 tasks, where plain steps reach
+the 250 cap). The loop is an `ops.while_loop` bounded by `max_iters`, so it
+stays on the device and traces under `jit`.
 """
 
 from keras import ops
@@ -20,7 +21,7 @@ def _line_search(aa, ab, bb):
     return ops.clip(ops.divide_no_nan(bb - ab, aa + bb - 2.0 * ab), 0.0, 1.0)
 
 
-def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
+def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-7):
     """Frank-Wolfe solution of the min-norm problem on the simplex.
 
     Args:
@@ -29,7 +30,8 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
             (used to leave out zero gradients, which would make the min-norm
             point trivially 0).
         max_iters: maximum number of Frank-Wolfe iterations.
-        tolerance: stop when the L1 change of the weights is below this.
+        tolerance: stop when every task of the support is within this of
+            the smallest `(G w)_t` (trace-normalised `G`; the KKT condition).
 
     Returns:
         `(weights, gap, iterations)`: the `(T,)` weights on the simplex (all
@@ -92,9 +94,9 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
         step_size = ops.clip(
             ops.divide_no_nan(-slope, curvature), 0.0, ops.sum(away * w)
         )
-        new_w = w + step_size * direction
-        done = ops.sum(ops.abs(new_w - w)) < tolerance
-        return step + 1, new_w, done
+        # KKT: every task of the support has the smallest (G w)_t.
+        done = -slope < tolerance
+        return step + 1, w + step_size * direction, done
 
     iterations, weights, _ = ops.while_loop(
         cond,
