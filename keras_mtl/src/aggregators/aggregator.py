@@ -204,6 +204,14 @@ def _snake_case(name):
     return "".join(out)
 
 
+def softmax_over_tasks(logits):
+    """`softmax` over the last axis; for one task simply 1 (Keras warns on a
+    softmax over an axis of size 1, which is legitimate here)."""
+    if logits.shape[-1] == 1:
+        return ops.ones_like(logits)
+    return ops.softmax(logits)
+
+
 def seed_from(seed):
     """Normalises a `seed` argument for `keras.random` functions.
 

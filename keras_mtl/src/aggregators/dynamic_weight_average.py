@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -80,7 +81,7 @@ class DynamicWeightAverage(Weighting):
         previous = ops.where(new_period, average, state["previous"])
         completed = state["completed"] + ops.cast(new_period, "float32")
         ratio = ops.divide_no_nan(previous, before_previous)
-        balanced = num_tasks * ops.softmax(ratio / self.temperature)
+        balanced = num_tasks * softmax_over_tasks(ratio / self.temperature)
         weights = ops.where(completed >= 2.0, balanced, ops.ones((num_tasks,)))
         new_state = {
             "period": period,

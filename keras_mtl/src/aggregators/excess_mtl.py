@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aggregator import check_num_params
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -67,7 +68,7 @@ class ExcessMTL(Aggregator):
         initial_risk = ops.where(known, state["initial_risk"], risk)
         normalized = ops.where(known, ops.divide_no_nan(risk, initial_risk), 0.0)
         log_weights = state["log_weights"] + self.robust_step_size * normalized
-        weights = num_tasks * ops.softmax(log_weights)
+        weights = num_tasks * softmax_over_tasks(log_weights)
         direction = ops.matmul(weights, jacobian)
         return direction, weights, {
             "squared_sum": squared_sum,

@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -78,7 +79,7 @@ class FAMO(Weighting):
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         shifted = self._shifted(require_losses("FAMO", losses))
-        z = ops.softmax(state["logits"])
+        z = softmax_over_tasks(state["logits"])
         inverse = z / shifted
         return inverse / ops.sum(inverse), state
 
@@ -86,7 +87,7 @@ class FAMO(Weighting):
         """One Adam step on the logits from the improvement of each task."""
         delta = ops.log(self._shifted(losses_before)) - ops.log(
             self._shifted(losses_after))
-        z = ops.softmax(state["logits"])
+        z = softmax_over_tasks(state["logits"])
         gradient = z * (delta - ops.sum(z * delta))
         gradient = gradient + self.gamma * state["logits"]
         step = state["step"] + 1.0

@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 INITIAL_LOSSES = ("epoch", "first_step")
@@ -93,7 +94,7 @@ class GradNorm(Weighting):
             warming_up = ops.cast(state.get("epoch", 0.0), "float32") < 1.0
         else:
             warming_up = state["loss_count"] < 1.0
-        weights = num_tasks * ops.softmax(state["scales"])
+        weights = num_tasks * softmax_over_tasks(state["scales"])
         norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
         weighted_norms = weights * norms
         initial = state["loss_sum"] / ops.maximum(state["loss_count"], 1.0)

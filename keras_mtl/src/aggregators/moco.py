@@ -3,6 +3,7 @@ from keras import ops
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aggregator import check_num_params
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -89,7 +90,7 @@ class MoCo(Aggregator):
         tracked = state["tracked"] - beta * (state["tracked"] - scaled)
         gramian = ops.matmul(tracked, ops.transpose(tracked))
         gramian = gramian + self.rho * ops.eye(num_tasks)
-        weights = ops.softmax(
+        weights = softmax_over_tasks(
             state["weights"] - gamma * ops.matmul(gramian, state["weights"])
         )
         direction = ops.matmul(weights, tracked)

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -28,4 +29,4 @@ class RandomLossWeighting(Weighting):
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         noise = keras.random.normal((num_tasks,), seed=seed_from(seed))
-        return ops.softmax(noise), state
+        return softmax_over_tasks(noise), state

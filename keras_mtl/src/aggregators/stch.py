@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -76,7 +77,7 @@ class STCH(Weighting):
         )
         nadir = ops.where(nadir > 0, nadir, 1.0)
         improvement = ops.where(present, ops.log(safe / nadir), -1e9)
-        smooth = num_tasks * ops.softmax(improvement / self.mu) / safe
+        smooth = num_tasks * softmax_over_tasks(improvement / self.mu) / safe
         weights = ops.where(warming, 1.0 / safe, smooth)
         new_state = {
             "nadir_sum": ops.where(finished, 0.0, nadir_sum),
