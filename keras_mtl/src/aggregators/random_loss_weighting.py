@@ -1,5 +1,4 @@
 import keras
-from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import seed_from

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_mtl.src.layers import validation
+from keras_mtl.src.layers.validation import serialize_objects
 
 
 class Bottleneck(keras.layers.Layer):
@@ -77,10 +78,5 @@ class Bottleneck(keras.layers.Layer):
             "reduction_factor": self.reduction_factor,
             "hidden_units": self.hidden_units,
             "activation": keras.activations.serialize(self.activation),
-            "down_initializer": keras.initializers.serialize(
-                self.down_initializer
-            ),
-            "up_initializer": keras.initializers.serialize(
-                self.up_initializer
-            ),
+            **serialize_objects(self, "down_initializer", "up_initializer"),
         }

@@ -3,8 +3,9 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.expert_stack import ExpertStack
-from keras_mtl.src.layers.expert_stack import check_positive_int
 from keras_mtl.src.layers.expert_stack import normalize_units
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 
 @keras_mtl_export("keras_mtl.layers.CustomizedGateControl")
@@ -88,9 +89,9 @@ class CustomizedGateControl(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_tasks, "num_tasks")
-        check_positive_int(num_specific_experts, "num_specific_experts")
-        check_positive_int(num_shared_experts, "num_shared_experts")
+        check_positive_int("num_tasks", num_tasks)
+        check_positive_int("num_specific_experts", num_specific_experts)
+        check_positive_int("num_shared_experts", num_shared_experts)
         self.num_tasks = num_tasks
         self.num_specific_experts = num_specific_experts
         self.num_shared_experts = num_shared_experts
@@ -258,17 +259,12 @@ class CustomizedGateControl(keras.layers.Layer):
             "shared_gate": self.shared_gate,
             "use_gate_bias": self.use_gate_bias,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(
-                self.bias_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
             ),
         }
 

@@ -5,7 +5,8 @@ import numpy as np
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.expert_stack import check_positive_int
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 # Keeps log() finite in the entropy regulariser (value of the reference code).
 EPSILON = 1e-6
@@ -95,8 +96,8 @@ class DSelectKGate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_experts, "num_experts", minimum=2)
-        check_positive_int(num_nonzeros, "num_nonzeros")
+        check_positive_int("num_experts", num_experts, minimum=2)
+        check_positive_int("num_nonzeros", num_nonzeros)
         if not isinstance(gamma, (int, float)) or gamma <= 0:
             raise ValueError(
                 f"`gamma` must be a positive number. Received: gamma={gamma!r}"
@@ -205,6 +206,5 @@ class DSelectKGate(keras.layers.Layer):
             "gamma": self.gamma,
             "entropy_regularization": self.entropy_regularization,
             "example_conditioned": self.example_conditioned,
-            "z_initializer": keras.initializers.serialize(self.z_initializer),
-            "w_initializer": keras.initializers.serialize(self.w_initializer),
+            **serialize_objects(self, "z_initializer", "w_initializer"),
         }

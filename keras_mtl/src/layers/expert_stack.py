@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_mtl.src.layers.validation import serialize_objects
+
 
 def normalize_units(units, name="expert_units"):
     """Returns `units` (an int or a sequence of ints) as a tuple of ints."""
@@ -21,14 +23,6 @@ def normalize_units(units, name="expert_units"):
             f"positive integers. Received: {name}={units!r}"
         )
     return values
-
-
-def check_positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
 
 
 class ExpertStack(keras.layers.Layer):
@@ -175,7 +169,6 @@ class ExpertStack(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.num_experts, self.units[-1])
 
     def get_config(self):
-        ser = keras.initializers.serialize
         return {
             **super().get_config(),
             "num_experts": self.num_experts,
@@ -186,13 +179,12 @@ class ExpertStack(keras.layers.Layer):
             ),
             "groups": self.groups,
             "use_bias": self.use_bias,
-            "kernel_initializer": ser(self.kernel_initializer),
-            "output_kernel_initializer": ser(self.output_kernel_initializer),
-            "bias_initializer": ser(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(
-                self.bias_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "output_kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
             ),
         }

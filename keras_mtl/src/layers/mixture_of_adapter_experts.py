@@ -2,6 +2,7 @@ import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.mixture_of_experts import MixtureOfExperts
+from keras_mtl.src.layers.validation import serialize_objects
 
 
 @keras_mtl_export("keras_mtl.layers.MixtureOfAdapterExperts")
@@ -131,9 +132,7 @@ class MixtureOfAdapterExperts(MixtureOfExperts):
         return {
             **self._base_config(),
             "hidden_ratio": self.hidden_ratio,
-            "up_initializer": keras.initializers.serialize(
-                self.up_initializer
-            ),
+            **serialize_objects(self, "up_initializer"),
         }
 
     @classmethod

@@ -3,8 +3,9 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.expert_stack import ExpertStack
-from keras_mtl.src.layers.expert_stack import check_positive_int
 from keras_mtl.src.layers.expert_stack import normalize_units
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 ROUTERS = ("softmax", "noisy_top_k")
 
@@ -147,7 +148,7 @@ class MixtureOfExperts(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_experts, "num_experts")
+        check_positive_int("num_experts", num_experts)
         if (expert_units is None) == (expert is None):
             raise ValueError(
                 "Pass exactly one of `expert_units` and `expert`. Received: "
@@ -160,7 +161,7 @@ class MixtureOfExperts(keras.layers.Layer):
                 f"`expert` must be a Keras layer. Received: expert={expert!r}"
             )
         if top_k is not None:
-            check_positive_int(top_k, "top_k")
+            check_positive_int("top_k", top_k)
             if top_k > num_experts:
                 raise ValueError(
                     "`top_k` must be at most `num_experts` "
@@ -390,7 +391,6 @@ class MixtureOfExperts(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (units,)
 
     def _base_config(self):
-        ser = keras.initializers.serialize
         return {
             **super().get_config(),
             "num_experts": self.num_experts,
@@ -401,14 +401,13 @@ class MixtureOfExperts(keras.layers.Layer):
             "router_z_loss_weight": self.router_z_loss_weight,
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
-            "kernel_initializer": ser(self.kernel_initializer),
-            "bias_initializer": ser(self.bias_initializer),
-            "router_initializer": ser(self.router_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(
-                self.bias_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "bias_initializer",
+                "router_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
             ),
             "seed": self.seed,
         }
@@ -427,9 +426,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "output_activation": keras.activations.serialize(
                 self.output_activation
             ),
-            "output_kernel_initializer": keras.initializers.serialize(
-                self.output_kernel_initializer
-            ),
+            **serialize_objects(self, "output_kernel_initializer"),
         }
 
     @classmethod

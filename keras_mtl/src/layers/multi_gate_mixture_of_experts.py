@@ -4,8 +4,9 @@ from keras import ops
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
 from keras_mtl.src.layers.expert_stack import ExpertStack
-from keras_mtl.src.layers.expert_stack import check_positive_int
 from keras_mtl.src.layers.expert_stack import normalize_units
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 GATES = ("softmax", "dselect_k")
 
@@ -92,8 +93,8 @@ class MultiGateMixtureOfExperts(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_experts, "num_experts")
-        check_positive_int(num_tasks, "num_tasks")
+        check_positive_int("num_experts", num_experts)
+        check_positive_int("num_tasks", num_tasks)
         if gate not in GATES:
             raise ValueError(
                 f"`gate` must be one of {GATES}. Received: gate={gate!r}"
@@ -226,17 +227,12 @@ class MultiGateMixtureOfExperts(keras.layers.Layer):
             "entropy_regularization": self.entropy_regularization,
             "use_gate_bias": self.use_gate_bias,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(
-                self.bias_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
             ),
         }
 

@@ -3,7 +3,6 @@
 import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers import validation
 from keras_mtl.src.layers.bottleneck import Bottleneck
 
 

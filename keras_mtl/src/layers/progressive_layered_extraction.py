@@ -2,8 +2,9 @@ import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
-from keras_mtl.src.layers.expert_stack import check_positive_int
 from keras_mtl.src.layers.expert_stack import normalize_units
+from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 
 @keras_mtl_export("keras_mtl.layers.ProgressiveLayeredExtraction")
@@ -73,7 +74,7 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_int(num_levels, "num_levels")
+        check_positive_int("num_levels", num_levels)
         self.num_tasks = num_tasks
         self.num_levels = num_levels
         self.num_specific_experts = num_specific_experts
@@ -136,17 +137,12 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
             ),
             "use_gate_bias": self.use_gate_bias,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(
-                self.bias_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
+                "bias_regularizer",
             ),
         }
 

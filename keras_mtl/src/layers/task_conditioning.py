@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 from keras_mtl.src.layers.validation import split_shapes
 
 
@@ -125,13 +126,14 @@ class TaskConditioning(keras.layers.Layer):
         return self._check_inputs(input_shape)
 
     def get_config(self):
-        ser_init = keras.initializers.serialize
-        ser_reg = keras.regularizers.serialize
         return {
             **super().get_config(),
             "num_tasks": self.num_tasks,
-            "gamma_initializer": ser_init(self.gamma_initializer),
-            "beta_initializer": ser_init(self.beta_initializer),
-            "gamma_regularizer": ser_reg(self.gamma_regularizer),
-            "beta_regularizer": ser_reg(self.beta_regularizer),
+            **serialize_objects(
+                self,
+                "gamma_initializer",
+                "beta_initializer",
+                "gamma_regularizer",
+                "beta_regularizer",
+            ),
         }

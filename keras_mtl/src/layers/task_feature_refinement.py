@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 
 
 @keras_mtl_export("keras_mtl.layers.TaskFeatureRefinement")
@@ -137,10 +138,9 @@ class TaskFeatureRefinement(keras.layers.Layer):
             "num_tasks": self.num_tasks,
             "reduction": self.reduction,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "kernel_regularizer",
             ),
         }

@@ -4,6 +4,7 @@ from keras import ops
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.validation import check_choice
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import serialize_objects
 from keras_mtl.src.layers.validation import split_shapes
 
 ACTIVATIONS = ("sigmoid", "softmax")
@@ -188,13 +189,10 @@ class TaskGate(keras.layers.Layer):
             "activation": self.activation,
             "scale": self.scale,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
+            **serialize_objects(
+                self,
+                "kernel_initializer",
+                "bias_initializer",
+                "kernel_regularizer",
             ),
         }

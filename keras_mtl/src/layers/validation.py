@@ -1,5 +1,6 @@
 """Argument checks shared by the layers; each raises a `ValueError` that
-names the argument and the value received."""
+names the argument and the value received; and the serialisation of the
+initializers and regularizers they keep."""
 
 import numbers
 
@@ -91,6 +92,15 @@ def get_initializer(name, value):
         raise ValueError(
             f"`{name}` must be a Keras initializer. Received: {name}={value!r}"
         ) from error
+
+
+def serialize_objects(layer, *names):
+    """`{name: config}` for the initializers and regularizers that `layer`
+    keeps under these attribute names (for `get_config`)."""
+    return {
+        name: keras.saving.serialize_keras_object(getattr(layer, name))
+        for name in names
+    }
 
 
 def last_dim(name, shape):
