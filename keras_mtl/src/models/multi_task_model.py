@@ -7,7 +7,6 @@ from keras_mtl.src import backend
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
-from keras_mtl.src.aggregators.sum import Sum
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.models import task_losses
 from keras_mtl.src.models.task_means import TaskMeans

@@ -3,7 +3,6 @@
 import keras
 
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
-from keras_mtl.src.transfer.adapter_wrapper import unlocked  # noqa: F401
 
 # Sub-layers of `keras_hub.layers.TransformerEncoder` that can be wrapped,
 # in the order their wrappers are visited (and saved).
