@@ -8,7 +8,8 @@ TorchJD through its documented loop (`mtl_backward` then `jac_to_grad`, then
 (forward, `model.backward(losses, **weight_args)`, `optimizer.step()`) on its
 hard-parameter-sharing architecture (its `Trainer` hard-codes a CUDA device,
 so the model is assembled the way `Trainer._prepare_model` does, on the
-CPU). Median step time after warm-up, one thread. Neither library is a
+CPU). Median step time after warm-up, one thread; the three libraries take
+turns for `--rounds` rounds and the median round is reported. Neither library is a
 dependency of keras_mtl; install them only to run this script (PyPI's LibMTL
 1.1.5 predates Nash-MTL, MoCo, DB-MTL, ...):
 
@@ -215,12 +216,20 @@ def _measure(fn, method, tasks, args):
         return f"failed: {type(error).__name__}"
 
 
+def _median(values):
+    """Median of the timings, or the first failure message if any failed."""
+    failed = [v for v in values if not isinstance(v, float)]
+    return failed[0] if failed else statistics.median(values)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", type=int, default=[3])
     parser.add_argument("--methods", nargs="+",
                         default=sorted(set(METHODS) | set(LIBMTL)))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating repetitions; the median is kept")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -229,12 +238,20 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for tasks in args.tasks:
         for method in args.methods:
-            ours = keras_mtl_step_time(method, tasks, args.batch_size, args.steps)
+            peers = [fn if method in table else None
+                     for table, fn in ((METHODS, torchjd_step_time),
+                                       (LIBMTL, libmtl_step_time))]
+            # Rounds alternate the libraries, so that a slow spell of the
+            # machine does not land on one of them only.
+            rounds = [
+                [keras_mtl_step_time(method, tasks, args.batch_size, args.steps)]
+                + [_measure(fn, method, tasks, args) if fn else "n/a"
+                   for fn in peers]
+                for _ in range(args.rounds)
+            ]
+            ours, *others = [_median(column) for column in zip(*rounds)]
             cells = [f"{1000 * ours:.1f}"]
-            for table, fn in ((METHODS, torchjd_step_time),
-                              (LIBMTL, libmtl_step_time)):
-                theirs = (_measure(fn, method, tasks, args) if method in table
-                          else "n/a")
+            for theirs in others:
                 if isinstance(theirs, float):
                     cells += [f"{1000 * theirs:.1f}", f"{ours / theirs:.2f}x"]
                 else:

@@ -276,3 +276,66 @@ def test_regularization_losses_are_added_once(gradient_mode):
     )
     for a, b in zip(expected, model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class BackwardCounter(keras.layers.Layer):
+    """Identity that counts how often its backward pass runs."""
+
+    calls = {}
+
+    @classmethod
+    def count(cls, name):
+        cls.calls[name] = cls.calls.get(name, 0) + 1
+
+    def call(self, x):
+        name = self.name
+
+        @ops.custom_gradient
+        def identity(x):
+            def grad(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                if BACKEND == "jax":  # Counts when the backward pass runs,
+                    import jax  # not when JAX traces it.
+
+                    jax.debug.callback(lambda: BackwardCounter.count(name))
+                else:
+                    BackwardCounter.count(name)
+                return upstream
+
+            return x, grad
+
+        return identity(x)
+
+
+@pytest.mark.parametrize("gradient_mode", ["parameters", "features"])
+def test_task_gradient_skips_other_heads(gradient_mode):
+    """A task's gradient runs the backward pass of its own head only.
+
+    Differentiating entry t of the stacked loss vector would also carry zeros
+    back through the T - 1 other heads: T + 1 backward passes of each head in
+    a step instead of at most 2 (its own task's row, then the heads' update).
+    """
+    tasks = ("a", "b", "c", "d", "e")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    z = keras.layers.Dense(8, activation="tanh", name="features")(
+        keras.layers.Dense(8, activation="tanh")(inputs)
+    )
+    outputs = {
+        t: keras.layers.Dense(1)(BackwardCounter(name=f"count_{t}")(z))
+        for t in tasks
+    }
+    model = keras_mtl.MultiTaskModel(
+        inputs, outputs, gradient_mode=gradient_mode,
+        features="features" if gradient_mode == "features" else None,
+    )
+    model.compile(
+        keras.optimizers.SGD(0.01), loss={t: "mse" for t in tasks},
+        aggregator="upgrad", run_eagerly=True,
+    )
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    y = {t: np.ones((16, 1), "float32") for t in tasks}
+    BackwardCounter.calls.clear()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert set(BackwardCounter.calls) == {f"count_{t}" for t in tasks}
+    assert max(BackwardCounter.calls.values()) <= 2, BackwardCounter.calls

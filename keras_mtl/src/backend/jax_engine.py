@@ -2,9 +2,9 @@
 
 The step is stateless, as Keras' JAX trainer requires: `train_step(state,
 data)` receives the variable values and returns new ones. One forward pass is
-recorded with `jax.vjp`; its pullback is then applied once per task (a loop
-of backward passes, or `jax.vmap` over the one-hot cotangents with
-`vectorize=True`). Aggregator state and metrics are updated inside a
+linearised with `jax.linearize`, and its transpose gives each task's
+gradient (a loop of backward passes, each through its own task's part of the
+graph only, or `jax.vmap` over one-hot task weights with `vectorize=True`). Aggregator state and metrics are updated inside a
 `keras.StatelessScope`, which maps every model variable to its value in the
 incoming state and records the assignments.
 
@@ -41,24 +41,46 @@ def _replace(values, index, new):
     return values
 
 
-def _cotangent(outputs, **values):
-    """Cotangent dict for `outputs`: the given entries, zeros elsewhere."""
-    return {
-        key: values[key] if key in values else jnp.zeros_like(value)
-        for key, value in outputs.items()
-    }
+def _linearize(forward, *primals):
+    """`jax.vjp` that can pull back a chosen combination of the outputs.
+
+    Returns `(outputs, pull, aux)`. `pull(select)` is the vector-Jacobian
+    product of the scalar `select(outputs)` (a linear combination of some of
+    the outputs), as the transpose of the linearised forward pass. Outputs
+    that `select` leaves out are symbolic zeros, so their part of the graph
+    is skipped: the gradient of one task loss does not run the backward pass
+    of the other tasks' heads, as a one-hot cotangent on a stacked loss
+    vector would.
+    """
+    outputs, jvp, aux = jax.linearize(forward, *primals, has_aux=True)
+
+    def pull(select):
+        return jax.linear_transpose(lambda *t: select(jvp(*t)), *primals)(
+            jnp.ones((), "float32")
+        )
+
+    return outputs, pull, aux
 
 
-def _pullbacks(pullback, outputs, num_tasks, vectorize, part):
-    """Rows `pullback(e_t on the losses)[part]` per task, stacked per leaf."""
-    eye = jnp.eye(num_tasks, dtype="float32")
+def _weighted(coefficients, reg=False):
+    """`select` for `sum_t c_t L_t` (+ the regularisation loss)."""
 
-    def row(e):
-        return pullback(_cotangent(outputs, losses=e))[part]
+    def select(outputs):
+        total = jnp.stack(outputs["losses"]) @ coefficients
+        return total + outputs["reg"] if reg else total
 
+    return select
+
+
+def _per_task(pull, num_tasks, vectorize, part):
+    """Rows `d L_t / d primal[part]` per task, stacked per leaf."""
     if vectorize:
-        return jax.vmap(row)(eye)
-    rows = [row(eye[t]) for t in range(num_tasks)]
+        eye = jnp.eye(num_tasks, dtype="float32")
+        return jax.vmap(lambda e: pull(_weighted(e))[part])(eye)
+    rows = [
+        pull(lambda outputs, t=t: outputs["losses"][t])[part]
+        for t in range(num_tasks)
+    ]
     return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
 
 
@@ -70,44 +92,45 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
                           plan.others_index, others)
         with _forward_scope(model, values, ntv) as scope:
             y_pred = model(x, training=True)
-            losses, counts, labelled = model._task_losses(y, y_pred, sw)
+            losses, counts, labelled = model._task_losses(
+                y, y_pred, sw, stack=False
+            )
             reg = model._sum_losses(model.losses)
-            outputs = {"losses": losses}
+            outputs = {"losses": tuple(losses)}
             if reg is not None:
                 outputs["reg"] = reg
             if plan.parametrized:
-                outputs["objective"] = model._parametrized_objective(losses)
+                outputs["objective"] = model._parametrized_objective(
+                    jnp.stack(losses)
+                )
         aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    outputs, pullback, aux = jax.vjp(forward, shared, others, has_aux=True)
-    losses = outputs["losses"]
+    outputs, pull, aux = _linearize(forward, shared, others)
+    losses = jnp.stack(outputs["losses"])
     y_pred, counts, labelled, reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
-    one = {"reg": jnp.ones(())} if reg is not None else {}
+    has_reg = reg is not None
 
     if plan.mode == "losses":
         weights = model._loss_weights(losses)
         if plan.parametrized:
-            cotangent = _cotangent(outputs, objective=jnp.ones(()), **one)
+            select = (lambda o: o["objective"] + o["reg"]) if has_reg else (
+                lambda o: o["objective"])
         else:
-            cotangent = _cotangent(outputs, losses=weights, **one)
-        g_shared, g_others = pullback(cotangent)
+            select = _weighted(weights, has_reg)
+        g_shared, g_others = pull(select)
     else:
-        jacobians = _pullbacks(
-            pullback, outputs, len(model.task_names), model.vectorize, 0
-        )
+        jacobians = _per_task(pull, len(model.task_names), model.vectorize, 0)
         g_shared, weights = model._combine(jacobians, losses)
         coefficients = model._task_coefficients(weights)
-        _, g_others = pullback(
-            _cotangent(outputs, losses=coefficients, **one)
-        )
-        if reg is not None:
+        _, g_others = pull(_weighted(coefficients, has_reg))
+        if has_reg:
             # Regularisation is not a task: its gradient is added as is.
-            g_reg, _ = pullback(_cotangent(outputs, **one))
+            g_reg, _ = pull(lambda o: o["reg"])
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
     grads = plan.assemble(g_shared, g_others)
     return grads, (losses, counts, labelled, y_pred, reg, weights)
@@ -136,31 +159,26 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
         values = _replace(tv, plan.others_index, others)
         with _forward_scope(model, values, ntv_mid) as scope:
             y_pred = heads(model._heads_inputs(x, z), training=True)
-            losses, counts, labelled = model._task_losses(y, y_pred, sw)
+            losses, counts, labelled = model._task_losses(
+                y, y_pred, sw, stack=False
+            )
             reg = model._sum_losses(heads.losses)
-        outputs = {"losses": losses}
+        outputs = {"losses": tuple(losses)}
         if reg is not None:
             outputs["reg"] = reg
         aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
-    outputs, heads_pullback, aux = jax.vjp(
-        heads_forward, z, others, has_aux=True
-    )
-    losses = outputs["losses"]
+    outputs, heads_pull, aux = _linearize(heads_forward, z, others)
+    losses = jnp.stack(outputs["losses"])
     y_pred, counts, labelled, heads_reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
 
-    jacobian = _pullbacks(
-        heads_pullback, outputs, len(model.task_names), model.vectorize, 0
-    )
+    jacobian = _per_task(heads_pull, len(model.task_names), model.vectorize, 0)
     (dz,), weights = model._combine([jacobian], losses)
     coefficients = model._task_coefficients(weights)
-    one = {"reg": jnp.ones(())} if heads_reg is not None else {}
-    _, g_others = heads_pullback(
-        _cotangent(outputs, losses=coefficients, **one)
-    )
+    _, g_others = heads_pull(_weighted(coefficients, heads_reg is not None))
     trunk_cotangent = (dz,) if trunk_reg is None else (
         dz, jnp.ones_like(trunk_reg))
     (g_shared,) = trunk_pullback(trunk_cotangent)

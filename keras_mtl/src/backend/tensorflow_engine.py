@@ -39,7 +39,6 @@ def train_step(model, data):
     _reduce_across_replicas()
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     plan = model._gradient_plan()
-    num_tasks = len(model.task_names)
     shared, others = _values(plan.shared), _values(plan.others)
     features_mode = plan.mode == "features"
     with tf.GradientTape(persistent=plan.mode != "losses") as tape:
@@ -48,9 +47,12 @@ def train_step(model, data):
             y_pred = plan.heads(model._heads_inputs(x, z), training=True)
         else:
             y_pred = model(x, training=True)
-        losses, counts, labelled = model._task_losses(y, y_pred, sw)
+        # The gradient of one scalar task loss flows through its own head
+        # only; a row of the stacked vector would also carry zeros through
+        # every other head.
+        rows, counts, labelled = model._task_losses(y, y_pred, sw, stack=False)
+        losses = tf.stack(rows)
         reg = model._sum_losses(model.losses)
-        rows = [losses[t] for t in range(num_tasks)]  # Sliced on the tape.
         if plan.mode == "losses":
             weights = model._loss_weights(losses)
             if plan.parametrized:

@@ -1,10 +1,14 @@
 """Per-task gradient engine for PyTorch.
 
-The forward pass builds one autograd graph; the per-task gradients of the
-shared variables are `T` calls of `torch.autograd.grad(..., retain_graph=True)`
-(or one batched call with `is_grads_batched=True` when `vectorize=True`), and
-every other gradient is one more call with the task coefficients as
-`grad_outputs`. `.grad` fields are never touched.
+The forward pass builds one autograd graph. In parameters mode each task
+loss is differentiated once, `torch.autograd.grad(L_t, shared + others,
+retain_graph=True)`: through its own head only, into one row of a `(T, P)`
+Jacobian, and the non-shared gradients are combined with the task
+coefficients afterwards. With `vectorize=True`, and in features mode, the
+per-task gradients come from one batched call (`is_grads_batched=True`) or a
+loop over the features tensor, and the other gradients from one more call
+with the task coefficients as `grad_outputs`. `.grad` fields are never
+touched.
 
 Distribution: `_reduce_across_replicas` is the reduction point. With an
 initialised `torch.distributed` process group of several ranks the per-task
@@ -61,7 +65,8 @@ def train_step(model, data):
         y_pred = plan.heads(model._heads_inputs(x, z), training=True)
     else:
         y_pred = model(x, training=True)
-    losses, counts, labelled = model._task_losses(y, y_pred, sw)
+    task_losses, counts, labelled = model._task_losses(y, y_pred, sw, stack=False)
+    losses = torch.stack(task_losses)
     reg = model._sum_losses(model.losses)
 
     if plan.mode == "losses":
@@ -74,7 +79,7 @@ def train_step(model, data):
             objective = objective + reg
         grads = _grad(objective, shared + others)
         g_shared, g_others = grads[: len(shared)], grads[len(shared):]
-    else:
+    elif features_mode or model.vectorize:
         target = [z] if features_mode else shared
         if model.vectorize:
             eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
@@ -84,7 +89,7 @@ def train_step(model, data):
             )
         else:
             per_task = [
-                _grad(losses[t], target, retain_graph=True)
+                _grad(task_losses[t], target, retain_graph=True)
                 for t in range(num_tasks)
             ]
             jacobians = [torch.stack(rows) for rows in zip(*per_task)]
@@ -105,6 +110,10 @@ def train_step(model, data):
             if reg is not None:
                 g_reg = _grad(reg, shared)
                 g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+    else:
+        g_shared, g_others, weights = _per_task_step(
+            model, task_losses, losses, reg, shared, others
+        )
     with torch.no_grad():
         model.optimizer.apply(
             plan.assemble(g_shared, g_others), model.trainable_variables
@@ -115,6 +124,66 @@ def train_step(model, data):
             losses.detach(), counts, labelled,
             {k: v.detach() for k, v in y_pred.items()}, total, x, weights,
         )
+
+
+def _per_task_step(model, task_losses, losses, reg, shared, others):
+    """Parameters mode, one `autograd.grad` call per task.
+
+    Each call differentiates one task loss with respect to the shared and the
+    other variables, and writes the shared part straight into one row of a
+    `(T, P)` float32 Jacobian (a single copy; the aggregator reads that matrix
+    and per-variable views of it). The other variables' gradients of every
+    task are kept, then summed with the task coefficients once the
+    aggregator's weights are known, so no further pass over the heads is
+    needed. Regularisation adds one more call.
+    """
+    num_tasks = len(task_losses)
+    sizes = [v.numel() for v in shared]
+    flat = torch.empty(
+        (num_tasks, sum(sizes)), dtype=torch.float32, device=losses.device
+    )
+    task_others = []
+    for t, loss in enumerate(task_losses):
+        grads = torch.autograd.grad(
+            loss, shared + others, retain_graph=True, allow_unused=True
+        )
+        torch.cat(
+            [
+                torch.zeros(n, device=flat.device) if g is None else g.reshape(-1)
+                for g, n in zip(grads, sizes)
+            ],
+            out=flat[t],
+        )
+        task_others.append(grads[len(shared):])
+    jacobians = [
+        piece.view(num_tasks, *v.shape)
+        for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
+    ]
+    with torch.no_grad():
+        directions, weights = model._combine(jacobians, losses, flat=flat)
+        coefficients = model._task_coefficients(weights)
+        scale = model.weight_task_specific  # Otherwise every coefficient is 1.
+        g_others = []
+        for k, v in enumerate(others):
+            terms = [
+                coefficients[t] * grads[k] if scale else grads[k]
+                for t, grads in enumerate(task_others)
+                if grads[k] is not None
+            ]
+            g_others.append(_sum(terms) if terms else torch.zeros_like(v))
+    g_shared = [d.to(v.dtype) for d, v in zip(directions, shared)]
+    if reg is not None:
+        g_reg = _grad(reg, shared + others)
+        g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+        g_others = [a + b for a, b in zip(g_others, g_reg[len(shared):])]
+    return g_shared, g_others, weights
+
+
+def _sum(tensors):
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
 
 
 def test_step(model, data):

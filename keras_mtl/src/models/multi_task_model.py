@@ -308,7 +308,9 @@ class MultiTaskModel(keras.Model):
                 (`jax.vmap`, `GradientTape.jacobian`, batched
                 `torch.autograd.grad`) instead of a loop of backward passes.
                 Same result; which is faster depends on device and model
-                (see `benchmarks/step_time.py`).
+                (see `benchmarks/step_time.py`). The loop differentiates each
+                task loss through its own head only; the vectorised call
+                carries each task's one-hot row through every head.
             run_eagerly, jit_compile, steps_per_execution: as for
                 `keras.Model.compile`.
         """
@@ -653,9 +655,15 @@ class MultiTaskModel(keras.Model):
         self._check_arrays(y, sample_weight)
         return super().test_on_batch(x, y, sample_weight, *args, **kwargs)
 
-    def _task_losses(self, y, y_pred, sample_weight):
+    def _task_losses(self, y, y_pred, sample_weight, stack=True):
         """Returns `(losses, counts, labelled)`: `(T,)` losses and label
-        counts, and per task `(clean_labels, weights)` for the metrics."""
+        counts, and per task `(clean_labels, weights)` for the metrics.
+
+        With `stack=False`, `losses` is the list of scalar task losses: a
+        gradient of one of them then flows through its own task's graph
+        only, while a gradient of one entry of the stacked vector also
+        carries zeros through every other task's head.
+        """
         y, sample_weight = self._targets(y, sample_weight)
         losses, counts, labelled = [], [], {}
         for task in self.task_names:
@@ -666,7 +674,7 @@ class MultiTaskModel(keras.Model):
             losses.append(loss)
             counts.append(count)
             labelled[task] = (clean, weights, sample_weight[task])
-        return ops.stack(losses), ops.stack(counts), labelled
+        return (ops.stack(losses) if stack else losses), ops.stack(counts), labelled
 
     @staticmethod
     def _sum_losses(losses):
@@ -709,13 +717,16 @@ class MultiTaskModel(keras.Model):
         self._set_aggregator_state(state)
         return ops.stop_gradient(ops.cast(weights, "float32"))
 
-    def _combine(self, jacobians, losses):
+    def _combine(self, jacobians, losses, flat=None):
         """Aggregates per-task gradients.
 
         Args:
             jacobians: list of `(T, *shape)` tensors (one per shared variable,
                 or one for the features tensor).
             losses: `(T,)` task losses.
+            flat: optional `(T, P)` float32 matrix of which `jacobians` are
+                views, side by side (the PyTorch engine writes the gradients
+                into one); it saves the copies into that layout.
 
         Returns:
             `(directions, weights)`: one `(*shape)` tensor per entry of
@@ -723,36 +734,42 @@ class MultiTaskModel(keras.Model):
         """
         num_tasks = len(self.task_names)
         losses = ops.stop_gradient(losses)
-        flats = [
-            ops.reshape(ops.cast(j, "float32"), (num_tasks, -1))
-            for j in jacobians
-        ]
+        if flat is None:
+            flats = [
+                ops.reshape(ops.cast(j, "float32"), (num_tasks, -1))
+                for j in jacobians
+            ]
+            sizes = [f.shape[1] for f in flats]
+        else:
+            sizes = [math.prod(j.shape[1:]) for j in jacobians]
+            flats = ops.split(flat, _cumulative(sizes)[:-1], axis=1)
         state = self._aggregator_state()
         if isinstance(self.aggregator, Weighting):
-            gramians = [flat @ ops.transpose(flat) for flat in flats]
-            gramian = _sum(gramians)
             norm_index = self._mtl.plan.norm_index  # Built by this step.
+            if flat is not None and norm_index is None:
+                gramian = flat @ ops.transpose(flat)
+            else:
+                gramians = [f @ ops.transpose(f) for f in flats]
+                gramian = _sum(gramians)
             if norm_index is not None:
                 state["layer_gramian"] = _sum([gramians[k] for k in norm_index])
             weights, state = self.aggregator.compute_weights(
                 num_tasks, gramian, losses, state, self.aggregator_seed
             )
             weights = ops.cast(weights, "float32")
-            directions = [
-                ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
-                for j in jacobians
-            ]
+            if flat is None:
+                directions = [
+                    ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
+                    for j in jacobians
+                ]
+            else:
+                directions = _unflatten(weights @ flat, jacobians, sizes)
         else:
-            sizes = [f.shape[1] for f in flats]
-            jacobian = ops.concatenate(flats, axis=1)
+            jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
             direction, weights, state = self.aggregator.aggregate(
                 jacobian, losses, state, self.aggregator_seed
             )
-            pieces = ops.split(direction, _cumulative(sizes)[:-1])
-            directions = [
-                ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
-                for p, j in zip(pieces, jacobians)
-            ]
+            directions = _unflatten(direction, jacobians, sizes)
         self._set_aggregator_state(state)
         return directions, ops.stop_gradient(weights)
 
@@ -851,6 +868,15 @@ def _sum(tensors):
     for tensor in tensors[1:]:
         total = total + tensor
     return total
+
+
+def _unflatten(direction, jacobians, sizes):
+    """Splits a `(P,)` direction into one tensor per entry of `jacobians`."""
+    pieces = ops.split(direction, _cumulative(sizes)[:-1])
+    return [
+        ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
+        for p, j in zip(pieces, jacobians)
+    ]
 
 
 def _cumulative(sizes):
