@@ -51,8 +51,10 @@ METHODS = {
 }
 
 # keras_mtl name -> (LibMTL weighting class, its `weight_args`, epoch to set).
-# LibMTL's GradNorm and DWA weight equally until epochs 1 and 2.
+# LibMTL's GradNorm and DWA weight equally until epochs 1 and 2. "keras" is
+# plain `keras.Model.fit` (not keras_mtl) against LibMTL's equal weighting.
 LIBMTL = {
+    "keras": ("EW", {}, 0),
     "sum": ("EW", {}, 0),
     "mgda": ("MGDA", {"mgda_gn": "none"}, 0),
     "pcgrad": ("PCGrad", {}, 0),
@@ -75,6 +77,8 @@ def data(tasks, batch, steps):
 
 
 def keras_mtl_step_time(method, tasks, batch, steps):
+    """`method` is a registry name, or "keras" for plain `keras.Model.fit`
+    of the summed losses (the Keras floor of the loss-only rules)."""
     keras.utils.set_random_seed(0)
     x, y = data(tasks, batch, steps)
     inputs = keras.Input((64,))
@@ -83,12 +87,16 @@ def keras_mtl_step_time(method, tasks, batch, steps):
     z = keras.layers.Dense(256, activation="relu")(h)
     outputs = {t: keras.layers.Dense(1)(keras.layers.Dense(64, activation="relu")(z))
                for t in y}
-    model = keras_mtl.MultiTaskModel(inputs, outputs)
-    # "mean" is loss-only here (one backward pass); TorchJD still forms the
-    # Jacobian for it.
-    aggregator = keras_mtl.aggregators.get(method)
-    model.compile(keras.optimizers.Adam(1e-3), loss={t: "mse" for t in y},
-                  aggregator=aggregator)
+    loss = {t: "mse" for t in y}
+    if method == "keras":
+        model = keras.Model(inputs, outputs)
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    else:
+        # "mean" is loss-only here (one backward pass); TorchJD still forms
+        # the Jacobian for it.
+        model = keras_mtl.MultiTaskModel(inputs, outputs)
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss,
+                      aggregator=keras_mtl.aggregators.get(method))
     times = []
 
     class Timer(keras.callbacks.Callback):
