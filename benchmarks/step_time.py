@@ -14,6 +14,7 @@ Usage:
     python benchmarks/step_time.py                      # all backends, T = 2, 3, 8
     python benchmarks/step_time.py --backends jax --tasks 3 --steps 30
     python benchmarks/step_time.py --variants all --tasks 3   # every method
+    python benchmarks/step_time.py --processes 3              # fastest of 3
 
 Threads are pinned to one per backend (small CI machines oversubscribe
 otherwise). Targets: `sum` <= 1.05x plain; parameter mode <= 1.2x of
@@ -158,6 +159,11 @@ def main():
     parser.add_argument("--tasks", nargs="+", type=int, default=[2, 3, 8])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="fresh processes per variant, taken in turns; the fastest one "
+             "is kept (on a shared machine some processes run every step "
+             "2-3 ms slower)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--features-dim", type=int, default=256)
@@ -186,8 +192,14 @@ def main():
     for backend in args.backends:
         for tasks in args.tasks:
             args.tasks_now = tasks
-            measured = {v: run_variant(backend, v, args)
-                        for v in VARIANTS if v in needed}
+            # Round-robin over the variants, one fresh process each time;
+            # keep each variant's fastest process (see `--processes`).
+            runs = {v: [] for v in VARIANTS if v in needed}
+            for _ in range(args.processes):
+                for variant in runs:
+                    runs[variant].append(run_variant(backend, variant, args))
+            measured = {v: min(r, key=lambda m: m["median_s"])
+                        for v, r in runs.items()}
             plain = measured["plain"]["median_s"]
             forward = measured["forward"]["median_s"]
             reference = forward + tasks * max(plain - forward, 1e-9)

@@ -4,9 +4,10 @@ The step is stateless, as Keras' JAX trainer requires: `train_step(state,
 data)` receives the variable values and returns new ones. One forward pass is
 linearised with `jax.linearize`, and its transpose gives each task's
 gradient (a loop of backward passes, each through its own task's part of the
-graph only, or `jax.vmap` over one-hot task weights with `vectorize=True`). Aggregator state and metrics are updated inside a
-`keras.StatelessScope`, which maps every model variable to its value in the
-incoming state and records the assignments.
+graph only, or `jax.vmap` over one-hot task weights with `vectorize=True`).
+Aggregator state and metrics are updated inside a `keras.StatelessScope`,
+which maps every model variable to its value in the incoming state and
+records the assignments.
 
 Distribution: under `keras.distribution` (DataParallel, ModelParallel) the
 step is compiled as one SPMD program over the global batch, so the task

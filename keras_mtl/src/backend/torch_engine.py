@@ -79,7 +79,11 @@ def train_step(model, data):
             objective = objective + reg
         grads = _grad(objective, shared + others)
         g_shared, g_others = grads[: len(shared)], grads[len(shared):]
-    elif features_mode or model.vectorize:
+    elif not (features_mode or model.vectorize):
+        g_shared, g_others, weights = _per_task_step(
+            model, task_losses, losses, reg, shared, others
+        )
+    else:  # Features mode, or one batched call for all tasks.
         target = [z] if features_mode else shared
         if model.vectorize:
             eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
@@ -110,10 +114,6 @@ def train_step(model, data):
             if reg is not None:
                 g_reg = _grad(reg, shared)
                 g_shared = [a + b for a, b in zip(g_shared, g_reg)]
-    else:
-        g_shared, g_others, weights = _per_task_step(
-            model, task_losses, losses, reg, shared, others
-        )
     with torch.no_grad():
         model.optimizer.apply(
             plan.assemble(g_shared, g_others), model.trainable_variables
