@@ -61,6 +61,9 @@ SCRIPT = textwrap.dedent(
 def test_data_parallel_matches_single_device():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    # The single-device reference runs on the CPU as well: on a GPU machine
+    # it would otherwise use the GPU, whose float32 products differ (TF32).
+    env["JAX_PLATFORMS"] = "cpu"
     env["KERAS_BACKEND"] = "jax"
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     result = subprocess.run(
