@@ -62,6 +62,39 @@ def test_engine_jacobian_equals_separate_task_gradients(vectorize):
     np.testing.assert_allclose(recorded, expected, rtol=1e-4, atol=1e-6)
 
 
+class GramianRecorder(keras_mtl.aggregators.Weighting):
+    """Returns equal weights and keeps the Gramians it was given."""
+
+    layer = "features"  # Also asks for the Gramian of this layer alone.
+
+    def initial_state(self, num_tasks, num_params=None):
+        zeros = ops.zeros((num_tasks, num_tasks))
+        return {"gramian": zeros, "layer": zeros}
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        recorded = {"gramian": gramian, "layer": state["layer_gramian"]}
+        return ops.ones((num_tasks,)), recorded
+
+
+def test_engine_gramians_equal_separate_task_gradients():
+    """The Gramian of all shared variables and of one layer's, as a Weighting
+    receives them (on PyTorch, read from the one (T, P) Jacobian)."""
+    x, y = make_data(32)
+    model = mtl_model()
+    reference = per_task_gradients(model, x, y, TASKS)
+    model.compile(keras.optimizers.SGD(0.0), loss=LOSSES,
+                  aggregator=GramianRecorder())
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    jacobian = flat_jacobian(reference, model.shared_variables, TASKS)
+    layer = [v for v in model.shared_variables if v.path.startswith("features/")]
+    layer_jacobian = flat_jacobian(reference, layer, TASKS)
+    state = {k: to_numpy(v) for k, v in model._mtl.state.items()}
+    np.testing.assert_allclose(state["gramian"], jacobian @ jacobian.T,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state["layer"], layer_jacobian @ layer_jacobian.T,
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_shared_and_task_specific_variables_found_from_graph():
     model = mtl_model()
     assert [v.path for v in model.shared_variables] == [
