@@ -80,7 +80,6 @@ class CAGrad(Weighting):
         norm = ops.sqrt(ops.maximum(ops.sum(mean * linear, axis=-1, keepdims=True), 0.0))
         radius = self.c * norm[0, 0]
         steps = ops.convert_to_tensor(STEP_SIZES)[:, None]
-        candidates = ops.arange(len(STEP_SIZES))
         linear_column = ops.transpose(linear)
 
         def gradient_at(gw, norm):
@@ -96,8 +95,7 @@ class CAGrad(Weighting):
             norms = ops.sqrt(ops.maximum(
                 ops.sum(trials * trial_gw, axis=-1, keepdims=True), 0.0))
             values = trials @ linear_column + radius * norms
-            pick = ops.cast(candidates == ops.argmin(values[:, 0]), "float32")
-            pick = pick[None]
+            pick = ops.one_hot(ops.argmin(values[:, 0]), len(STEP_SIZES))[None]
             return (pick @ trial_logits, pick @ trials, pick @ trial_gw,
                     pick @ norms)
 

@@ -16,6 +16,9 @@ Jacobian must be all-reduced before the nonlinear aggregation; that path is
 not implemented yet, so the step refuses to run there.
 """
 
+import functools
+import operator
+
 import keras
 import torch
 
@@ -170,20 +173,15 @@ def _per_task_step(model, task_losses, losses, reg, shared, others):
                 for t, grads in enumerate(task_others)
                 if grads[k] is not None
             ]
-            g_others.append(_sum(terms) if terms else torch.zeros_like(v))
+            g_others.append(
+                functools.reduce(operator.add, terms) if terms
+                else torch.zeros_like(v))
     g_shared = [d.to(v.dtype) for d, v in zip(directions, shared)]
     if reg is not None:
         g_reg = _grad(reg, shared + others)
         g_shared = [a + b for a, b in zip(g_shared, g_reg)]
         g_others = [a + b for a, b in zip(g_others, g_reg[len(shared):])]
     return g_shared, g_others, weights
-
-
-def _sum(tensors):
-    total = tensors[0]
-    for tensor in tensors[1:]:
-        total = total + tensor
-    return total
 
 
 def test_step(model, data):

@@ -9,7 +9,6 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers import validation
 from keras_mtl.src.layers.source_stacking import stack_sources
 from keras_mtl.src.layers.source_stacking import stacked_shape
-from keras_mtl.src.layers.validation import serialize_objects
 
 VALUE_OFF_DIAGONAL = 1e-6
 
@@ -284,6 +283,6 @@ class AdapterFusion(keras.layers.Layer):
             "min_temperature": self.min_temperature,
             "regularization": self.regularization,
             "scale_scores": self.scale_scores,
-            **serialize_objects(self, "kernel_initializer"),
+            **validation.serialize_objects(self, "kernel_initializer"),
             "seed": self.seed,
         }

@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_mtl.src.layers import validation
-from keras_mtl.src.layers.validation import serialize_objects
 
 
 class Bottleneck(keras.layers.Layer):
@@ -78,5 +77,5 @@ class Bottleneck(keras.layers.Layer):
             "reduction_factor": self.reduction_factor,
             "hidden_units": self.hidden_units,
             "activation": keras.activations.serialize(self.activation),
-            **serialize_objects(self, "down_initializer", "up_initializer"),
+            **validation.serialize_objects(self, "down_initializer", "up_initializer"),
         }

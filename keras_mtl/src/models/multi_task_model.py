@@ -726,7 +726,7 @@ class MultiTaskModel(keras.Model):
             losses: `(T,)` task losses.
             flat: optional `(T, P)` float32 matrix of which `jacobians` are
                 views, side by side (the PyTorch engine writes the gradients
-                into one); it saves the copies into that layout.
+                into one); Jacobian rules then read it without a copy.
 
         Returns:
             `(directions, weights)`: one `(*shape)` tensor per entry of
@@ -745,31 +745,29 @@ class MultiTaskModel(keras.Model):
             flats = ops.split(flat, _cumulative(sizes)[:-1], axis=1)
         state = self._aggregator_state()
         if isinstance(self.aggregator, Weighting):
+            gramians = [f @ ops.transpose(f) for f in flats]
+            gramian = _sum(gramians)
             norm_index = self._mtl.plan.norm_index  # Built by this step.
-            if flat is not None and norm_index is None:
-                gramian = flat @ ops.transpose(flat)
-            else:
-                gramians = [f @ ops.transpose(f) for f in flats]
-                gramian = _sum(gramians)
             if norm_index is not None:
                 state["layer_gramian"] = _sum([gramians[k] for k in norm_index])
             weights, state = self.aggregator.compute_weights(
                 num_tasks, gramian, losses, state, self.aggregator_seed
             )
             weights = ops.cast(weights, "float32")
-            if flat is None:
-                directions = [
-                    ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
-                    for j in jacobians
-                ]
-            else:
-                directions = _unflatten(weights @ flat, jacobians, sizes)
+            directions = [
+                ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
+                for j in jacobians
+            ]
         else:
             jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
             direction, weights, state = self.aggregator.aggregate(
                 jacobian, losses, state, self.aggregator_seed
             )
-            directions = _unflatten(direction, jacobians, sizes)
+            pieces = ops.split(direction, _cumulative(sizes)[:-1])
+            directions = [
+                ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
+                for p, j in zip(pieces, jacobians)
+            ]
         self._set_aggregator_state(state)
         return directions, ops.stop_gradient(weights)
 
@@ -868,15 +866,6 @@ def _sum(tensors):
     for tensor in tensors[1:]:
         total = total + tensor
     return total
-
-
-def _unflatten(direction, jacobians, sizes):
-    """Splits a `(P,)` direction into one tensor per entry of `jacobians`."""
-    pieces = ops.split(direction, _cumulative(sizes)[:-1])
-    return [
-        ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
-        for p, j in zip(pieces, jacobians)
-    ]
 
 
 def _cumulative(sizes):
