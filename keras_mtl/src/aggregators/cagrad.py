@@ -1,6 +1,7 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.selection import one_hot
 from keras_mtl.src.api_export import keras_mtl_export
 
 RESCALES = (0, 1, 2)
@@ -80,6 +81,7 @@ class CAGrad(Weighting):
         norm = ops.sqrt(ops.maximum(ops.sum(mean * linear, axis=-1, keepdims=True), 0.0))
         radius = self.c * norm[0, 0]
         steps = ops.convert_to_tensor(STEP_SIZES)[:, None]
+        trial_positions = ops.arange(len(STEP_SIZES))
         linear_column = ops.transpose(linear)
 
         def gradient_at(gw, norm):
@@ -88,14 +90,14 @@ class CAGrad(Weighting):
         def body(step, carry):
             logits, w, gw, norm = carry
             gradient = gradient_at(gw, norm)
-            gradient = gradient / (ops.max(ops.abs(gradient)) + 1e-12)
+            gradient = gradient / (ops.max(abs(gradient)) + 1e-12)
             trial_logits = logits - steps * gradient
             trials = ops.softmax(trial_logits, axis=-1)
             trial_gw = trials @ gramian
-            norms = ops.sqrt(ops.maximum(
-                ops.sum(trials * trial_gw, axis=-1, keepdims=True), 0.0))
+            norms = ops.sqrt(
+                ops.relu(ops.sum(trials * trial_gw, axis=-1, keepdims=True)))
             values = trials @ linear_column + radius * norms
-            pick = ops.one_hot(ops.argmin(values[:, 0]), len(STEP_SIZES))[None]
+            pick = one_hot(ops.argmin(values[:, 0]), trial_positions)[None]
             return (pick @ trial_logits, pick @ trials, pick @ trial_gw,
                     pick @ norms)
 

@@ -60,23 +60,28 @@ class GradVac(Weighting):
         noise = keras.random.uniform((num_tasks, num_tasks), seed=seed_from(seed))
         # Sorting with the diagonal pushed last visits the other tasks first.
         order = ops.argsort(noise + 2.0 * eye, axis=-1)
+        # `visits[i, k]` is the one-hot of the task row i visits k-th; the
+        # loop uses slices, columns and operators (cheap on eager PyTorch).
+        visits = ops.one_hot(order, num_tasks)
+        norms = norms[:, None]
         coefficients = eye
         for position in range(num_tasks - 1):
-            visited = ops.one_hot(order[:, position], num_tasks)
-            dots = ops.sum(ops.matmul(coefficients, gramian) * visited, axis=1)
-            own_norm = ops.sqrt(ops.maximum(
-                ops.sum(coefficients * ops.matmul(coefficients, gramian), axis=1),
-                0.0))
-            other_norm = ops.sum(visited * norms[None, :], axis=1)
+            visited = visits[:, position]  # (T, T)
+            products = coefficients @ gramian
+            dots = ops.sum(products * visited, axis=1, keepdims=True)
+            own_norm = ops.sqrt(ops.relu(
+                ops.sum(coefficients * products, axis=1, keepdims=True)))
+            other_norm = visited @ norms
             cosine = dots / (own_norm * other_norm + self.eps)
-            target = ops.sum(visited * targets, axis=1)
-            below = ops.logical_and(cosine < target, other_norm > 0)
+            target = ops.sum(visited * targets, axis=1, keepdims=True)
+            below = ops.cast(cosine < target, "float32") * ops.cast(
+                other_norm > 0.0, "float32")
+            target_sine = ops.sqrt(ops.relu(1.0 - target**2))
             step = own_norm * (
-                target * ops.sqrt(ops.maximum(1.0 - cosine**2, 0.0))
-                - cosine * ops.sqrt(ops.maximum(1.0 - target**2, 0.0))
-            ) / (other_norm * ops.sqrt(ops.maximum(1.0 - target**2, 0.0)) + self.eps)
-            coefficients = coefficients + ops.where(below, step, 0.0)[:, None] * visited
-            targets = targets + self.beta * visited * (cosine[:, None] - targets)
+                target * ops.sqrt(ops.relu(1.0 - cosine**2)) - cosine * target_sine
+            ) / (other_norm * target_sine + self.eps)
+            coefficients = coefficients + below * step * visited
+            targets = targets + self.beta * visited * (cosine - targets)
         return ops.sum(coefficients, axis=0), {"targets": targets}
 
     def get_config(self):

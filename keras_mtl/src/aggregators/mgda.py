@@ -21,9 +21,9 @@ class MGDA(Weighting):
     the common descent direction of smallest norm, otherwise it is 0 (a Pareto
     stationary point).
 
-    Solved in-graph by Frank-Wolfe from the best pair of tasks (exact for two
-    tasks), with pairwise steps (see `min_norm_weights`), at most `max_iters`
-    iterations. Tasks with an all-zero gradient
+    Solved in-graph, exactly, by Wolfe's minimum-norm-point algorithm (see
+    `min_norm_weights`; about T + 1 iterations, at most `max_iters`), where
+    the reference code takes Frank-Wolfe steps. Tasks with an all-zero gradient
     (for example no labels in the batch) get weight 0 and are left out of the
     problem. Cost: Gramian (T backward passes, `T x T` dot products).
     Deterministic.
@@ -35,12 +35,11 @@ class MGDA(Weighting):
     Args:
         normalization: one of `"none"` (default, as in LibMTL), `"l2"`,
             `"loss"`, `"loss+"`.
-        max_iters: maximum number of Frank-Wolfe iterations (reference: 250).
-        tolerance: stop when `(G w)_t` of every task in the support is
-            within this of the smallest (KKT; trace-normalised Gramian). The
-            reference stops when the L1 change of the weights is below 1e-5,
-            which pairwise steps can meet early (a step that drops a task of
-            tiny weight).
+        max_iters: maximum number of solver iterations (the reference's
+            Frank-Wolfe loop: 250).
+        tolerance: stop when every task has `(G w)_t >= w^T G w - tolerance`
+            (optimality; trace-normalised Gramian). The reference stops when
+            the L1 change of the weights is below 1e-5.
 
     Example:
 

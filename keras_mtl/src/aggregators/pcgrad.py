@@ -55,17 +55,20 @@ class PCGrad(Weighting):
             order = ops.argsort(noise, axis=-1)
         else:
             order = ops.tile(ops.arange(num_tasks)[None, :], (num_tasks, 1))
+        # `visits[i, k]` is the one-hot of the task row i visits k-th; the
+        # loop uses slices and operators (cheap on eager PyTorch).
+        visits = ops.one_hot(order, num_tasks)
+        others = 1.0 - ops.sum(visits * eye[:, None, :], axis=-1)  # (T, T)
+        inverse_norms = ops.divide_no_nan(1.0, squared_norms)[:, None]
         # Row i holds the coefficients of g'_i in the basis of task gradients.
         coefficients = eye
         for position in range(num_tasks):
-            visited = ops.one_hot(order[:, position], num_tasks)  # (T, T)
-            # g'_i . g_j and ||g_j||^2 for each row's visited task j.
-            dots = ops.sum(ops.matmul(coefficients, gramian) * visited, axis=1)
-            norms = ops.sum(visited * squared_norms[None, :], axis=1)
-            is_other = ops.sum(visited * eye, axis=1) < 0.5
-            conflict = ops.logical_and(dots < 0.0, is_other)
-            step = ops.where(conflict, ops.divide_no_nan(dots, norms), 0.0)
-            coefficients = coefficients - step[:, None] * visited
+            visited = visits[:, position]  # (T, T)
+            # g'_i . g_j for each row's visited task j, kept where negative.
+            dots = ops.sum((coefficients @ gramian) * visited, axis=1, keepdims=True)
+            conflict = ops.cast(dots < 0.0, "float32") * others[:, position:position + 1]
+            step = conflict * dots * (visited @ inverse_norms)
+            coefficients = coefficients - step * visited
         return ops.sum(coefficients, axis=0), state
 
     def get_config(self):
