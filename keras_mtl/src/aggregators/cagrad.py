@@ -1,7 +1,7 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
-from keras_mtl.src.aggregators.selection import one_hot
+from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.api_export import keras_mtl_export
 
 RESCALES = (0, 1, 2)

@@ -14,6 +14,8 @@ positive solution give large but finite weights and a non-zero residual.
 
 from keras import ops
 
+from keras_mtl.src.aggregators.solver_ops import ratio_test
+
 
 def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6):
     """Returns `(weights, residual)` with `residual = max |G w - w^(-1/a)|`.
@@ -48,9 +50,8 @@ def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6):
         r = residual(w) * valid_column
         hessian = regularized - exponent * eye * ops.transpose(w ** (exponent - 1.0))
         newton = ops.solve(hessian, r) * valid_column
-        # Fraction-to-the-boundary rule keeps every weight positive (the
-        # ratio is +inf where the step does not decrease w; w >= 1e-6).
-        t = ops.minimum(1.0, 0.95 * ops.min(w / ops.relu(newton)))
+        # Fraction-to-the-boundary rule keeps every weight positive.
+        t = ops.minimum(1.0, 0.95 * ops.min(ratio_test(w, newton)))
         # When no positive solution exists (exactly opposite gradients) the
         # objective is unbounded and w grows; the box keeps it finite, the
         # residual reports it, and the direction of such w is ~0 anyway.

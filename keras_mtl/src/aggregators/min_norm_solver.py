@@ -1,7 +1,8 @@
 """Minimum-norm point of the convex hull of the task gradients, in-graph.
 
 Solves `min_{w in simplex} w^T G w` for a `(T, T)` Gramian `G` with Wolfe's
-minimum-norm-point algorithm (Wolfe, 1976), an active-set method. It keeps a
+minimum-norm-point algorithm (P. Wolfe, "Finding the nearest point in a
+polytope", Mathematical Programming 11, 1976), an active-set method. It keeps a
 set `S` of tasks (the "corral") and the current weights `w` on it, and each
 iteration either
 - adds to `S` the task with the smallest `(G w)_t`, once `w` is the
@@ -17,7 +18,8 @@ the device and traces under `jit`.
 
 from keras import ops
 
-from keras_mtl.src.aggregators.selection import one_hot
+from keras_mtl.src.aggregators.solver_ops import one_hot
+from keras_mtl.src.aggregators.solver_ops import ratio_test
 
 # Ridge on the Gramian block of the affine system: keeps it invertible when
 # rounding lets two affinely dependent gradients into the corral.
@@ -87,8 +89,7 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-7):
         entering = one_hot(ops.argmin(candidates[0]), positions)[None, :]
         grown = corral + ops.cast(improving, "float32") * entering
         # Otherwise: go from w towards y until the first weight reaches 0.
-        decrease = ops.relu(w - y) * corral
-        ratios = (w + 1e-30) / decrease  # +inf where no weight decreases
+        ratios = ratio_test(w, (w - y) * corral)
         ratio = ops.minimum(1.0, ops.min(ratios))
         moved = w + ratio * (y - w)
         blocking = one_hot(ops.argmin(ratios[0]), positions)[None, :]
