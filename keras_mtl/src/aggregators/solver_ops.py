@@ -20,4 +20,3 @@ def ratio_test(weights, decrease):
     -inf ratio would win every `min`.
     """
     return (weights + 1e-30) / abs(ops.relu(decrease))
-
