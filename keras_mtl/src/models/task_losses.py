@@ -98,10 +98,13 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     weights = ops.broadcast_to(weights, ops.shape(per_sample))
     count = ops.sum(weights)
     # `where` before the product keeps NaN/inf of unlabelled samples out of
-    # the sum and out of its gradient.
-    total = ops.sum(ops.where(weights > 0.0, per_sample, 0.0) * weights)
+    # the sum and out of its gradient. Its constants are tensors made on the
+    # device: a Python scalar would be a host-to-device copy on a GPU.
+    zeros = ops.zeros_like(per_sample)
+    total = ops.sum(ops.where(weights > 0.0, per_sample, zeros) * weights)
     has_labels = count > 0.0
-    loss = ops.where(has_labels, total / ops.where(has_labels, count, 1.0), 0.0)
+    safe_count = ops.where(has_labels, count, ops.ones_like(count))
+    loss = ops.where(has_labels, total / safe_count, ops.zeros_like(total))
     return loss, count, clean, weights
 
 
