@@ -1,22 +1,28 @@
-"""Step time of keras_mtl on PyTorch against TorchJD and LibMTL, per method.
+"""Step time of keras_mtl against TorchJD and LibMTL, per method.
 
 All train the same architecture (Dense trunk 64-512-512-256, one 256-64-1
 head per task, MSE, Adam, batch 256) with per-task gradients of the shared
-parameters: keras_mtl through `MultiTaskModel.fit` on the PyTorch backend,
-TorchJD through its documented loop (`mtl_backward` then `jac_to_grad`, then
-`optimizer.step()`), LibMTL through the body of its `Trainer.train` loop
-(forward, `model.backward(losses, **weight_args)`, `optimizer.step()`) on its
+parameters: keras_mtl through `MultiTaskModel.fit` on the Keras backend that
+`KERAS_BACKEND` names (PyTorch by default), TorchJD through its documented
+loop (`mtl_backward` then `jac_to_grad`, then `optimizer.step()`), LibMTL
+through the body of its `Trainer.train` loop (forward,
+`model.backward(losses, **weight_args)`, `optimizer.step()`) on its
 hard-parameter-sharing architecture (its `Trainer` hard-codes a CUDA device,
-so the model is assembled the way `Trainer._prepare_model` does, on the
-CPU). Median step time after warm-up, one thread; the three libraries take
-turns for `--rounds` rounds and the median round is reported. Neither library is a
-dependency of keras_mtl; install them only to run this script (PyPI's LibMTL
-1.1.5 predates Nash-MTL, MoCo, DB-MTL, ...):
+so the model is assembled the way `Trainer._prepare_model` does). The two
+peers always run on PyTorch, in the same process as keras_mtl.
+
+Median step time after warm-up, one CPU thread; the libraries take turns for
+`--rounds` rounds and the median round is reported. All run on the GPU when
+PyTorch sees one (`KERAS_TORCH_DEVICE=cpu` keeps the PyTorch runs on the
+CPU); each timed step ends by reading its loss on the host, which waits for
+the GPU. Neither peer is a dependency of keras_mtl; install them only to run
+this script (PyPI's LibMTL 1.1.5 predates Nash-MTL, MoCo, DB-MTL, ...):
 
     pip install --target /tmp/tjd "torchjd[full]==0.18.0"
     pip install --no-deps --target /tmp/libmtl LibMTL==1.1.5
-    PYTHONPATH=/tmp/tjd:/tmp/libmtl KERAS_BACKEND=torch \
-        python benchmarks/compare_torch_libraries.py
+    PYTHONPATH=/tmp/tjd:/tmp/libmtl python benchmarks/compare_torch_libraries.py
+    PYTHONPATH=/tmp/tjd:/tmp/libmtl KERAS_BACKEND=jax \
+        python benchmarks/compare_torch_libraries.py --tasks 3 8
 """
 
 import argparse
@@ -26,10 +32,22 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+for key, value in (  # One thread for every backend, as the other benchmarks.
+    ("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS", "1"),
+    ("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                  "intra_op_parallelism_threads=1"),
+    ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),  # Leave GPU memory to torch.
+):
+    os.environ.setdefault(key, value)
+
+import torch  # noqa: E402
+
+# Keras reads its device at import; the peers' models and data follow it.
+DEVICE = os.environ.setdefault(
+    "KERAS_TORCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import keras_mtl  # noqa: E402
 
@@ -124,11 +142,14 @@ def torchjd_step_time(method, tasks, batch, steps):
         torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU())
     heads = [torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(),
                                  torch.nn.Linear(64, 1)) for _ in range(tasks)]
+    trunk.to(DEVICE)
+    for head in heads:
+        head.to(DEVICE)
     params = [*trunk.parameters(), *(p for h in heads for p in h.parameters())]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     x, y = data(tasks, batch, steps)
-    x = torch.from_numpy(x)
-    y = [torch.from_numpy(v) for v in y.values()]
+    x = torch.from_numpy(x).to(DEVICE)
+    y = [torch.from_numpy(v).to(DEVICE) for v in y.values()]
     times = []
     for epoch in range(2):
         for step in range(steps):
@@ -185,7 +206,7 @@ def libmtl_step_time(method, tasks, batch, steps):
     class Model(HPS, getattr(weighting, name)):  # As Trainer._prepare_model.
         def __init__(self):
             super().__init__(task_names, encoder, decoders, False, False,
-                             torch.device("cpu"))
+                             torch.device(DEVICE))
             self.init_param()
 
         def zero_grad_share_params(self):
@@ -193,13 +214,13 @@ def libmtl_step_time(method, tasks, batch, steps):
             # then fails writing into the `None` gradients.
             self.encoder.zero_grad(set_to_none=False)
 
-    model = Model()
+    model = Model().to(DEVICE)
     model.epoch = epoch
     model.train_loss_buffer = np.ones((tasks, max(epoch, 1) + 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = data(tasks, batch, steps)
-    x = torch.from_numpy(x)
-    y = [torch.from_numpy(v) for v in y.values()]
+    x = torch.from_numpy(x).to(DEVICE)
+    y = [torch.from_numpy(v).to(DEVICE) for v in y.values()]
     times = []
     for _ in range(2):
         for step in range(steps):
@@ -230,31 +251,44 @@ def _median(values):
     return failed[0] if failed else statistics.median(values)
 
 
+PEERS = {  # name: (the methods it implements, its step timer, its title)
+    "torchjd": (METHODS, torchjd_step_time, "TorchJD"),
+    "libmtl": (LIBMTL, libmtl_step_time, "LibMTL"),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", type=int, default=[3])
     parser.add_argument("--methods", nargs="+",
                         default=sorted(set(METHODS) | set(LIBMTL)))
+    parser.add_argument("--peers", nargs="*", choices=list(PEERS),
+                        default=list(PEERS),
+                        help="libraries to time beside keras_mtl; with none, "
+                        "keras_mtl runs alone, on any Keras backend")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating repetitions; the median is kept")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| T | method | keras_mtl (ms) | TorchJD (ms) | vs TorchJD | "
-          "LibMTL (ms) | vs LibMTL |")
-    print("|---|---|---|---|---|---|---|")
+    peers = [PEERS[name] for name in args.peers]
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
+    print(f"Device: {name}; keras {keras.__version__} on "
+          f"{keras.backend.backend()}; torch {torch.__version__}")
+    titles = "".join(f" {title} (ms) | vs {title} |" for *_, title in peers)
+    print("| T | method | keras_mtl (ms) |" + titles)
+    print("|---|---|---|" + "---|---|" * len(peers))
     for tasks in args.tasks:
         for method in args.methods:
-            peers = [fn if method in table else None
-                     for table, fn in ((METHODS, torchjd_step_time),
-                                       (LIBMTL, libmtl_step_time))]
+            timers = [fn if method in table else None
+                      for table, fn, _ in peers]
             # Rounds alternate the libraries, so that a slow spell of the
             # machine does not land on one of them only.
             rounds = [
                 [keras_mtl_step_time(method, tasks, args.batch_size, args.steps)]
                 + [_measure(fn, method, tasks, args) if fn else "n/a"
-                   for fn in peers]
+                   for fn in timers]
                 for _ in range(args.rounds)
             ]
             ours, *others = [_median(column) for column in zip(*rounds)]
