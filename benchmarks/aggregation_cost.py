@@ -17,8 +17,11 @@ import subprocess
 import sys
 import time
 
+from one_core import pin_to_one_core
+
 
 def worker(args):
+    pin_to_one_core()  # Before the backend starts its threads.
     import keras
     import numpy as np
 

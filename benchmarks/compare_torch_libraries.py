@@ -11,7 +11,8 @@ hard-parameter-sharing architecture (its `Trainer` hard-codes a CUDA device,
 so the model is assembled the way `Trainer._prepare_model` does). The two
 peers always run on PyTorch, in the same process as keras_mtl.
 
-Median step time after warm-up, one CPU thread; the libraries take turns for
+Median step time after warm-up, on one CPU core (`one_core.py`) where there
+is no GPU; the libraries take turns for
 `--rounds` rounds and the median round is reported. All run on the GPU when
 PyTorch sees one (`KERAS_TORCH_DEVICE=cpu` keeps the PyTorch runs on the
 CPU); each timed step ends by reading its loss on the host, which waits for
@@ -30,6 +31,9 @@ import os
 import statistics
 import time
 
+from one_core import pin_to_one_core
+
+pin_to_one_core()
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 for key, value in (  # One thread for every backend, as the other benchmarks.

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from one_core import pin_to_one_core
+
 VARIANTS = ("ffn_total", "ffn_active1", "ffn_active2", "moe_dense",
             "moe_top1", "moe_top2", "moe_top2_cap")
 
@@ -62,6 +64,7 @@ def build(variant, args):
 
 
 def worker(args):
+    pin_to_one_core()  # Before the backend starts its threads.
     import keras
     import numpy as np
 

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from one_core import pin_to_one_core
+
 VARIANTS = {
     # name: (aggregator, gradient_mode, vectorize)
     "plain": None,
@@ -44,6 +46,7 @@ VARIANTS = {
 
 
 def worker(args):
+    pin_to_one_core()  # Before the backend starts its threads.
     import resource
 
     import keras
