@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 
@@ -71,11 +72,7 @@ def main():
         return worker(args)
     measured = {}
     for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="1",
-                   TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1",
-                   TF_CPP_MIN_LOG_LEVEL="3",
-                   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false "
-                             "intra_op_parallelism_threads=1")
+        env = dict(os.environ, **ONE_THREAD_ENV, KERAS_BACKEND=backend)
         command = [sys.executable, __file__, "--worker", "--params",
                    str(args.params), "--repeats", str(args.repeats), "--tasks",
                    *map(str, args.tasks)]

@@ -31,17 +31,13 @@ import os
 import statistics
 import time
 
+from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 pin_to_one_core()
 os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-for key, value in (  # One thread for every backend, as the other benchmarks.
-    ("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS", "1"),
-    ("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                  "intra_op_parallelism_threads=1"),
-    ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),  # Leave GPU memory to torch.
-):
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # For torch.
+for key, value in ONE_THREAD_ENV.items():
     os.environ.setdefault(key, value)
 
 import torch  # noqa: E402

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 
+from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 VARIANTS = ("ffn_total", "ffn_active1", "ffn_active2", "moe_dense",
@@ -105,15 +106,7 @@ def run_backend(backend, args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update({
-        "KERAS_BACKEND": backend,
-        "OMP_NUM_THREADS": "1",
-        "TF_NUM_INTRAOP_THREADS": "1",
-        "TF_NUM_INTEROP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
-                     "intra_op_parallelism_threads=1",
-    })
+    env.update(ONE_THREAD_ENV, KERAS_BACKEND=backend)
     command = [
         sys.executable, __file__, "--worker",
         "--steps", str(args.steps), "--repeats", str(args.repeats),

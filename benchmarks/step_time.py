@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 VARIANTS = {
@@ -131,16 +132,7 @@ def worker(args):
 
 
 def run_variant(backend, variant, args):
-    env = dict(os.environ)
-    env.update({
-        "KERAS_BACKEND": backend,
-        "OMP_NUM_THREADS": "1",
-        "TF_NUM_INTRAOP_THREADS": "1",
-        "TF_NUM_INTEROP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
-                     "intra_op_parallelism_threads=1",
-    })
+    env = dict(os.environ, **ONE_THREAD_ENV, KERAS_BACKEND=backend)
     command = [
         sys.executable, __file__, "--worker", "--variant", variant,
         "--tasks", str(args.tasks_now), "--steps", str(args.steps),
