@@ -51,21 +51,21 @@ import numpy as np  # noqa: E402
 
 import keras_mtl  # noqa: E402
 
-# keras_mtl name -> TorchJD constructor (by number of tasks).
+# keras_mtl name -> TorchJD aggregator, from `torchjd.aggregation` and T.
 METHODS = {
-    "mean": lambda t: "Mean()",
-    "upgrad": lambda t: "UPGrad()",
-    "dualproj": lambda t: "DualProj()",
-    "mgda": lambda t: "MGDA()",
-    "pcgrad": lambda t: "PCGrad()",
-    "imtl_g": lambda t: "IMTLG()",
-    "aligned_mtl": lambda t: "AlignedMTL()",
-    "config": lambda t: "ConFIG()",
-    "graddrop": lambda t: "GradDrop()",
-    "gradvac": lambda t: "GradVac()",
-    "cagrad": lambda t: "CAGrad(c=0.5)",
-    "nash_mtl": lambda t: f"NashMTL(n_tasks={t})",
-    "fairgrad": lambda t: "FairGrad(alpha=1.0)",
+    "mean": lambda a, t: a.Mean(),
+    "upgrad": lambda a, t: a.UPGrad(),
+    "dualproj": lambda a, t: a.DualProj(),
+    "mgda": lambda a, t: a.MGDA(),
+    "pcgrad": lambda a, t: a.PCGrad(),
+    "imtl_g": lambda a, t: a.IMTLG(),
+    "aligned_mtl": lambda a, t: a.AlignedMTL(),
+    "config": lambda a, t: a.ConFIG(),
+    "graddrop": lambda a, t: a.GradDrop(),
+    "gradvac": lambda a, t: a.GradVac(),
+    "cagrad": lambda a, t: a.CAGrad(c=0.5),
+    "nash_mtl": lambda a, t: a.NashMTL(n_tasks=t),
+    "fairgrad": lambda a, t: a.FairGrad(alpha=1.0),
 }
 
 # keras_mtl name -> (LibMTL weighting class, its `weight_args`, epoch to set).
@@ -136,7 +136,7 @@ def torchjd_step_time(method, tasks, batch, steps):
     from torchjd.autojac import mtl_backward
 
     torch.manual_seed(0)
-    aggregator = eval("aggregation." + METHODS[method](tasks))
+    aggregator = METHODS[method](aggregation, tasks)
     trunk = torch.nn.Sequential(
         torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
         torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU())
