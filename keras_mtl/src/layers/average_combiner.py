@@ -41,6 +41,9 @@ class AverageCombiner(keras.layers.Layer):
         EMNLP 2020 (system demonstrations).
     """
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
     def call(self, adapter_outputs, query=None, training=None):
         return ops.mean(stack_sources(adapter_outputs), axis=-2)
 
