@@ -39,10 +39,13 @@ def worker(args):
                    else aggregators.get(name))
             state = agg.initial_state(tasks, args.params)
             state.update(agg.initial_parameters(tasks))
-            seed = keras.random.SeedGenerator(0) if keras.config.backend() == "torch" else 0
+            if keras.config.backend() == "torch":
+                seed = keras.random.SeedGenerator(0)
+            else:
+                seed = 0
 
-            def run(j, l, s):
-                direction, weights, _ = agg.aggregate(j, l, s, seed=seed)
+            def run(j, losses, s):
+                direction, weights, _ = agg.aggregate(j, losses, s, seed=seed)
                 return direction, weights
 
             fn = backend.jit(run)
@@ -61,7 +64,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+",
                         default=["jax", "tensorflow", "torch"])
-    parser.add_argument("--tasks", nargs="+", type=int, default=[2, 4, 8, 16, 32])
+    parser.add_argument("--tasks", nargs="+", type=int,
+                        default=[2, 4, 8, 16, 32])
     parser.add_argument("--params", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--methods", nargs="+",
@@ -79,7 +83,8 @@ def main():
         if args.methods:
             command += ["--methods", *args.methods]
         out = subprocess.run(command, env=env, capture_output=True, text=True)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        lines = [line for line in out.stdout.splitlines()
+                 if line.startswith("{")]
         if out.returncode or not lines:
             raise RuntimeError(out.stderr[-3000:])
         measured[backend] = json.loads(lines[-1])

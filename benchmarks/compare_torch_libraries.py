@@ -103,8 +103,10 @@ def keras_mtl_step_time(method, tasks, batch, steps):
     h = keras.layers.Dense(512, activation="relu")(inputs)
     h = keras.layers.Dense(512, activation="relu")(h)
     z = keras.layers.Dense(256, activation="relu")(h)
-    outputs = {t: keras.layers.Dense(1)(keras.layers.Dense(64, activation="relu")(z))
-               for t in y}
+    outputs = {
+        t: keras.layers.Dense(1)(keras.layers.Dense(64, activation="relu")(z))
+        for t in y
+    }
     loss = {t: "mse" for t in y}
     if method == "keras":
         model = keras.Model(inputs, outputs)
@@ -196,8 +198,9 @@ def libmtl_step_time(method, tasks, batch, steps):
 
     def encoder():
         return torch.nn.Sequential(
-            torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-            torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU())
+            torch.nn.Linear(64, 512), torch.nn.ReLU(),
+            torch.nn.Linear(512, 512), torch.nn.ReLU(),
+            torch.nn.Linear(512, 256), torch.nn.ReLU())
 
     decoders = torch.nn.ModuleDict({
         t: torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.ReLU(),
@@ -286,7 +289,8 @@ def main():
             # Rounds alternate the libraries, so that a slow spell of the
             # machine does not land on one of them only.
             rounds = [
-                [keras_mtl_step_time(method, tasks, args.batch_size, args.steps)]
+                [keras_mtl_step_time(method, tasks, args.batch_size,
+                                     args.steps)]
                 + [_measure(fn, method, tasks, args) if fn else "n/a"
                    for fn in timers]
                 for _ in range(args.rounds)

@@ -11,7 +11,7 @@ cost of one forward plus T backward passes, estimated from the same run as
 
 Usage:
 
-    python benchmarks/step_time.py                      # all backends, T = 2, 3, 8
+    python benchmarks/step_time.py  # all backends, T = 2, 3, 8
     python benchmarks/step_time.py --backends jax --tasks 3 --steps 30
     python benchmarks/step_time.py --variants all --tasks 3   # every method
     python benchmarks/step_time.py --processes 3              # fastest of 3

@@ -7,4 +7,5 @@ from keras_mtl import layers
 from keras_mtl import losses
 from keras_mtl import transfer
 from keras_mtl.src.models.multi_task_model import MultiTaskModel
+from keras_mtl.src.models.multi_task_trainer import MultiTaskTrainer
 from keras_mtl.src.version import __version__

@@ -12,19 +12,19 @@ from keras_mtl.src.aggregators.dynamic_weight_average import (
     DynamicWeightAverage,
 )
 from keras_mtl.src.aggregators.excess_mtl import ExcessMTL
-from keras_mtl.src.aggregators.famo import FAMO
 from keras_mtl.src.aggregators.fairgrad import FairGrad
+from keras_mtl.src.aggregators.famo import FAMO
+from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradnorm import GradNorm
 from keras_mtl.src.aggregators.gradvac import GradVac
-from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.imtl_g import IMTLG
 from keras_mtl.src.aggregators.imtl_l import IMTLL
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
+from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.aggregators.moco import MoCo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
-from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_mtl.src.aggregators.registry import ALL_AGGREGATORS
@@ -34,7 +34,5 @@ from keras_mtl.src.aggregators.registry import serialize
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
 from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
-from keras_mtl.src.aggregators.uncertainty_weighting import (
-    UncertaintyWeighting,
-)
+from keras_mtl.src.aggregators.uncertainty_weighting import UncertaintyWeighting
 from keras_mtl.src.aggregators.upgrad import UPGrad

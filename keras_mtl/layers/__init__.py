@@ -14,15 +14,15 @@ from keras_mtl.src.layers.mixture_of_adapter_experts import (
     MixtureOfAdapterExperts,
 )
 from keras_mtl.src.layers.mixture_of_experts import MixtureOfExperts
+from keras_mtl.src.layers.multi_gate_mixture_of_experts import MMoE
 from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
     MultiGateMixtureOfExperts,
 )
-from keras_mtl.src.layers.multi_gate_mixture_of_experts import MMoE
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
+from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.progressive_layered_extraction import (
     ProgressiveLayeredExtraction,
 )
-from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.layers.task_conditioning import TaskConditioning

@@ -20,15 +20,18 @@ Saving and loading:
 - One adapter: `save_adapter(backbone, "sst2", "sst2.adapter.npz")`, then
   `load_adapter(other_backbone, "sst2", "sst2.adapter.npz")` (which adds
   the adapter if needed, and checks sizes).
-- A whole adapted model: `model.save("m.keras")` works, but the backbone's
-  config knows nothing of adapters, so `keras.saving.load_model("m.keras")`
-  returns the backbone *without* them (its own weights loaded). Re-inject
-  with the same calls, then reload all weights:
+- A whole adapted model: a `keras_mtl.MultiTaskModel` whose backbone
+  carries adapters (with combiners, adapter experts, the active adapter
+  and the frozen backbone) round-trips through `model.save("m.keras")` and
+  `keras.saving.load_model("m.keras")`, optimizer state included: its
+  config stores `describe_transfer(model)`, and loading calls
+  `restore_transfer` on the rebuilt model before the weights are loaded.
+  For another model, do the same by hand:
 
-      restored = keras.saving.load_model("m.keras")
-      add_adapters(restored, task_names)        # same arguments as before
-      add_combiner(restored, sources, "scalearn")  # if there was one
-      restored.load_weights("m.keras")
+      layout = describe_transfer(model)          # JSON-serialisable
+      rebuilt = keras.Model.from_config(model.get_config())
+      restore_transfer(rebuilt, layout)
+      rebuilt.load_weights("m.weights.h5")       # saved from `model`
 """
 
 from keras_mtl.src.transfer.adapter_files import load_adapter
@@ -41,3 +44,5 @@ from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
+from keras_mtl.src.transfer.transfer_layout import describe_transfer
+from keras_mtl.src.transfer.transfer_layout import restore_transfer

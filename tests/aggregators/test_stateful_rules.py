@@ -194,14 +194,14 @@ def test_per_parameter_state_is_sized_saved_and_restored(tmp_path):
     model = mtl_model()
     model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, aggregator="moco")
     width = sum(int(np.prod(v.shape)) for v in model.shared_variables)
-    assert tuple(model._mtl.state["tracked"].shape) == (3, width)
+    assert tuple(model.balancer.state["tracked"].shape) == (3, width)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    assert np.abs(to_numpy(model._mtl.state["tracked"])).sum() > 0
+    assert np.abs(to_numpy(model.balancer.state["tracked"])).sum() > 0
     path = os.path.join(tmp_path, "moco.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    for key, variable in model._mtl.state.items():
-        np.testing.assert_allclose(to_numpy(loaded._mtl.state[key]),
+    for key, variable in model.balancer.state.items():
+        np.testing.assert_allclose(to_numpy(loaded.balancer.state[key]),
                                    to_numpy(variable))
 
 

@@ -12,11 +12,15 @@ def label_correlation(p, **kwargs):
 
 
 def test_shapes_dtypes_and_determinism():
-    x, y = synthetic_task_correlation(num_samples=50, num_features=7, num_tasks=3)
+    x, y = synthetic_task_correlation(
+        num_samples=50, num_features=7, num_tasks=3
+    )
     assert x.shape == (50, 7) and x.dtype == np.float32
     assert sorted(y) == ["task_1", "task_2", "task_3"]
     assert all(v.shape == (50, 1) and v.dtype == np.float32 for v in y.values())
-    x2, y2 = synthetic_task_correlation(num_samples=50, num_features=7, num_tasks=3)
+    x2, y2 = synthetic_task_correlation(
+        num_samples=50, num_features=7, num_tasks=3
+    )
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y["task_3"], y2["task_3"])
     x3, _ = synthetic_task_correlation(num_samples=50, num_features=7, seed=1)

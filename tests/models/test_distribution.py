@@ -51,7 +51,8 @@ SCRIPT = textwrap.dedent(
             for a, b in zip(single, multi):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
             print(aggregator, mode, "max|dw| =",
-                  max(float(np.abs(a - b).max()) for a, b in zip(single, multi)))
+                  max(float(np.abs(a - b).max())
+                      for a, b in zip(single, multi)))
     print("DISTRIBUTED_OK")
     """
 )
@@ -74,4 +75,6 @@ def test_data_parallel_matches_single_device():
         text=True,
         timeout=600,
     )
-    assert "DISTRIBUTED_OK" in result.stdout, result.stdout + result.stderr[-4000:]
+    assert "DISTRIBUTED_OK" in result.stdout, (
+        result.stdout + result.stderr[-4000:]
+    )

@@ -57,7 +57,7 @@ def test_engine_jacobian_equals_separate_task_gradients(vectorize):
         vectorize=vectorize,
     )
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
-    recorded = to_numpy(model._mtl.state["jacobian"])
+    recorded = to_numpy(model.balancer.state["jacobian"])
     expected = flat_jacobian(reference, model.shared_variables, TASKS)
     np.testing.assert_allclose(recorded, expected, rtol=1e-4, atol=1e-6)
 
@@ -65,7 +65,7 @@ def test_engine_jacobian_equals_separate_task_gradients(vectorize):
 class GramianRecorder(keras_mtl.aggregators.Weighting):
     """Returns equal weights and keeps the Gramians it was given."""
 
-    layer = "features"  # Also asks for the Gramian of this layer alone.
+    gramian_layer = "features"  # Also asks for this layer's Gramian alone.
 
     def initial_state(self, num_tasks, num_params=None):
         zeros = ops.zeros((num_tasks, num_tasks))
@@ -86,12 +86,15 @@ def test_engine_gramians_equal_separate_task_gradients():
                   aggregator=GramianRecorder())
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     jacobian = flat_jacobian(reference, model.shared_variables, TASKS)
-    layer = [v for v in model.shared_variables if v.path.startswith("features/")]
+    layer = [
+        v for v in model.shared_variables if v.path.startswith("features/")
+    ]
     layer_jacobian = flat_jacobian(reference, layer, TASKS)
-    state = {k: to_numpy(v) for k, v in model._mtl.state.items()}
+    state = {k: to_numpy(v) for k, v in model.balancer.state.items()}
     np.testing.assert_allclose(state["gramian"], jacobian @ jacobian.T,
                                rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(state["layer"], layer_jacobian @ layer_jacobian.T,
+    np.testing.assert_allclose(state["layer"],
+                               layer_jacobian @ layer_jacobian.T,
                                rtol=1e-4, atol=1e-6)
 
 
@@ -104,7 +107,10 @@ def test_shared_and_task_specific_variables_found_from_graph():
         "features/bias",
     ]
     specific = model.task_specific_variables
-    assert [v.path for v in specific["cls"]] == ["head_cls/kernel", "head_cls/bias"]
+    assert [v.path for v in specific["cls"]] == [
+        "head_cls/kernel",
+        "head_cls/bias",
+    ]
 
 
 def test_mmoe_style_graph_gates_are_task_specific():
@@ -114,7 +120,9 @@ def test_mmoe_style_graph_gates_are_task_specific():
     stacked = keras.layers.Lambda(lambda e: ops.stack(e, axis=1))(experts)
     outputs = {}
     for task in ("a", "b"):
-        gate = keras.layers.Dense(2, activation="softmax", name=f"gate_{task}")(x)
+        gate = keras.layers.Dense(
+            2, activation="softmax", name=f"gate_{task}"
+        )(x)
         mixed = keras.layers.Lambda(
             lambda t: ops.einsum("be,bed->bd", t[0], t[1])
         )([gate, stacked])
@@ -149,7 +157,8 @@ def test_shared_variables_override():
 )
 @pytest.mark.parametrize("weight_task_specific", [False, True])
 def test_step_matches_aggregated_direction(aggregator, weight_task_specific):
-    """One SGD(lr=1) step moves the weights by minus the aggregated direction."""
+    """One SGD(lr=1) step moves the weights by minus the aggregated
+    direction."""
     x, y = make_data(32)
     model = mtl_model()
     reference = per_task_gradients(model, x, y, TASKS)
@@ -198,7 +207,9 @@ def test_sum_matches_plain_keras_multi_output_training():
         np.testing.assert_allclose(
             h1.history[f"{task}_loss"], h2.history[f"{task}_loss"], rtol=1e-5
         )
-    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        h1.history["loss"], h2.history["loss"], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("aggregator", ["sum", "mgda", "pcgrad_fixed_order"])
@@ -227,7 +238,9 @@ def test_eager_and_compiled_steps_agree(aggregator, gradient_mode):
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
         # The model's variables; the solver diagnostics (MGDA's iteration
         # count) may differ by a few iterations with the rounding.
-        results.append([keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
+        results.append(
+            [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        )
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_mtl
 from keras_mtl import aggregators
 from tests.helpers import LOSSES
 from tests.helpers import make_data
@@ -20,19 +19,26 @@ TASKS = ("reg", "cls", "bin")
     "name, key, expected_step",
     [
         # d/ds [exp(-s) L / 2 + s / 2] = (1 - exp(-s) L) / 2 at s = 0.
-        ("uncertainty_weighting", "log_variance", lambda l: 0.5 * (1 - l)),
+        (
+            "uncertainty_weighting",
+            "log_variance",
+            lambda losses: 0.5 * (1 - losses),
+        ),
         # d/ds [exp(s) L - s] = L - 1 at s = 0.
-        ("imtl_l", "scale", lambda l: l - 1.0),
+        ("imtl_l", "scale", lambda losses: losses - 1.0),
     ],
 )
-def test_learnable_parameters_are_trained_with_the_model(name, key, expected_step):
+def test_learnable_parameters_are_trained_with_the_model(
+    name, key, expected_step
+):
     x, y = make_data(32)
     model = mtl_model()
     model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, aggregator=name)
     losses = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     before = np.array([losses[f"{t}_loss"] for t in TASKS])
-    parameter = model._mtl.parameters[key]
-    assert parameter.trainable and parameter in model.trainable_variables
+    parameter = model.balancer.parameters[key]
+    assert parameter.trainable
+    assert any(v is parameter for v in model.trainable_variables)
     model.train_on_batch(x, y)
     np.testing.assert_allclose(
         to_numpy(parameter), -0.1 * expected_step(before), rtol=1e-4, atol=1e-6)
@@ -41,14 +47,23 @@ def test_learnable_parameters_are_trained_with_the_model(name, key, expected_ste
 def test_uncertainty_weighting_scales_the_model_gradient():
     x, y = make_data(32)
     results = []
-    for aggregator in ("uncertainty_weighting", aggregators.Constant([0.5] * 3)):
+    for aggregator in (
+        "uncertainty_weighting",
+        aggregators.Constant([0.5] * 3),
+    ):
         model = mtl_model(seed=4)
-        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, aggregator=aggregator)
+        model.compile(
+            keras.optimizers.SGD(0.1), loss=LOSSES, aggregator=aggregator
+        )
         model.train_on_batch(x, y)
-        results.append({v.path: to_numpy(v) for v in model.trainable_variables})
+        results.append(
+            {v.path: to_numpy(v) for v in model.trainable_variables}
+        )
     # At s = 0 the weights are exp(0) / 2 = 0.5 for every task.
     for path, value in results[1].items():
-        np.testing.assert_allclose(results[0][path], value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            results[0][path], value, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_parameters_are_saved(tmp_path):
@@ -60,8 +75,8 @@ def test_parameters_are_saved(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(
-        to_numpy(loaded._mtl.parameters["log_variance"]),
-        to_numpy(model._mtl.parameters["log_variance"]))
+        to_numpy(loaded.balancer.parameters["log_variance"]),
+        to_numpy(model.balancer.parameters["log_variance"]))
 
 
 def test_parameters_need_a_loss_only_rule():
@@ -79,7 +94,9 @@ def test_dwa_window_weights_follow_the_loss_ratio():
     history = [[1.0, 1.0], [1.0, 1.0], [2.0, 1.0], [2.0, 1.0], [1.0, 1.0]]
     weights = []
     for losses in history:
-        w, state = agg.compute_weights(2, None, np.array(losses, "float32"), state)
+        w, state = agg.compute_weights(
+            2, None, np.array(losses, "float32"), state
+        )
         weights.append(to_numpy(w))
     np.testing.assert_allclose(weights[:4], 1.0)
     # Periods: [1, 1] then [2, 1]: ratios (2, 1) -> 2 softmax((2, 1) / 2).
@@ -96,7 +113,7 @@ def test_dwa_counts_epochs_of_fit():
     np.testing.assert_allclose(weights[:, :2], 1.0)
     assert not np.allclose(weights[:, 2], 1.0)
     np.testing.assert_allclose(weights[:, 2].sum(), 3.0, rtol=1e-5)
-    assert float(to_numpy(model._mtl.epoch)) == 2.0
+    assert float(to_numpy(model.balancer.epoch)) == 2.0
 
 
 def test_stch_warms_up_then_uses_the_nadir():
@@ -122,7 +139,8 @@ def test_log_scalarisations_are_scale_invariant(name):
     a = to_numpy(agg.aggregate(jacobian, losses)[0])
     # Multiplying task 0's loss and gradient by 10 leaves the update alone.
     scaled = jacobian * np.array([[10.0], [1.0]], "float32")
-    b = to_numpy(agg.aggregate(scaled, losses * np.array([10.0, 1.0], "float32"))[0])
+    scaled_losses = losses * np.array([10.0, 1.0], "float32")
+    b = to_numpy(agg.aggregate(scaled, scaled_losses)[0])
     if name == "scale_invariant":
         np.testing.assert_allclose(a, b, rtol=1e-5)
     else:
@@ -140,7 +158,9 @@ def test_famo_learns_its_logits_from_the_step_effect():
     # Weights of the step: z = 1/3 each, w_i proportional to 1 / L_i.
     l0 = np.array([before[f"{t}_loss"] for t in TASKS])
     w = (1 / l0) / (1 / l0).sum()
-    np.testing.assert_allclose([logs[f"{t}_weight"] for t in TASKS], w, rtol=1e-4)
+    np.testing.assert_allclose(
+        [logs[f"{t}_weight"] for t in TASKS], w, rtol=1e-4
+    )
     # One Adam step on the logits along J_softmax^T delta (+ decay, 0 here).
     l1 = np.array([after[f"{t}_loss"] for t in TASKS])
     delta = np.log(l0 + 1e-8) - np.log(l1 + 1e-8)
@@ -148,5 +168,6 @@ def test_famo_learns_its_logits_from_the_step_effect():
     gradient = z * (delta - (z * delta).sum())
     expected = -0.025 * gradient / (np.abs(gradient) + 1e-8)
     np.testing.assert_allclose(
-        to_numpy(model._mtl.state["logits"]), expected, rtol=1e-3, atol=1e-6)
-    assert float(to_numpy(model._mtl.state["step"])) == 1.0
+        to_numpy(model.balancer.state["logits"]), expected,
+        rtol=1e-3, atol=1e-6)
+    assert float(to_numpy(model.balancer.state["step"])) == 1.0

@@ -145,7 +145,11 @@ def test_clear_errors():
 
 def test_loss_weights_become_constant_aggregator():
     model = mtl_model()
-    model.compile("sgd", loss=LOSSES, loss_weights={"reg": 2.0, "cls": 1.0, "bin": 0.5})
+    model.compile(
+        "sgd",
+        loss=LOSSES,
+        loss_weights={"reg": 2.0, "cls": 1.0, "bin": 0.5},
+    )
     assert isinstance(model.aggregator, keras_mtl.aggregators.Constant)
     assert model.aggregator.weights == [2.0, 1.0, 0.5]
 
@@ -185,11 +189,12 @@ def test_keras_saving_round_trip_with_aggregator_state(tmp_path, aggregator):
     assert loaded.gradient_mode == "features" and loaded.weight_task_specific
     assert [v.path for v in loaded.shared_variables] == [
         v.path for v in model.shared_variables]
-    for key, variable in model._mtl.state.items():
+    for key, variable in model.balancer.state.items():
         np.testing.assert_allclose(
-            to_numpy(loaded._mtl.state[key]), to_numpy(variable))
+            to_numpy(loaded.balancer.state[key]), to_numpy(variable))
     np.testing.assert_allclose(
-        to_numpy(loaded.optimizer.iterations), to_numpy(model.optimizer.iterations))
+        to_numpy(loaded.optimizer.iterations),
+        to_numpy(model.optimizer.iterations))
     a, b = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
     for task in TASKS:
         np.testing.assert_allclose(a[task], b[task], rtol=1e-5, atol=1e-6)
@@ -203,11 +208,11 @@ def test_keras_saving_round_trip_with_aggregator_state(tmp_path, aggregator):
 
 def test_mgda_state_is_restored_by_saving(tmp_path):
     model = compiled("mgda")
-    model._mtl.state["solver_gap"].assign(0.25)
+    model.balancer.state["solver_gap"].assign(0.25)
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert float(to_numpy(loaded._mtl.state["solver_gap"])) == 0.25
+    assert float(to_numpy(loaded.balancer.state["solver_gap"])) == 0.25
 
 
 def test_recompiling_replaces_aggregator_state():
@@ -237,7 +242,9 @@ def test_every_aggregator_trains_inside_the_model(name):
     model = mtl_model()
     aggregator = (keras_mtl.aggregators.Constant([1.0, 0.5, 2.0])
                   if name == "constant" else name)
-    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, aggregator=aggregator)
+    model.compile(
+        keras.optimizers.Adam(1e-2), loss=LOSSES, aggregator=aggregator
+    )
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     for key, values in history.history.items():
         assert np.all(np.isfinite(values)), key

@@ -16,7 +16,7 @@ SEQ = 6
 HIDDEN = 16
 
 
-def tiny_bert(seed=0, num_layers=2, hidden_dim=HIDDEN):
+def tiny_bert(seed=0, num_layers=2, hidden_dim=HIDDEN, **kwargs):
     """A 2-layer BERT with random weights; same seed, same weights."""
     keras.utils.set_random_seed(seed)
     return keras_hub.models.BertBackbone(
@@ -26,6 +26,7 @@ def tiny_bert(seed=0, num_layers=2, hidden_dim=HIDDEN):
         hidden_dim=hidden_dim,
         intermediate_dim=2 * hidden_dim,
         max_sequence_length=SEQ,
+        **kwargs,
     )
 
 

@@ -53,6 +53,10 @@ class Aggregator:
     The state passed in may hold these read-only entries; only the keys of
     `initial_state` are kept from the returned state.
 
+    Rules that balance the gradients of one layer (GradNorm's `layer`) name
+    it in `gramian_layer`; the model then also passes that layer's Gramian
+    as `state["layer_gramian"]`.
+
     Rules with `requires_losses_after_step = True` (FAMO) get the task losses
     re-evaluated on the same batch after the optimizer step, through
     `update_after_step(losses_before, losses_after, state)`.
@@ -64,6 +68,7 @@ class Aggregator:
     """
 
     requires_jacobian = True
+    gramian_layer = None
     uses_epoch = False
     requires_losses_after_step = False
     tracks_gradients = False
@@ -186,13 +191,28 @@ class Weighting(Aggregator):
 
 
 def check_num_params(name, num_params):
-    """Returns `num_params` as an int, for rules with per-parameter state."""
-    if num_params is None or int(num_params) < 1:
+    """Returns `num_params` as an int, for rules with per-parameter state.
+
+    0 is accepted: a model with no shared parameters has an empty Jacobian.
+    """
+    if num_params is None or int(num_params) < 0:
         raise ValueError(
             f"{name} keeps per-parameter state and needs `num_params`, the "
             f"Jacobian's width. Received: num_params={num_params!r}"
         )
     return int(num_params)
+
+
+def jacobian_and_state(aggregator, jacobian, state):
+    """The float32 Jacobian and `state`, or the initial state if it is None.
+
+    The common start of `aggregate` for rules that use the Jacobian itself
+    rather than its Gramian.
+    """
+    jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
+    if state is None:
+        state = aggregator.initial_state(*jacobian.shape)
+    return jacobian, state
 
 
 def _snake_case(name):

@@ -1,6 +1,9 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_choice
+from keras_mtl.src.aggregators.arg_checks import check_fraction
+from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
 from keras_mtl.src.api_export import keras_mtl_export
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -36,18 +39,11 @@ class AlignedMTL(Weighting):
 
     def __init__(self, scale_mode="min", rtol=1e-6, name=None):
         super().__init__(name=name)
-        if scale_mode not in SCALE_MODES:
-            raise ValueError(
-                f"`scale_mode` must be one of {SCALE_MODES}. "
-                f"Received: scale_mode={scale_mode!r}"
-            )
-        if not 0.0 <= float(rtol) < 1.0:
-            raise ValueError(f"`rtol` must be in [0, 1). Received: rtol={rtol}")
-        self.scale_mode = scale_mode
-        self.rtol = float(rtol)
+        self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
+        self.rtol = check_fraction("rtol", rtol, include_one=False)
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        gramian = ops.cast(gramian, "float32")
+        finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
         eigenvalues, vectors = ops.eigh(gramian)
         cutoff = ops.maximum(self.rtol * ops.max(eigenvalues), 1e-30)
         keep = eigenvalues > cutoff
@@ -60,15 +56,21 @@ class AlignedMTL(Weighting):
             scale = ops.divide_no_nan(ops.sum(eigenvalues * keep_f), rank)
         else:
             # eigh sorts ascending; the kept eigenvalues are the last `rank`.
-            lo = ops.cast(num_tasks - rank + ops.floor((rank - 1) / 2), "int32")
-            hi = ops.cast(num_tasks - rank + ops.ceil((rank - 1) / 2), "int32")
-            lo, hi = ops.maximum(lo, 0), ops.maximum(hi, 0)
-            scale = 0.5 * (ops.take(eigenvalues, lo) + ops.take(eigenvalues, hi))
+            first = num_tasks - rank
+            lo = ops.cast(first + ops.floor((rank - 1) / 2), "int32")
+            hi = ops.cast(first + ops.ceil((rank - 1) / 2), "int32")
+            # Clipped: with rank 0 (all gradients zero) `hi` would be T.
+            lo = ops.clip(lo, 0, num_tasks - 1)
+            hi = ops.clip(hi, 0, num_tasks - 1)
+            scale = 0.5 * (
+                ops.take(eigenvalues, lo) + ops.take(eigenvalues, hi))
         scale = ops.where(rank > 0, scale, 0.0)
         inverse_root = ops.where(keep, 1.0 / ops.sqrt(safe), 0.0)
         balance = (vectors * inverse_root[None, :]) @ ops.transpose(vectors)
         preference = ops.full((num_tasks,), 1.0 / num_tasks)
-        return ops.sqrt(ops.maximum(scale, 0.0)) * ops.matmul(balance, preference), state
+        weights = ops.sqrt(ops.maximum(scale, 0.0)) * ops.matmul(
+            balance, preference)
+        return ops.where(finite, weights, float("nan")), state
 
     def get_config(self):
         return {

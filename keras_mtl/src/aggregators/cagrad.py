@@ -1,6 +1,10 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_choice
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.gramian_utils import divide_by_trace
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -52,19 +56,9 @@ class CAGrad(Weighting):
 
     def __init__(self, c=0.5, rescale=1, max_iters=40, name=None):
         super().__init__(name=name)
-        if not float(c) >= 0.0:
-            raise ValueError(f"`c` must be >= 0. Received: c={c}")
-        if rescale not in RESCALES:
-            raise ValueError(
-                f"`rescale` must be one of {RESCALES}. Received: rescale={rescale}"
-            )
-        if int(max_iters) < 1:
-            raise ValueError(
-                f"`max_iters` must be >= 1. Received: max_iters={max_iters}"
-            )
-        self.c = float(c)
-        self.rescale = rescale
-        self.max_iters = int(max_iters)
+        self.c = check_non_negative("c", c)
+        self.rescale = check_choice("rescale", rescale, RESCALES)
+        self.max_iters = check_count("max_iters", max_iters)
 
     diagnostics = ("solver_gap",)
 
@@ -72,13 +66,12 @@ class CAGrad(Weighting):
         return {"solver_gap": ops.zeros(())}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        # Row vectors throughout, so that `@` is a 2-D product on every backend.
-        gramian = ops.cast(gramian, "float32")
-        trace = ops.trace(gramian)
-        gramian = gramian / ops.where(trace > 0, trace, 1.0)
+        # Row vectors throughout: `@` is a 2-D product on every backend.
+        gramian = divide_by_trace(ops.cast(gramian, "float32"))
         mean = ops.full((1, num_tasks), 1.0 / num_tasks)
         linear = mean @ gramian
-        norm = ops.sqrt(ops.maximum(ops.sum(mean * linear, axis=-1, keepdims=True), 0.0))
+        norm = ops.sqrt(ops.maximum(
+            ops.sum(mean * linear, axis=-1, keepdims=True), 0.0))
         radius = self.c * norm[0, 0]
         steps = ops.convert_to_tensor(STEP_SIZES)[:, None]
         trial_positions = ops.arange(len(STEP_SIZES))

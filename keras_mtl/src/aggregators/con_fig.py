@@ -1,6 +1,7 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.gramian_utils import gradient_norms
 from keras_mtl.src.aggregators.gramian_utils import psd_pinv
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -28,7 +29,7 @@ class ConFIG(Weighting):
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         gramian = ops.cast(gramian, "float32")
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        norms = gradient_norms(gramian)
         inverse_norms = ops.divide_no_nan(1.0, norms)
         unit_gramian = gramian * inverse_norms[:, None] * inverse_norms[None, :]
         a = ops.matmul(psd_pinv(unit_gramian), ops.cast(norms > 0, "float32"))

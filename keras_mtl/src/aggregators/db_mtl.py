@@ -2,7 +2,11 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aggregator import check_num_params
+from keras_mtl.src.aggregators.aggregator import jacobian_and_state
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.arg_checks import check_fraction
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -43,17 +47,9 @@ class DBMTL(Aggregator):
 
     def __init__(self, beta=0.9, beta_sigma=0.0, eps=1e-8, name=None):
         super().__init__(name=name)
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"`beta` must be in [0, 1). Received: beta={beta}")
-        if not float(beta_sigma) >= 0.0:
-            raise ValueError(
-                f"`beta_sigma` must be >= 0. Received: beta_sigma={beta_sigma}"
-            )
-        if not float(eps) > 0.0:
-            raise ValueError(f"`eps` must be > 0. Received: eps={eps}")
-        self.beta = float(beta)
-        self.beta_sigma = float(beta_sigma)
-        self.eps = float(eps)
+        self.beta = check_fraction("beta", beta, include_one=False)
+        self.beta_sigma = check_non_negative("beta_sigma", beta_sigma)
+        self.eps = check_positive("eps", eps)
 
     def initial_state(self, num_tasks, num_params=None):
         num_params = check_num_params("DBMTL", num_params)
@@ -63,14 +59,12 @@ class DBMTL(Aggregator):
         }
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
-        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
-        num_tasks, num_params = jacobian.shape
+        jacobian, state = jacobian_and_state(self, jacobian, state)
         losses = require_losses("DBMTL", losses)
-        if state is None:
-            state = self.initial_state(num_tasks, num_params)
         step = state["step"] + 1.0
         beta = self.beta / ops.power(step, self.beta_sigma)
-        log_gradients = jacobian / (ops.maximum(losses, 0.0) + self.eps)[:, None]
+        shifted = ops.maximum(losses, 0.0) + self.eps
+        log_gradients = jacobian / shifted[:, None]
         average = beta * state["average"] + (1.0 - beta) * log_gradients
         norms = ops.sqrt(ops.sum(average * average, axis=1))
         scales = ops.max(norms) / (norms + self.eps)

@@ -30,6 +30,9 @@ def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
     """
     num_tasks = gramian.shape[0]
     diag = ops.diagonal(gramian)
+    # A zero diagonal entry (no ridge, zero gradient) has a zero column: its
+    # coordinate then stays at its bound instead of becoming 0 / 0.
+    diag = ops.where(diag > 0, diag, 1.0)
     eye = ops.eye(num_tasks, dtype=gramian.dtype)
 
     # Slices and operators rather than `ops` calls where possible: they are
@@ -40,7 +43,8 @@ def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
             column = slice(j, j + 1)
             gradient_j = v @ gramian[:, column]
             bound = lower[:, column]
-            target = bound + ops.relu(v[:, column] - gradient_j / diag[j] - bound)
+            target = bound + ops.relu(
+                v[:, column] - gradient_j / diag[j] - bound)
             v = v + (target - v[:, column]) * eye[column]
         return v
 

@@ -3,6 +3,7 @@ from keras import ops
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -40,16 +41,12 @@ class DynamicWeightAverage(Weighting):
 
     def __init__(self, temperature=2.0, iteration_window=None, name=None):
         super().__init__(name=name)
-        if not float(temperature) > 0.0:
-            raise ValueError(
-                f"`temperature` must be > 0. Received: temperature={temperature}"
-            )
+        self.temperature = check_positive("temperature", temperature)
         if iteration_window is not None and int(iteration_window) < 1:
             raise ValueError(
                 "`iteration_window` must be None or >= 1. "
                 f"Received: iteration_window={iteration_window}"
             )
-        self.temperature = float(temperature)
         self.iteration_window = (
             None if iteration_window is None else int(iteration_window)
         )

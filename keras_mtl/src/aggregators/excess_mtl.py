@@ -2,7 +2,9 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aggregator import check_num_params
+from keras_mtl.src.aggregators.aggregator import jacobian_and_state
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -42,12 +44,9 @@ class ExcessMTL(Aggregator):
 
     def __init__(self, robust_step_size=1e-2, name=None):
         super().__init__(name=name)
-        if not float(robust_step_size) > 0.0:
-            raise ValueError(
-                "`robust_step_size` must be > 0. "
-                f"Received: robust_step_size={robust_step_size}"
-            )
-        self.robust_step_size = float(robust_step_size)
+        self.robust_step_size = check_positive(
+            "robust_step_size", robust_step_size
+        )
 
     def initial_state(self, num_tasks, num_params=None):
         num_params = check_num_params("ExcessMTL", num_params)
@@ -58,15 +57,16 @@ class ExcessMTL(Aggregator):
         }
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
-        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
-        num_tasks, num_params = jacobian.shape
-        if state is None:
-            state = self.initial_state(num_tasks, num_params)
-        squared_sum = state["squared_sum"] + jacobian * jacobian
-        risk = ops.sum(jacobian * jacobian / ops.sqrt(squared_sum + 1e-7), axis=1)
+        jacobian, state = jacobian_and_state(self, jacobian, state)
+        num_tasks = jacobian.shape[0]
+        squared = jacobian * jacobian
+        squared_sum = state["squared_sum"] + squared
+        risk = ops.sum(squared / ops.sqrt(squared_sum + 1e-7), axis=1)
         known = state["initial_risk"] > 0.0
         initial_risk = ops.where(known, state["initial_risk"], risk)
-        normalized = ops.where(known, ops.divide_no_nan(risk, initial_risk), 0.0)
+        normalized = ops.where(
+            known, ops.divide_no_nan(risk, initial_risk), 0.0
+        )
         log_weights = state["log_weights"] + self.robust_step_size * normalized
         weights = num_tasks * softmax_over_tasks(log_weights)
         direction = ops.matmul(weights, jacobian)

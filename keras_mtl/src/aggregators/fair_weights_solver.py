@@ -14,6 +14,7 @@ positive solution give large but finite weights and a non-zero residual.
 
 from keras import ops
 
+from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
 from keras_mtl.src.aggregators.solver_ops import ratio_test
 
 
@@ -21,10 +22,11 @@ def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6):
     """Returns `(weights, residual)` with `residual = max |G w - w^(-1/a)|`.
 
     Solved on the trace-normalised Gramian and rescaled, so the result does
-    not depend on the scale of the gradients.
+    not depend on the scale of the gradients. Both are NaN when `G` has a
+    non-finite entry.
     """
     num_tasks = gramian.shape[0]
-    gramian = ops.cast(gramian, "float32")
+    finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
     trace = ops.trace(gramian)
     valid = ops.diagonal(gramian) > 1e-12 * ops.maximum(trace, 1e-30)
     valid_f = ops.cast(valid, "float32")
@@ -48,7 +50,8 @@ def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6):
 
     def body(step, w, change):
         r = residual(w) * valid_column
-        hessian = regularized - exponent * eye * ops.transpose(w ** (exponent - 1.0))
+        curvature = ops.transpose(w ** (exponent - 1.0))
+        hessian = regularized - exponent * eye * curvature
         newton = ops.solve(hessian, r) * valid_column
         # Fraction-to-the-boundary rule keeps every weight positive.
         t = ops.minimum(1.0, 0.95 * ops.min(ratio_test(w, newton)))
@@ -68,4 +71,6 @@ def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6):
     w = w[:, 0]
     # Undo the normalisation: G = s N gives w = w_N * s^(-alpha / (alpha + 1)).
     scale = ops.power(ops.where(trace > 0, trace, 1.0), -alpha / (alpha + 1.0))
-    return w * valid_f * scale, error
+    nan = float("nan")
+    return (ops.where(finite, w * valid_f * scale, nan),
+            ops.where(finite, error, nan))

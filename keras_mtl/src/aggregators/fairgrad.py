@@ -1,6 +1,8 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.aggregators.fair_weights_solver import fair_weights
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -35,14 +37,8 @@ class FairGrad(Weighting):
 
     def __init__(self, alpha=1.0, max_iters=30, name=None):
         super().__init__(name=name)
-        if not float(alpha) > 0.0:
-            raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
-        if int(max_iters) < 1:
-            raise ValueError(
-                f"`max_iters` must be >= 1. Received: max_iters={max_iters}"
-            )
-        self.alpha = float(alpha)
-        self.max_iters = int(max_iters)
+        self.alpha = check_positive("alpha", alpha)
+        self.max_iters = check_count("max_iters", max_iters)
 
     def initial_state(self, num_tasks, num_params=None):
         return {"solver_residual": ops.zeros(())}

@@ -1,8 +1,11 @@
 from keras import ops
 
+from keras_mtl.src.aggregators.adam_step import adam_step
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -11,18 +14,18 @@ class FAMO(Weighting):
     """Fast adaptive multitask optimisation (FAMO).
 
     Task logits `xi`, `z = softmax(xi)`. The model descends
-    `sum_i z_i log(L_i - b_i + eps) / c` with `c = sum_i z_i / (L_i - b_i + eps)`
-    held constant, i.e. task weights `w_i = z_i / (c (L_i - b_i + eps))`
-    (a convex combination). After the optimizer step the losses are
-    re-evaluated **on the same batch** (`MultiTaskModel` does this, in
-    inference mode) and, with `delta_i = log(L_i - b_i + eps) -
-    log(L'_i - b_i + eps)`, the logits take one Adam step (learning rate
-    `learning_rate`, L2 weight decay `gamma`) along `J_softmax(xi)^T delta`.
-    Defaults follow LibMTL and TorchJD (`learning_rate=0.025`,
-    `gamma=1e-3`); the official code's class default is `gamma=1e-5` and its
-    scripts use 1e-3 or 1e-2. The official code also clips the shared
-    gradient to norm 1; use the optimizer's `clipnorm` for that. Cost:
-    loss-only plus one extra forward pass. Deterministic.
+    `sum_i z_i log(L_i - b_i + eps) / c` with
+    `c = sum_i z_i / (L_i - b_i + eps)` held constant, i.e. task weights
+    `w_i = z_i / (c (L_i - b_i + eps))` (a convex combination). After the
+    optimizer step the losses are re-evaluated **on the same batch**
+    (`MultiTaskModel` does this, in inference mode) and, with
+    `delta_i = log(L_i - b_i + eps) - log(L'_i - b_i + eps)`, the logits take
+    one Adam step (learning rate `learning_rate`, L2 weight decay `gamma`)
+    along `J_softmax(xi)^T delta`. Defaults follow LibMTL and TorchJD
+    (`learning_rate=0.025`, `gamma=1e-3`); the official code's class default
+    is `gamma=1e-5` and its scripts use 1e-3 or 1e-2. The official code also
+    clips the shared gradient to norm 1; use the optimizer's `clipnorm` for
+    that. Cost: loss-only plus one extra forward pass. Deterministic.
 
     State keys: `logits`, `adam_m`, `adam_v`, `step`.
 
@@ -48,20 +51,11 @@ class FAMO(Weighting):
     def __init__(self, learning_rate=0.025, gamma=1e-3, min_losses=None,
                  eps=1e-8, name=None):
         super().__init__(name=name)
-        if not float(learning_rate) > 0.0:
-            raise ValueError(
-                "`learning_rate` must be > 0. "
-                f"Received: learning_rate={learning_rate}"
-            )
-        if not float(gamma) >= 0.0:
-            raise ValueError(f"`gamma` must be >= 0. Received: gamma={gamma}")
-        if not float(eps) > 0.0:
-            raise ValueError(f"`eps` must be > 0. Received: eps={eps}")
-        self.learning_rate = float(learning_rate)
-        self.gamma = float(gamma)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
+        self.gamma = check_non_negative("gamma", gamma)
         self.min_losses = None if min_losses is None else [
             float(b) for b in min_losses]
-        self.eps = float(eps)
+        self.eps = check_positive("eps", eps)
 
     def initial_state(self, num_tasks, num_params=None):
         return {
@@ -90,13 +84,10 @@ class FAMO(Weighting):
         z = softmax_over_tasks(state["logits"])
         gradient = z * (delta - ops.sum(z * delta))
         gradient = gradient + self.gamma * state["logits"]
-        step = state["step"] + 1.0
-        m = 0.9 * state["adam_m"] + 0.1 * gradient
-        v = 0.999 * state["adam_v"] + 0.001 * gradient * gradient
-        m_hat = m / (1.0 - ops.power(0.9, step))
-        v_hat = v / (1.0 - ops.power(0.999, step))
-        logits = state["logits"] - self.learning_rate * m_hat / (
-            ops.sqrt(v_hat) + 1e-8)
+        logits, m, v, step = adam_step(
+            state["logits"], gradient, state["adam_m"], state["adam_v"],
+            state["step"], self.learning_rate,
+        )
         return {**state, "logits": logits, "adam_m": m, "adam_v": v,
                 "step": step}
 

@@ -2,7 +2,9 @@ import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
+from keras_mtl.src.aggregators.aggregator import jacobian_and_state
 from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -10,14 +12,14 @@ from keras_mtl.src.api_export import keras_mtl_export
 class GradDrop(Aggregator):
     """Gradient sign dropout (GradDrop).
 
-    For every coordinate, the sign purity `P = (1 + sum_i g_i / sum_i |g_i|) / 2`
-    and a draw `U ~ Uniform(0, 1)`: positive task components are kept where
-    `P > U` and negative ones where `P < U`; `leak` lets that fraction of the
-    dropped components through. The direction is the sum of the kept
-    components (sum convention, as TorchJD on the Jacobian). Not a weighted
-    sum of the task gradients: the logged weight of task `i` is the fraction
-    of its squared gradient norm that is kept. Cost: full Jacobian.
-    Randomised, seeded through `seed`.
+    For every coordinate, the sign purity
+    `P = (1 + sum_i g_i / sum_i |g_i|) / 2` and a draw `U ~ Uniform(0, 1)`:
+    positive task components are kept where `P > U` and negative ones where
+    `P < U`; `leak` lets that fraction of the dropped components through. The
+    direction is the sum of the kept components (sum convention, as TorchJD on
+    the Jacobian). Not a weighted sum of the task gradients: the logged weight
+    of task `i` is the fraction of its squared gradient norm that is kept.
+    Cost: full Jacobian. Randomised, seeded through `seed`.
 
     Args:
         leak: fraction in `[0, 1]` of the dropped components kept anyway.
@@ -34,13 +36,10 @@ class GradDrop(Aggregator):
 
     def __init__(self, leak=0.0, name=None):
         super().__init__(name=name)
-        if not 0.0 <= float(leak) <= 1.0:
-            raise ValueError(f"`leak` must be in [0, 1]. Received: leak={leak}")
-        self.leak = float(leak)
+        self.leak = check_fraction("leak", leak)
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
-        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
-        state = {} if state is None else state
+        jacobian, state = jacobian_and_state(self, jacobian, state)
         # P > U, with the purity P = (1 + total / magnitude) / 2 and
         # U ~ Uniform(0, 1), is total > (2U - 1) * magnitude: no division.
         # Sums over tasks as products with ones: XLA's CPU reduction over the

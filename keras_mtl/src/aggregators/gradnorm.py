@@ -1,8 +1,13 @@
 from keras import ops
 
+from keras_mtl.src.aggregators.adam_step import adam_step
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_choice
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.arg_checks import check_positive
+from keras_mtl.src.aggregators.gramian_utils import gradient_norms
 from keras_mtl.src.api_export import keras_mtl_export
 
 INITIAL_LOSSES = ("epoch", "first_step")
@@ -56,26 +61,22 @@ class GradNorm(Weighting):
     def __init__(self, alpha=1.5, learning_rate=1e-3, initial_loss="epoch",
                  layer=None, name=None):
         super().__init__(name=name)
-        if not float(alpha) >= 0.0:
-            raise ValueError(f"`alpha` must be >= 0. Received: alpha={alpha}")
-        if not float(learning_rate) > 0.0:
-            raise ValueError(
-                "`learning_rate` must be > 0. "
-                f"Received: learning_rate={learning_rate}"
-            )
-        if initial_loss not in INITIAL_LOSSES:
-            raise ValueError(
-                f"`initial_loss` must be one of {INITIAL_LOSSES}. "
-                f"Received: initial_loss={initial_loss!r}"
-            )
+        self.alpha = check_non_negative("alpha", alpha)
+        self.learning_rate = check_positive("learning_rate", learning_rate)
+        self.initial_loss = check_choice(
+            "initial_loss", initial_loss, INITIAL_LOSSES
+        )
         if layer is not None and not isinstance(layer, str):
             raise ValueError(
-                f"`layer` must be a layer name or None. Received: layer={layer!r}"
+                "`layer` must be a layer name or None. "
+                f"Received: layer={layer!r}"
             )
-        self.alpha = float(alpha)
-        self.learning_rate = float(learning_rate)
-        self.initial_loss = initial_loss
         self.layer = layer
+
+    @property
+    def gramian_layer(self):
+        """The layer whose gradient norms are balanced (`layer`), or None."""
+        return self.layer
 
     def initial_state(self, num_tasks, num_params=None):
         return {
@@ -95,7 +96,7 @@ class GradNorm(Weighting):
         else:
             warming_up = state["loss_count"] < 1.0
         weights = num_tasks * softmax_over_tasks(state["scales"])
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        norms = gradient_norms(gramian)
         weighted_norms = weights * norms
         initial = state["loss_sum"] / ops.maximum(state["loss_count"], 1.0)
         ratios = ops.divide_no_nan(losses, initial)
@@ -105,12 +106,10 @@ class GradNorm(Weighting):
         grad_w = ops.sign(weighted_norms - target) * norms
         z = weights / num_tasks
         grad_s = num_tasks * z * (grad_w - ops.sum(z * grad_w))
-        step = state["adam_step"] + 1.0
-        m = 0.9 * state["adam_m"] + 0.1 * grad_s
-        v = 0.999 * state["adam_v"] + 0.001 * grad_s * grad_s
-        scales = state["scales"] - self.learning_rate * (
-            m / (1.0 - ops.power(0.9, step))
-        ) / (ops.sqrt(v / (1.0 - ops.power(0.999, step))) + 1e-8)
+        scales, m, v, step = adam_step(
+            state["scales"], grad_s, state["adam_m"], state["adam_v"],
+            state["adam_step"], self.learning_rate,
+        )
 
         def keep(old, new):
             return ops.where(warming_up, old, new)

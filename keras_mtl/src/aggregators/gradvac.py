@@ -1,8 +1,10 @@
-import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
-from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.aggregators.arg_checks import check_fraction
+from keras_mtl.src.aggregators.arg_checks import check_positive
+from keras_mtl.src.aggregators.gramian_utils import gradient_norms
+from keras_mtl.src.aggregators.task_order import visiting_order
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -16,7 +18,8 @@ class GradVac(Weighting):
     `phi_ij < phi_hat_ij`:
 
         g'_i <- g'_i + g_j ||g'_i|| (phi_hat_ij sqrt(1 - phi_ij^2)
-                 - phi_ij sqrt(1 - phi_hat_ij^2)) / (||g_j|| sqrt(1 - phi_hat_ij^2))
+                 - phi_ij sqrt(1 - phi_hat_ij^2))
+                 / (||g_j|| sqrt(1 - phi_hat_ij^2))
 
     and in every case `phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi_ij`.
     The direction is the sum `sum_i g'_i` (LibMTL). Whole-model granularity
@@ -42,12 +45,8 @@ class GradVac(Weighting):
 
     def __init__(self, beta=0.5, eps=1e-8, name=None):
         super().__init__(name=name)
-        if not 0.0 <= float(beta) <= 1.0:
-            raise ValueError(f"`beta` must be in [0, 1]. Received: beta={beta}")
-        if not float(eps) > 0.0:
-            raise ValueError(f"`eps` must be > 0. Received: eps={eps}")
-        self.beta = float(beta)
-        self.eps = float(eps)
+        self.beta = check_fraction("beta", beta)
+        self.eps = check_positive("eps", eps)
 
     def initial_state(self, num_tasks, num_params=None):
         return {"targets": ops.zeros((num_tasks, num_tasks))}
@@ -55,16 +54,11 @@ class GradVac(Weighting):
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         gramian = ops.cast(gramian, "float32")
         targets = ops.cast(state["targets"], "float32")
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
-        eye = ops.eye(num_tasks)
-        noise = keras.random.uniform((num_tasks, num_tasks), seed=seed_from(seed))
-        # Sorting with the diagonal pushed last visits the other tasks first.
-        order = ops.argsort(noise + 2.0 * eye, axis=-1)
+        norms = gradient_norms(gramian)[:, None]
         # `visits[i, k]` is the one-hot of the task row i visits k-th; the
         # loop uses slices, columns and operators (cheap on eager PyTorch).
-        visits = ops.one_hot(order, num_tasks)
-        norms = norms[:, None]
-        coefficients = eye
+        visits = visiting_order(num_tasks, seed)
+        coefficients = ops.eye(num_tasks)
         for position in range(num_tasks - 1):
             visited = visits[:, position]  # (T, T)
             products = coefficients @ gramian
@@ -76,10 +70,10 @@ class GradVac(Weighting):
             target = ops.sum(visited * targets, axis=1, keepdims=True)
             below = ops.cast(cosine < target, "float32") * ops.cast(
                 other_norm > 0.0, "float32")
+            sine = ops.sqrt(ops.relu(1.0 - cosine**2))
             target_sine = ops.sqrt(ops.relu(1.0 - target**2))
-            step = own_norm * (
-                target * ops.sqrt(ops.relu(1.0 - cosine**2)) - cosine * target_sine
-            ) / (other_norm * target_sine + self.eps)
+            step = own_norm * (target * sine - cosine * target_sine) / (
+                other_norm * target_sine + self.eps)
             coefficients = coefficients + below * step * visited
             targets = targets + self.beta * visited * (cosine - targets)
         return ops.sum(coefficients, axis=0), {"targets": targets}

@@ -3,13 +3,25 @@
 from keras import ops
 
 
+def gradient_norms(gramian):
+    """The task gradients' norms, `sqrt(diag(G))` (rounding clipped at 0)."""
+    return ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+
+
+def divide_by_trace(gramian):
+    """`G / trace(G)`; `G` itself when the trace is 0 (then `G = 0`)."""
+    trace = ops.trace(gramian)
+    return gramian / ops.where(trace > 0, trace, 1.0)
+
+
 def normalize_gramian(gramian, eps=1e-4):
     """`G / trace(G)`: the Gramian of the Frobenius-normalised Jacobian.
 
     Returns zeros when `trace(G) < eps` (all gradients are tiny), as TorchJD.
     """
     trace = ops.trace(gramian)
-    return ops.where(trace < eps, 0.0, gramian / ops.where(trace < eps, 1.0, trace))
+    small = trace < eps
+    return ops.where(small, 0.0, gramian / ops.where(small, 1.0, trace))
 
 
 def regularize_gramian(gramian, eps=1e-4):
@@ -17,16 +29,31 @@ def regularize_gramian(gramian, eps=1e-4):
     return gramian + eps * ops.eye(gramian.shape[0], dtype=gramian.dtype)
 
 
+def zero_if_non_finite(matrix):
+    """Returns `(finite, safe)`: whether every entry of `matrix` is finite,
+    and `matrix`, or zeros where it is not.
+
+    `eigh` and `solve` raise on non-finite input on TensorFlow and PyTorch;
+    run them on `safe` and mark the result with
+    `ops.where(finite, result, nan)`, so the step is skipped, not crashed.
+    """
+    finite = ops.all(ops.isfinite(matrix))
+    return finite, ops.where(finite, matrix, 0.0)
+
+
 def psd_pinv(matrix, rtol=1e-6):
     """Moore-Penrose pseudo-inverse of a symmetric PSD matrix (via `eigh`).
 
-    Eigenvalues below `rtol * max_eigenvalue` are treated as 0.
+    Eigenvalues below `rtol * max_eigenvalue` are treated as 0. All NaN when
+    `matrix` has a non-finite entry.
     """
+    finite, matrix = zero_if_non_finite(matrix)
     eigenvalues, eigenvectors = ops.eigh(matrix)
     cutoff = rtol * ops.max(ops.abs(eigenvalues))
     keep = eigenvalues > ops.maximum(cutoff, 1e-30)
     inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
-    return (eigenvectors * inverse[None, :]) @ ops.transpose(eigenvectors)
+    pinv = (eigenvectors * inverse[None, :]) @ ops.transpose(eigenvectors)
+    return ops.where(finite, pinv, float("nan"))
 
 
 def project_onto_simplex(v):

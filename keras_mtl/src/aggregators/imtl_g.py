@@ -1,6 +1,8 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.gramian_utils import divide_by_trace
+from keras_mtl.src.aggregators.gramian_utils import gradient_norms
 from keras_mtl.src.aggregators.gramian_utils import psd_pinv
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -27,10 +29,9 @@ class IMTLG(Weighting):
     """
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        gramian = ops.cast(gramian, "float32")
-        scale = ops.trace(gramian)
-        gramian = gramian / ops.where(scale > 0, scale, 1.0)
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
-        v = ops.matmul(psd_pinv(gramian), norms)
+        gramian = divide_by_trace(ops.cast(gramian, "float32"))
+        v = ops.matmul(psd_pinv(gramian), gradient_norms(gramian))
         total = ops.sum(v)
-        return ops.where(total > 1e-12, v / ops.where(total > 1e-12, total, 1.0), 0.0), state
+        positive = total > 1e-12
+        weights = ops.where(positive, v / ops.where(positive, total, 1.0), 0.0)
+        return weights, state

@@ -1,6 +1,10 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_choice
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.gramian_utils import gradient_norms
 from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -11,15 +15,15 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 class MGDA(Weighting):
     """Multiple-gradient descent: the minimum-norm point of the task gradients.
 
-    `w* = argmin_{w in simplex} ||sum_i w_i s_i g_i||^2` and `d = sum_i w*_i g_i`,
-    where `s_i` is the optional gradient normalisation of the original code
-    (`"l2"`: `1/||g_i||`, `"loss"`: `1/L_i`, `"loss+"`: `1/(L_i ||g_i||)`,
-    `"none"`: 1). As in the official implementation, the weights found on the
-    normalised gradients multiply the raw task losses (LibMTL instead sums the
-    normalised gradients). The direction is a convex combination of the task
-    gradients (mean scale, not sum); when the gradients do not conflict it is
-    the common descent direction of smallest norm, otherwise it is 0 (a Pareto
-    stationary point).
+    `w* = argmin_{w in simplex} ||sum_i w_i s_i g_i||^2` and
+    `d = sum_i w*_i g_i`, where `s_i` is the optional gradient normalisation
+    of the original code (`"l2"`: `1/||g_i||`, `"loss"`: `1/L_i`, `"loss+"`:
+    `1/(L_i ||g_i||)`, `"none"`: 1). As in the official implementation, the
+    weights found on the normalised gradients multiply the raw task losses
+    (LibMTL instead sums the normalised gradients). The direction is a convex
+    combination of the task gradients (mean scale, not sum); when the
+    gradients do not conflict it is the common descent direction of smallest
+    norm, otherwise it is 0 (a Pareto stationary point).
 
     Solved in-graph, exactly, by Wolfe's minimum-norm-point algorithm (see
     `min_norm_weights`; about T + 1 iterations, at most `max_iters`), where
@@ -57,22 +61,11 @@ class MGDA(Weighting):
         self, normalization="none", max_iters=250, tolerance=1e-7, name=None
     ):
         super().__init__(name=name)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"`normalization` must be one of {NORMALIZATIONS}. "
-                f"Received: normalization={normalization!r}"
-            )
-        if int(max_iters) < 1:
-            raise ValueError(
-                f"`max_iters` must be >= 1. Received: max_iters={max_iters}"
-            )
-        if not float(tolerance) >= 0.0:
-            raise ValueError(
-                f"`tolerance` must be >= 0. Received: tolerance={tolerance}"
-            )
-        self.normalization = normalization
-        self.max_iters = int(max_iters)
-        self.tolerance = float(tolerance)
+        self.normalization = check_choice(
+            "normalization", normalization, NORMALIZATIONS
+        )
+        self.max_iters = check_count("max_iters", max_iters)
+        self.tolerance = check_non_negative("tolerance", tolerance)
 
     def initial_state(self, num_tasks, num_params=None):
         return {
@@ -83,7 +76,7 @@ class MGDA(Weighting):
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         gramian = ops.cast(gramian, "float32")
         squared_norms = ops.diagonal(gramian)
-        norms = ops.sqrt(ops.maximum(squared_norms, 0.0))
+        norms = gradient_norms(gramian)
         if self.normalization in ("loss", "loss+") and losses is None:
             raise ValueError(
                 f"MGDA(normalization={self.normalization!r}) needs the task "

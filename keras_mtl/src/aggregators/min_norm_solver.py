@@ -18,6 +18,8 @@ the device and traces under `jit`.
 
 from keras import ops
 
+from keras_mtl.src.aggregators.gramian_utils import divide_by_trace
+from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.aggregators.solver_ops import ratio_test
 
@@ -42,15 +44,17 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-7):
         `(weights, gap, iterations)`: the `(T,)` weights on the simplex (all
         zero when no task is valid), the Frank-Wolfe duality gap
         `w^T G w - min_t (G w)_t` on the trace-normalised Gramian (0 at the
-        optimum), and the number of iterations run.
+        optimum), and the number of iterations run. Weights and gap are NaN
+        when `G` has a non-finite entry.
     """
     num_tasks = gramian.shape[0]
-    gramian = ops.convert_to_tensor(gramian, "float32")
+    finite, gramian = zero_if_non_finite(
+        ops.convert_to_tensor(gramian, "float32"))
     if valid is None:
         valid = ops.ones((num_tasks,), "bool")
     # The solution does not change when G is scaled; normalising keeps the
     # arithmetic well inside float32 for gradients from 1e-6 to 1e6.
-    gramian = ops.divide_no_nan(gramian, ops.trace(gramian))
+    gramian = divide_by_trace(gramian)
     valid_f = ops.cast(valid, "float32")
     any_valid = ops.max(valid_f)
     positions = ops.arange(num_tasks)
@@ -61,7 +65,8 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-7):
     # The affine system [[G_SS, 1], [1^T, 0]] [y; -mu] = [0; 1], embedded in
     # (T + 1) x (T + 1) with identity rows for the tasks outside S.
     embed = ops.concatenate([eye, ops.zeros((1, num_tasks))], axis=0)
-    last = ops.concatenate([ops.zeros((num_tasks, 1)), ops.ones((1, 1))], axis=0)
+    last = ops.concatenate(
+        [ops.zeros((num_tasks, 1)), ops.ones((1, 1))], axis=0)
     ridged = gramian + _RIDGE * eye
 
     def affine_minimizer(corral):
@@ -114,4 +119,6 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-7):
     gw = weights @ gramian
     gap = ops.sum(weights * gw) - ops.min(gw + excluded)
     gap = ops.where(any_valid > 0.0, ops.relu(gap), 0.0)
-    return weights[0], gap, iterations
+    nan = float("nan")
+    return (ops.where(finite, weights[0], nan), ops.where(finite, gap, nan),
+            iterations)

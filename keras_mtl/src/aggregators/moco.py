@@ -2,8 +2,11 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aggregator import check_num_params
+from keras_mtl.src.aggregators.aggregator import jacobian_and_state
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -53,20 +56,12 @@ class MoCo(Aggregator):
     def __init__(self, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5,
                  rho=0.0, eps=1e-8, name=None):
         super().__init__(name=name)
-        for arg, value in (("beta", beta), ("gamma", gamma), ("eps", eps)):
-            if not float(value) > 0.0:
-                raise ValueError(f"`{arg}` must be > 0. Received: {arg}={value}")
-        for arg, value in (("beta_sigma", beta_sigma),
-                           ("gamma_sigma", gamma_sigma), ("rho", rho)):
-            if not float(value) >= 0.0:
-                raise ValueError(
-                    f"`{arg}` must be >= 0. Received: {arg}={value}")
-        self.beta = float(beta)
-        self.beta_sigma = float(beta_sigma)
-        self.gamma = float(gamma)
-        self.gamma_sigma = float(gamma_sigma)
-        self.rho = float(rho)
-        self.eps = float(eps)
+        self.beta = check_positive("beta", beta)
+        self.beta_sigma = check_non_negative("beta_sigma", beta_sigma)
+        self.gamma = check_positive("gamma", gamma)
+        self.gamma_sigma = check_non_negative("gamma_sigma", gamma_sigma)
+        self.rho = check_non_negative("rho", rho)
+        self.eps = check_positive("eps", eps)
 
     def initial_state(self, num_tasks, num_params=None):
         num_params = check_num_params("MoCo", num_params)
@@ -77,11 +72,9 @@ class MoCo(Aggregator):
         }
 
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
-        jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
-        num_tasks, num_params = jacobian.shape
+        jacobian, state = jacobian_and_state(self, jacobian, state)
+        num_tasks = jacobian.shape[0]
         losses = require_losses("MoCo", losses)
-        if state is None:
-            state = self.initial_state(num_tasks, num_params)
         step = state["step"] + 1.0
         beta = self.beta / ops.power(step, self.beta_sigma)
         gamma = self.gamma / ops.power(step, self.gamma_sigma)

@@ -1,6 +1,8 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.aggregators.fair_weights_solver import fair_weights
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -42,22 +44,13 @@ class NashMTL(Weighting):
     def __init__(self, update_weights_every=1, max_iters=20, max_norm=1.0,
                  name=None):
         super().__init__(name=name)
-        if int(update_weights_every) < 1:
-            raise ValueError(
-                "`update_weights_every` must be >= 1. "
-                f"Received: update_weights_every={update_weights_every}"
-            )
-        if int(max_iters) < 1:
-            raise ValueError(
-                f"`max_iters` must be >= 1. Received: max_iters={max_iters}"
-            )
-        if max_norm is not None and not float(max_norm) > 0.0:
-            raise ValueError(
-                f"`max_norm` must be > 0 or None. Received: max_norm={max_norm}"
-            )
-        self.update_weights_every = int(update_weights_every)
-        self.max_iters = int(max_iters)
-        self.max_norm = None if max_norm is None else float(max_norm)
+        self.update_weights_every = check_count(
+            "update_weights_every", update_weights_every
+        )
+        self.max_iters = check_count("max_iters", max_iters)
+        self.max_norm = None if max_norm is None else check_positive(
+            "max_norm", max_norm
+        )
 
     def initial_state(self, num_tasks, num_params=None):
         return {
@@ -85,7 +78,9 @@ class NashMTL(Weighting):
         new_state = {
             "weights": weights,
             "step": state["step"] + 1.0,
-            "solver_residual": ops.where(update, error, state["solver_residual"]),
+            "solver_residual": ops.where(
+                update, error, state["solver_residual"]
+            ),
         }
         return used, new_state
 

@@ -1,8 +1,7 @@
-import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
-from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.aggregators.task_order import visiting_order
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -46,27 +45,19 @@ class PCGrad(Weighting):
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         gramian = ops.cast(gramian, "float32")
         squared_norms = ops.diagonal(gramian)
-        eye = ops.eye(num_tasks)
-        if self.shuffle:
-            # One independent permutation of the tasks per row.
-            noise = keras.random.uniform(
-                (num_tasks, num_tasks), seed=seed_from(seed)
-            )
-            order = ops.argsort(noise, axis=-1)
-        else:
-            order = ops.tile(ops.arange(num_tasks)[None, :], (num_tasks, 1))
         # `visits[i, k]` is the one-hot of the task row i visits k-th; the
         # loop uses slices and operators (cheap on eager PyTorch).
-        visits = ops.one_hot(order, num_tasks)
-        others = 1.0 - ops.sum(visits * eye[:, None, :], axis=-1)  # (T, T)
+        visits = visiting_order(num_tasks, seed, self.shuffle)
         inverse_norms = ops.divide_no_nan(1.0, squared_norms)[:, None]
         # Row i holds the coefficients of g'_i in the basis of task gradients.
-        coefficients = eye
-        for position in range(num_tasks):
+        coefficients = ops.eye(num_tasks)
+        for position in range(num_tasks - 1):
             visited = visits[:, position]  # (T, T)
             # g'_i . g_j for each row's visited task j, kept where negative.
-            dots = ops.sum((coefficients @ gramian) * visited, axis=1, keepdims=True)
-            conflict = ops.cast(dots < 0.0, "float32") * others[:, position:position + 1]
+            dots = ops.sum(
+                (coefficients @ gramian) * visited, axis=1, keepdims=True
+            )
+            conflict = ops.cast(dots < 0.0, "float32")
             step = conflict * dots * (visited @ inverse_norms)
             coefficients = coefficients - step * visited
         return ops.sum(coefficients, axis=0), state

@@ -1,4 +1,4 @@
-"""String names and (de)serialisation of aggregators, as for Keras optimizers."""
+"""String names and (de)serialisation of aggregators, as Keras optimizers."""
 
 import keras
 

@@ -2,6 +2,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -31,14 +32,13 @@ class ScaleInvariant(Weighting):
 
     def __init__(self, eps=0.0, name=None):
         super().__init__(name=name)
-        if not float(eps) >= 0.0:
-            raise ValueError(f"`eps` must be >= 0. Received: eps={eps}")
-        self.eps = float(eps)
+        self.eps = check_non_negative("eps", eps)
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         losses = require_losses("ScaleInvariant", losses)
         present = losses > 0.0
-        return ops.where(present, 1.0 / (ops.where(present, losses, 1.0) + self.eps), 0.0), state
+        safe = ops.where(present, losses, 1.0)
+        return ops.where(present, 1.0 / (safe + self.eps), 0.0), state
 
     def get_config(self):
         return {**super().get_config(), "eps": self.eps}

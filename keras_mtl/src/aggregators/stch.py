@@ -3,6 +3,8 @@ from keras import ops
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -42,14 +44,10 @@ class STCH(Weighting):
 
     def __init__(self, mu=1.0, warmup_epochs=4, name=None):
         super().__init__(name=name)
-        if not float(mu) > 0.0:
-            raise ValueError(f"`mu` must be > 0. Received: mu={mu}")
-        if int(warmup_epochs) < 0:
-            raise ValueError(
-                f"`warmup_epochs` must be >= 0. Received: warmup_epochs={warmup_epochs}"
-            )
-        self.mu = float(mu)
-        self.warmup_epochs = int(warmup_epochs)
+        self.mu = check_positive("mu", mu)
+        self.warmup_epochs = check_count(
+            "warmup_epochs", warmup_epochs, minimum=0
+        )
 
     def initial_state(self, num_tasks, num_params=None):
         return {

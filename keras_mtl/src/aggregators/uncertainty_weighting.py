@@ -41,7 +41,9 @@ class UncertaintyWeighting(Weighting):
         self.initial_log_variance = float(initial_log_variance)
 
     def initial_parameters(self, num_tasks):
-        return {"log_variance": ops.full((num_tasks,), self.initial_log_variance)}
+        return {
+            "log_variance": ops.full((num_tasks,), self.initial_log_variance)
+        }
 
     def scalarize(self, losses, parameters):
         s = parameters["log_variance"]

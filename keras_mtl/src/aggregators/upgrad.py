@@ -1,16 +1,12 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.arg_checks import check_count
+from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.dual_cone import project_weights
 from keras_mtl.src.aggregators.gramian_utils import normalize_gramian
 from keras_mtl.src.aggregators.gramian_utils import regularize_gramian
 from keras_mtl.src.api_export import keras_mtl_export
-
-
-def check_eps(name, value):
-    if not float(value) >= 0.0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
-    return float(value)
 
 
 @keras_mtl_export("keras_mtl.aggregators.UPGrad")
@@ -47,13 +43,9 @@ class UPGrad(Weighting):
 
     def __init__(self, norm_eps=1e-4, reg_eps=1e-4, max_sweeps=200, name=None):
         super().__init__(name=name)
-        self.norm_eps = check_eps("norm_eps", norm_eps)
-        self.reg_eps = check_eps("reg_eps", reg_eps)
-        if int(max_sweeps) < 1:
-            raise ValueError(
-                f"`max_sweeps` must be >= 1. Received: max_sweeps={max_sweeps}"
-            )
-        self.max_sweeps = int(max_sweeps)
+        self.norm_eps = check_non_negative("norm_eps", norm_eps)
+        self.reg_eps = check_non_negative("reg_eps", reg_eps)
+        self.max_sweeps = check_count("max_sweeps", max_sweeps)
 
     def initial_state(self, num_tasks, num_params=None):
         return {"solver_residual": ops.zeros(())}

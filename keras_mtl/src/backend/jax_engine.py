@@ -16,15 +16,20 @@ reduction across devices happens inside the backward pass, before the
 (nonlinear) aggregation, with no extra code.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import keras
 
 
-def _forward_scope(model, trainable, non_trainable):
+def _scope(model, trainable, non_trainable, metrics=None, losses=False):
+    """A `StatelessScope` mapping the model's variables to state values."""
     mapping = list(zip(model.trainable_variables, trainable))
     mapping += list(zip(model.non_trainable_variables, non_trainable))
-    return keras.StatelessScope(state_mapping=mapping, collect_losses=True)
+    if metrics is not None:
+        mapping += list(zip(model.metrics_variables, metrics))
+    return keras.StatelessScope(state_mapping=mapping, collect_losses=losses)
 
 
 def _new_values(scope, variables):
@@ -85,59 +90,66 @@ def _per_task(pull, num_tasks, vectorize, part):
     return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
 
 
+class _Step:
+    """What the gradient part of a step hands on to its end."""
+
+    def __init__(self, losses, y_pred, reg, weights):
+        self.losses, self.y_pred = losses, y_pred
+        self.reg, self.weights = reg, weights
+
+
 def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
+    balancer = model.balancer
     ntv_vars = model.non_trainable_variables
 
     def forward(shared, others):
         values = _replace(_replace(tv, plan.shared_index, shared),
                           plan.others_index, others)
-        with _forward_scope(model, values, ntv) as scope:
+        with _scope(model, values, ntv, losses=True) as scope:
             y_pred = model(x, training=True)
-            losses, counts, labelled = model._task_losses(
-                y, y_pred, sw, stack=False
-            )
-            reg = model._sum_losses(model.losses)
-            outputs = {"losses": tuple(losses)}
+            losses = balancer.task_losses(y, y_pred, sw)
+            reg = model.regularization_loss()
+            outputs = {"losses": tuple(losses.rows)}
             if reg is not None:
                 outputs["reg"] = reg
-            if plan.parametrized:
-                outputs["objective"] = model._parametrized_objective(
-                    jnp.stack(losses)
-                )
-        aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
+            if plan.mode == "losses" and balancer.parameters:
+                outputs["objective"] = balancer.objective(losses.losses, None)
+        aux = (y_pred, losses, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    outputs, pull, aux = _linearize(forward, shared, others)
-    losses = jnp.stack(outputs["losses"])
-    y_pred, counts, labelled, reg, new_ntv = aux
+    _, pull, (y_pred, losses, reg, new_ntv) = _linearize(
+        forward, shared, others)
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
     has_reg = reg is not None
 
     if plan.mode == "losses":
-        weights = model._loss_weights(losses)
-        if plan.parametrized:
+        weights = balancer.loss_weights(losses.losses)
+        if balancer.parameters:
             select = (lambda o: o["objective"] + o["reg"]) if has_reg else (
                 lambda o: o["objective"])
         else:
             select = _weighted(weights, has_reg)
         g_shared, g_others = pull(select)
     else:
-        jacobians = _per_task(pull, len(model.task_names), model.vectorize, 0)
-        g_shared, weights = model._combine(jacobians, losses)
-        coefficients = model._task_coefficients(weights)
+        jacobians = _per_task(pull, len(balancer.task_names),
+                              balancer.vectorize, 0)
+        g_shared, weights = balancer.combine(
+            jacobians, losses.losses, plan.norm_index)
+        coefficients = balancer.coefficients(weights)
         _, g_others = pull(_weighted(coefficients, has_reg))
         if has_reg:
             # Regularisation is not a task: its gradient is added as is.
             g_reg, _ = pull(lambda o: o["reg"])
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
     grads = plan.assemble(g_shared, g_others)
-    return grads, (losses, counts, labelled, y_pred, reg, weights)
+    return grads, _Step(losses, y_pred, reg, weights)
 
 
 def _feature_gradients(model, plan, tv, ntv, x, y, sw):
+    balancer = model.balancer
     ntv_vars = model.non_trainable_variables
     trunk, heads = plan.trunk, plan.heads
     shared = [tv[i] for i in plan.shared_index]
@@ -145,40 +157,36 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
 
     def trunk_forward(shared):
         values = _replace(tv, plan.shared_index, shared)
-        with _forward_scope(model, values, ntv) as scope:
+        with _scope(model, values, ntv, losses=True) as scope:
             z = trunk(x, training=True)
-            reg = model._sum_losses(trunk.losses)
+            reg = model.regularization_loss(trunk)
         outputs = (z,) if reg is None else (z, reg)
         return outputs, (reg, _new_values(scope, ntv_vars))
 
     z_out, trunk_pullback, (trunk_reg, ntv_mid) = jax.vjp(
         trunk_forward, shared, has_aux=True
     )
-    z = z_out[0]
 
     def heads_forward(z, others):
         values = _replace(tv, plan.others_index, others)
-        with _forward_scope(model, values, ntv_mid) as scope:
-            y_pred = heads(model._heads_inputs(x, z), training=True)
-            losses, counts, labelled = model._task_losses(
-                y, y_pred, sw, stack=False
-            )
-            reg = model._sum_losses(heads.losses)
-        outputs = {"losses": tuple(losses)}
+        with _scope(model, values, ntv_mid, losses=True) as scope:
+            y_pred = heads([_tensors(x), z], training=True)
+            losses = balancer.task_losses(y, y_pred, sw)
+            reg = model.regularization_loss(heads)
+        outputs = {"losses": tuple(losses.rows)}
         if reg is not None:
             outputs["reg"] = reg
-        aux = (y_pred, counts, labelled, reg, _new_values(scope, ntv_vars))
-        return outputs, aux
+        return outputs, (y_pred, losses, reg, _new_values(scope, ntv_vars))
 
-    outputs, heads_pull, aux = _linearize(heads_forward, z, others)
-    losses = jnp.stack(outputs["losses"])
-    y_pred, counts, labelled, heads_reg, new_ntv = aux
+    _, heads_pull, aux = _linearize(heads_forward, z_out[0], others)
+    y_pred, losses, heads_reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
 
-    jacobian = _per_task(heads_pull, len(model.task_names), model.vectorize, 0)
-    (dz,), weights = model._combine([jacobian], losses)
-    coefficients = model._task_coefficients(weights)
+    jacobian = _per_task(heads_pull, len(balancer.task_names),
+                         balancer.vectorize, 0)
+    (dz,), weights = balancer.combine([jacobian], losses.losses)
+    coefficients = balancer.coefficients(weights)
     _, g_others = heads_pull(_weighted(coefficients, heads_reg is not None))
     trunk_cotangent = (dz,) if trunk_reg is None else (
         dz, jnp.ones_like(trunk_reg))
@@ -186,49 +194,132 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
     reg = heads_reg if trunk_reg is None else (
         trunk_reg if heads_reg is None else trunk_reg + heads_reg)
     grads = plan.assemble(g_shared, g_others)
-    return grads, (losses, counts, labelled, y_pred, reg, weights)
+    return grads, _Step(losses, y_pred, reg, weights)
+
+
+def _tensors(x):
+    return keras.tree.map_structure(jnp.asarray, x)
+
+
+def _iterations(optimizer, ov):
+    """The optimizer's (applied) step count in the state `ov`."""
+    mapping = list(zip(optimizer.variables, ov))
+    with keras.StatelessScope(state_mapping=mapping):
+        return jnp.asarray(keras.ops.convert_to_tensor(optimizer.iterations))
+
+
+def _apply(optimizer, ov, grads, tv, ok):
+    """The optimizer step; with a finiteness flag `ok`, skipped (values
+    unchanged) where it is False."""
+    if ok is None:
+        return optimizer.stateless_apply(ov, grads, tv)
+    return jax.lax.cond(
+        ok,
+        lambda: tuple(optimizer.stateless_apply(ov, grads, tv)),
+        lambda: (list(tv), list(ov)),
+    )
 
 
 def train_step(model, state, data):
     tv, ntv, ov, mv = state
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    plan = model._gradient_plan()
-    mapping = list(zip(model.trainable_variables, tv))
-    mapping += list(zip(model.non_trainable_variables, ntv))
-    mapping += list(zip(model.metrics_variables, mv))
-    with keras.StatelessScope(state_mapping=mapping) as scope:
-        if plan.mode == "features":
-            grads, out = _feature_gradients(model, plan, tv, ntv, x, y, sw)
-        else:
-            grads, out = _parameter_gradients(model, plan, tv, ntv, x, y, sw)
-        losses, counts, labelled, y_pred, reg, weights = out
-        total = model._total_loss(losses, reg)
-        logs = model._update_metrics(
-            losses, counts, labelled, y_pred, total, x, weights
-        )
+    balancer, optimizer = model.balancer, model.optimizer
+    plan = model.gradient_plan()
+    with _scope(model, tv, ntv, mv) as scope:
+        gradients = (_feature_gradients if plan.mode == "features"
+                     else _parameter_gradients)
+        grads, step = gradients(model, plan, tv, ntv, x, y, sw)
+        ok = balancer.check_finite(step.losses.losses, grads)
+    ntv = _new_values(scope, model.non_trainable_variables)
+
+    conditional = ok is not None or optimizer.gradient_accumulation_steps
+    before = _iterations(optimizer, ov) if conditional else None
+    tv, ov = _apply(optimizer, ov, grads, tv, ok)
+    applied = _iterations(optimizer, ov) > before if conditional else None
+
+    with _scope(model, tv, ntv, mv) as scope:
+        balancer.commit(applied)
+        if balancer.needs_losses_after_step:
+            after = balancer.task_losses(y, model(x, training=False), sw)
+            balancer.after_step(step.losses.losses, after.losses, applied)
+        total = jnp.sum(step.losses.losses)
+        if step.reg is not None:
+            total = total + step.reg
+        balancer.update_metrics(step.losses, step.y_pred, total,
+                                x_batch_size(x), step.weights, ok)
+        logs = balancer.results(training=True)
     ntv = _new_values(scope, model.non_trainable_variables)
     mv = _new_values(scope, model.metrics_variables)
-    tv, ov = model.optimizer.stateless_apply(ov, grads, tv)
-    if model.aggregator.requires_losses_after_step:
-        mapping = list(zip(model.trainable_variables, tv))
-        mapping += list(zip(model.non_trainable_variables, ntv))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            model._after_step(x, y, sw, losses)
-        ntv = _new_values(scope, model.non_trainable_variables)
     return logs, (tv, ntv, ov, mv)
+
+
+def x_batch_size(x):
+    first = next(t for t in jax.tree_util.tree_leaves(x) if t is not None)
+    return first.shape[0]
 
 
 def test_step(model, state, data):
     tv, ntv, mv = state
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    mapping = list(zip(model.trainable_variables, tv))
-    mapping += list(zip(model.non_trainable_variables, ntv))
-    mapping += list(zip(model.metrics_variables, mv))
-    with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as s:
-        logs = model._evaluate_batch(x, y, sw)
-    ntv = _new_values(s, model.non_trainable_variables)
-    mv = _new_values(s, model.metrics_variables)
+    with _scope(model, tv, ntv, mv, losses=True) as scope:
+        logs = model.compute_test_logs(x, y, sw)
+    ntv = _new_values(scope, model.non_trainable_variables)
+    mv = _new_values(scope, model.metrics_variables)
     return logs, (tv, ntv, mv)
+
+
+def task_dependencies(model, x, task_names):
+    """`{task: ids of the trainable variables its output depends on}`, read
+    from the traced program (a conservative data-flow walk of the jaxpr)."""
+    variables = model.trainable_variables
+
+    def outputs(values):
+        mapping = list(zip(variables, values))
+        with keras.StatelessScope(state_mapping=mapping):
+            y_pred = model(x, training=False)
+        return [y_pred[t] for t in task_names]
+
+    closed = jax.make_jaxpr(outputs)([v.value for v in variables])
+    jaxpr = closed.jaxpr
+    depends = {var: {i} for i, var in enumerate(jaxpr.invars)}
+    for eqn in jaxpr.eqns:
+        found = set()
+        for var in eqn.invars:
+            if not hasattr(var, "val"):  # Literals carry no dependency.
+                found |= depends.get(var, set())
+        for var in eqn.outvars:
+            depends[var] = found
+    result = {}
+    for task, var in zip(task_names, jaxpr.outvars):
+        indices = set() if hasattr(var, "val") else depends.get(var, set())
+        result[task] = {id(variables[i]) for i in indices}
+    return result
+
+
+@contextlib.contextmanager
+def restore_on_failure(model):
+    """Gives the model back its variables when `fit`, `evaluate` or a batch
+    call fails inside a traced step.
+
+    Keras' JAX trainer detaches the variables' values for the duration of
+    an epoch; when the first step fails to trace there is no state to write
+    back, and the model would be left without weights. The values before
+    the call are kept (JAX arrays are immutable, and a step that failed to
+    trace donated nothing) and written back into every detached variable.
+    """
+    variables = list(model.variables)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    variables += list(model.metrics_variables)
+    saved = [v.value for v in variables]
+    try:
+        yield
+    except BaseException:
+        for variable, value in zip(variables, saved):
+            # `_value is None`: detached by the trainer and not synced back.
+            if getattr(variable, "_value", True) is None:
+                variable.assign(value)
+        raise
 
 
 def jit(fn):

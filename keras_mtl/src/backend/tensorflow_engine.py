@@ -12,6 +12,8 @@ yet, so the step refuses to run there instead of silently aggregating per
 replica.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -35,82 +37,142 @@ def _values(variables):
     return [v.value for v in variables]
 
 
+def _weighted_loss_gradients(model, plan, x, y, sw):
+    """One backward pass of the weighted loss (loss-only rules)."""
+    balancer = model.balancer
+    shared, others = _values(plan.shared), _values(plan.others)
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        losses = balancer.task_losses(y, y_pred, sw)
+        reg = model.regularization_loss()
+        weights = balancer.loss_weights(losses.losses)
+        objective = balancer.objective(losses.losses, weights)
+        if reg is not None:
+            objective = objective + reg
+    grads = tape.gradient(objective, shared + others,
+                          unconnected_gradients=ZERO)
+    return grads[: len(shared)], grads[len(shared):], (losses, y_pred, reg,
+                                                        weights)
+
+
+def _task_gradients(model, plan, x, y, sw):
+    """Per-task gradients of the shared variables (or of the features),
+    aggregated; each task's gradient runs through its own head only."""
+    balancer = model.balancer
+    shared, others = _values(plan.shared), _values(plan.others)
+    features_mode = plan.mode == "features"
+    with tf.GradientTape(persistent=True) as tape:
+        if features_mode:
+            z = plan.trunk(x, training=True)
+            y_pred = plan.heads([_tensors(x), z], training=True)
+        else:
+            y_pred = model(x, training=True)
+        losses = balancer.task_losses(y, y_pred, sw)
+        reg = model.regularization_loss()
+    target = z if features_mode else shared
+    if balancer.vectorize:
+        jacobians = tape.jacobian(losses.losses, target,
+                                  unconnected_gradients=ZERO)
+    else:
+        rows = [tape.gradient(r, target, unconnected_gradients=ZERO)
+                for r in losses.rows]
+        jacobians = tf.nest.map_structure(lambda *r: tf.stack(r), *rows)
+    if features_mode:
+        (dz,), weights = balancer.combine([jacobians], losses.losses)
+        targets, cotangents = [z], [dz]
+        if reg is not None:
+            targets, cotangents = [z, reg], [dz, tf.ones_like(reg)]
+        g_shared = tape.gradient(targets, shared, output_gradients=cotangents,
+                                 unconnected_gradients=ZERO)
+    else:
+        g_shared, weights = balancer.combine(
+            jacobians, losses.losses, plan.norm_index)
+        if reg is not None:
+            g_reg = tape.gradient(reg, shared, unconnected_gradients=ZERO)
+            g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+    targets, cotangents = [losses.losses], [balancer.coefficients(weights)]
+    if reg is not None:
+        targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
+    g_others = tape.gradient(
+        targets, others, output_gradients=cotangents,
+        unconnected_gradients=ZERO,
+    ) if others else []
+    del tape
+    return g_shared, g_others, (losses, y_pred, reg, weights)
+
+
+def _tensors(x):
+    return tf.nest.map_structure(tf.convert_to_tensor, x)
+
+
+def _apply(optimizer, grads, variables, ok):
+    """The optimizer step; skipped where the finiteness flag `ok` is False."""
+    if ok is None:
+        optimizer.apply(grads, variables)
+        return
+
+    def apply():
+        optimizer.apply(grads, variables)
+        return tf.constant(True)
+
+    tf.cond(ok, apply, lambda: tf.constant(False))
+
+
 def train_step(model, data):
     _reduce_across_replicas()
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    plan = model._gradient_plan()
-    shared, others = _values(plan.shared), _values(plan.others)
-    features_mode = plan.mode == "features"
-    with tf.GradientTape(persistent=plan.mode != "losses") as tape:
-        if features_mode:
-            z = plan.trunk(x, training=True)
-            y_pred = plan.heads(model._heads_inputs(x, z), training=True)
-        else:
-            y_pred = model(x, training=True)
-        # The gradient of one scalar task loss flows through its own head
-        # only; a row of the stacked vector would also carry zeros through
-        # every other head.
-        rows, counts, labelled = model._task_losses(y, y_pred, sw, stack=False)
-        losses = tf.stack(rows)
-        reg = model._sum_losses(model.losses)
-        if plan.mode == "losses":
-            weights = model._loss_weights(losses)
-            if plan.parametrized:
-                objective = model._parametrized_objective(losses)
-            else:
-                objective = tf.reduce_sum(weights * losses)
-            if reg is not None:
-                objective = objective + reg
+    balancer, optimizer = model.balancer, model.optimizer
+    plan = model.gradient_plan()
+    gradients = (_weighted_loss_gradients if plan.mode == "losses"
+                 else _task_gradients)
+    g_shared, g_others, (losses, y_pred, reg, weights) = gradients(
+        model, plan, x, y, sw)
+    grads = plan.assemble(g_shared, g_others)
+    ok = balancer.check_finite(losses.losses, grads)
 
-    if plan.mode == "losses":
-        grads = tape.gradient(objective, shared + others, unconnected_gradients=ZERO)
-        g_shared, g_others = grads[: len(shared)], grads[len(shared):]
-    else:
-        target = z if features_mode else shared
-        if model.vectorize:
-            jacobians = tape.jacobian(losses, target, unconnected_gradients=ZERO)
-        else:
-            per_task = [
-                tape.gradient(r, target, unconnected_gradients=ZERO)
-                for r in rows
-            ]
-            jacobians = tf.nest.map_structure(
-                lambda *r: tf.stack(r), *per_task
-            )
-        if features_mode:
-            (dz,), weights = model._combine([jacobians], losses)
-            targets, cotangents = [z], [dz]
-            if reg is not None:
-                targets, cotangents = [z, reg], [dz, tf.ones_like(reg)]
-            g_shared = tape.gradient(
-                targets, shared, output_gradients=cotangents,
-                unconnected_gradients=ZERO,
-            )
-        else:
-            g_shared, weights = model._combine(jacobians, losses)
-            if reg is not None:
-                g_reg = tape.gradient(reg, shared, unconnected_gradients=ZERO)
-                g_shared = [a + b for a, b in zip(g_shared, g_reg)]
-        coefficients = model._task_coefficients(weights)
-        targets, cotangents = [losses], [coefficients]
-        if reg is not None:
-            targets, cotangents = [losses, reg], [coefficients, tf.ones_like(reg)]
-        g_others = tape.gradient(
-            targets, others, output_gradients=cotangents,
-            unconnected_gradients=ZERO,
-        ) if others else []
-        del tape
-    model.optimizer.apply(plan.assemble(g_shared, g_others), model.trainable_variables)
-    model._after_step(x, y, sw, losses)
-    total = model._total_loss(losses, reg)
-    return model._update_metrics(
-        losses, counts, labelled, y_pred, total, x, weights
-    )
+    conditional = ok is not None or optimizer.gradient_accumulation_steps
+    before = tf.identity(optimizer.iterations) if conditional else None
+    _apply(optimizer, grads, model.trainable_variables, ok)
+    applied = optimizer.iterations > before if conditional else None
+
+    balancer.commit(applied)
+    if balancer.needs_losses_after_step:
+        after = balancer.task_losses(y, model(x, training=False), sw)
+        balancer.after_step(losses.losses, after.losses, applied)
+    total = tf.reduce_sum(losses.losses)
+    if reg is not None:
+        total = total + reg
+    balancer.update_metrics(losses, y_pred, total, tf.shape(
+        tf.nest.flatten(x)[0])[0], weights, ok)
+    return balancer.results(training=True)
 
 
 def test_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    return model._evaluate_batch(x, y, sw)
+    return model.compute_test_logs(x, y, sw)
+
+
+def task_dependencies(model, x, task_names):
+    """`{task: ids of the trainable variables its output depends on}`: the
+    variables with a connected gradient."""
+    variables = model.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        y_pred = model(x, training=False)
+        sums = {t: tf.reduce_sum(tf.cast(y_pred[t], "float32"))
+                for t in task_names}
+    result = {}
+    for task in task_names:
+        grads = tape.gradient(sums[task], [v.value for v in variables])
+        result[task] = {id(v) for v, g in zip(variables, grads)
+                        if g is not None}
+    del tape
+    return result
+
+
+@contextlib.contextmanager
+def restore_on_failure(model):
+    """TensorFlow keeps the variables' values in place: nothing to do."""
+    yield
 
 
 def jit(fn):

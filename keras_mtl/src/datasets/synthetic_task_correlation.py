@@ -57,10 +57,13 @@ def synthetic_task_correlation(
     """
     if not -1.0 <= float(correlation) <= 1.0:
         raise ValueError(
-            f"`correlation` must be in [-1, 1]. Received: correlation={correlation}"
+            "`correlation` must be in [-1, 1]. "
+            f"Received: correlation={correlation}"
         )
     if int(num_tasks) < 2:
-        raise ValueError(f"`num_tasks` must be >= 2. Received: num_tasks={num_tasks}")
+        raise ValueError(
+            f"`num_tasks` must be >= 2. Received: num_tasks={num_tasks}"
+        )
     if int(num_features) < int(num_tasks):
         raise ValueError(
             "`num_features` must be at least `num_tasks`. "

@@ -16,8 +16,9 @@ class _Stash:
 class _FeedForwardInputTap(keras.layers.Layer):
     """Wraps an encoder's intermediate dense: remembers its input.
 
-    Internal and not serialised: `add_adapter_experts` is re-applied after
-    loading (see its docstring)."""
+    Internal and not serialised by the encoder's config: a
+    `keras_mtl.MultiTaskModel` records the insertion with
+    `keras_mtl.transfer.describe_transfer` and re-creates it on loading."""
 
     def __init__(self, dense, stash, **kwargs):
         super().__init__(**kwargs)
@@ -57,6 +58,83 @@ class _ParallelAdapterExperts(keras.layers.Layer):
         return self.dense.compute_output_shape(input_shape)
 
 
+def find_adapter_experts(encoder):
+    """The `MixtureOfAdapterExperts` inserted into `encoder`, or None."""
+    wrapped = getattr(encoder, "_feedforward_output_dense", None)
+    if isinstance(wrapped, _ParallelAdapterExperts):
+        return wrapped.experts
+    return None
+
+
+def insert_adapter_experts(encoder, experts):
+    """Runs the built `experts` in parallel to `encoder`'s feed-forward block.
+
+    The step of `add_adapter_experts` for one encoder layer, also used to
+    re-create a saved insertion (`keras_mtl.transfer.restore_transfer`).
+
+    Args:
+        encoder: a built encoder layer with the sub-layers
+            `_feedforward_intermediate_dense` and `_feedforward_output_dense`.
+        experts: a built `MixtureOfAdapterExperts` whose input and output
+            width is the encoder's hidden width.
+
+    Returns:
+        `experts`.
+    """
+    if find_adapter_experts(encoder) is not None:
+        raise ValueError(
+            f"Encoder layer {encoder.name!r} already has adapter experts."
+        )
+    stash = _Stash()
+    tap = _FeedForwardInputTap(
+        encoder._feedforward_intermediate_dense, stash, name="ffn_input_tap"
+    )
+    wrapped = _ParallelAdapterExperts(
+        encoder._feedforward_output_dense,
+        experts,
+        stash,
+        name="ffn_output_with_experts",
+    )
+    tap.build(None)
+    wrapped.build(None)
+    locked = encoder._tracker.locked
+    encoder._tracker.unlock()
+    try:
+        encoder._feedforward_intermediate_dense = tap
+        encoder._feedforward_output_dense = wrapped
+    finally:
+        if locked:
+            encoder._tracker.lock()
+    return experts
+
+
+def remove_adapter_experts(encoder):
+    """Undoes `insert_adapter_experts`: puts the two dense layers back.
+
+    Args:
+        encoder: an encoder layer.
+
+    Returns:
+        The removed `MixtureOfAdapterExperts`, or None if `encoder` had none.
+    """
+    wrapped = encoder._feedforward_output_dense
+    if not isinstance(wrapped, _ParallelAdapterExperts):
+        return None
+    tap = encoder._feedforward_intermediate_dense
+    locked = encoder._tracker.locked
+    encoder._tracker.unlock()
+    try:
+        if isinstance(tap, _FeedForwardInputTap):
+            encoder._feedforward_intermediate_dense = tap.dense
+            encoder._tracker.untrack(tap)
+        encoder._feedforward_output_dense = wrapped.dense
+        encoder._tracker.untrack(wrapped)
+    finally:
+        if locked:
+            encoder._tracker.lock()
+    return wrapped.experts
+
+
 def _encoders(backbone):
     layers = getattr(backbone, "transformer_layers", None)
     if layers is None:
@@ -88,8 +166,12 @@ def add_adapter_experts(backbone, layer_indices=None, **moae_kwargs):
 
     The new weights appear in `backbone.weights`; freeze the pre-trained
     weights first (`backbone.trainable = False`) to train only the experts.
-    The backbone's config does not record the insertion: after loading a
-    saved backbone, call this function again before loading the weights.
+    The backbone's own config does not record the insertion, but a
+    `keras_mtl.MultiTaskModel` built on the backbone does (see
+    `keras_mtl.transfer.describe_transfer`), so such a model round-trips
+    through `model.save("m.keras")` and `keras.saving.load_model`. For a
+    saved backbone alone, call this function again before loading the
+    weights.
 
     Args:
         backbone: a built keras-hub backbone (or any model whose encoder
@@ -138,29 +220,16 @@ def add_adapter_experts(backbone, layer_indices=None, **moae_kwargs):
         chosen.append(encoders[index])
     inserted = []
     for encoder in chosen:
-        intermediate = encoder._feedforward_intermediate_dense
-        output = encoder._feedforward_output_dense
-        if isinstance(output, _ParallelAdapterExperts):
+        if find_adapter_experts(encoder) is not None:
             raise ValueError(
                 f"Encoder layer {encoder.name!r} already has adapter experts."
             )
-        width = output.units
+        width = encoder._feedforward_output_dense.units
         experts = MixtureOfAdapterExperts(
             dtype=encoder.dtype_policy,
             name=f"{encoder.name}_adapter_experts",
             **moae_kwargs,
         )
         experts.build((None, width))
-        stash = _Stash()
-        tap = _FeedForwardInputTap(intermediate, stash, name="ffn_input_tap")
-        wrapped = _ParallelAdapterExperts(
-            output, experts, stash, name="ffn_output_with_experts"
-        )
-        tap.build(None)
-        wrapped.build(None)
-        encoder._tracker.unlock()
-        encoder._feedforward_intermediate_dense = tap
-        encoder._feedforward_output_dense = wrapped
-        encoder._tracker.lock()
-        inserted.append(experts)
+        inserted.append(insert_adapter_experts(encoder, experts))
     return inserted

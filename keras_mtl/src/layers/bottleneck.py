@@ -77,5 +77,7 @@ class Bottleneck(keras.layers.Layer):
             "reduction_factor": self.reduction_factor,
             "hidden_units": self.hidden_units,
             "activation": keras.activations.serialize(self.activation),
-            **validation.serialize_objects(self, "down_initializer", "up_initializer"),
+            **validation.serialize_objects(
+                self, "down_initializer", "up_initializer"
+            ),
         }

@@ -39,23 +39,88 @@ def is_sparse_loss(identifier):
     return "sparse" in str(name).lower()
 
 
+def _shape_text(shape):
+    return str(tuple(shape))
+
+
 def check_shapes(task, y_true, y_pred, sparse):
-    if y_true.shape[0] is not None and y_pred.shape[0] is not None:
-        if y_true.shape[0] != y_pred.shape[0]:
-            raise ValueError(
-                f"Task {task!r}: labels and predictions have different batch "
-                f"sizes. Received: y_true.shape={tuple(y_true.shape)}, "
-                f"y_pred.shape={tuple(y_pred.shape)}"
-            )
-    if sparse or len(y_true.shape) != len(y_pred.shape):
+    """Raises a `ValueError` unless labels of `y_true`'s shape fit
+    predictions of `y_pred`'s shape (unknown dimensions are `None`).
+
+    Accepted: the same shape; one axis fewer when the prediction's last axis
+    is 1 (`(n,)` labels for a `(n, 1)` output); for sparse losses, class ids
+    of shape `(n,)` or `(n, 1)` for `(n, classes)` predictions.
+    """
+    true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
+    received = (f"Received: y_true.shape={_shape_text(true_shape)}, "
+                f"y_pred.shape={_shape_text(pred_shape)}")
+    if not true_shape or not pred_shape:
+        raise ValueError(
+            f"Task {task!r}: labels and predictions need a batch axis. "
+            + received
+        )
+    if None not in (true_shape[0], pred_shape[0]) and (
+            true_shape[0] != pred_shape[0]):
+        raise ValueError(
+            f"Task {task!r}: labels and predictions have different batch "
+            "sizes. " + received
+        )
+    if sparse:
+        expected = [pred_shape[:-1], pred_shape[:-1] + (1,)]
+    else:
+        expected = [pred_shape]
+        if pred_shape[-1] == 1:
+            expected.append(pred_shape[:-1])
+    for shape in expected:
+        if len(shape) == len(true_shape) and all(
+            a is None or b is None or a == b
+            for a, b in zip(true_shape[1:], shape[1:])
+        ):
+            return
+    kind = "class ids for a sparse loss" if sparse else "labels"
+    raise ValueError(
+        f"Task {task!r}: the {kind} do not fit the predictions' shape. "
+        + received
+    )
+
+
+def check_labels(task, y_true, sample_weight, y_pred, sparse):
+    """Checks one task's labels and sample weights before a step.
+
+    Args:
+        y_true, sample_weight: arrays or specs with `.shape` and `.dtype`
+            (`sample_weight` may be None).
+        y_pred: the task output (anything with `.shape`).
+        sparse: whether the task's loss takes class ids.
+    """
+    if not hasattr(y_true, "shape") or not hasattr(y_true, "dtype"):
+        raise ValueError(
+            f"Task {task!r}: labels must be an array or tensor. "
+            f"Received: {type(y_true).__name__}"
+        )
+    dtype = str(getattr(y_true.dtype, "name", y_true.dtype))
+    if not any(k in dtype for k in ("float", "int", "bool")):
+        raise ValueError(
+            f"Task {task!r}: labels must be numeric. "
+            f"Received: dtype={dtype}"
+        )
+    check_shapes(task, y_true, y_pred, sparse)
+    if sample_weight is None:
         return
-    for a, b in zip(y_true.shape[1:], y_pred.shape[1:]):
-        if a is not None and b is not None and a != b:
-            raise ValueError(
-                f"Task {task!r}: the labels' shape does not match the "
-                f"predictions' shape. Received: y_true.shape="
-                f"{tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
-            )
+    if not hasattr(sample_weight, "shape"):
+        raise ValueError(
+            f"Task {task!r}: sample weights must be an array or tensor. "
+            f"Received: {type(sample_weight).__name__}"
+        )
+    shape, label_shape = tuple(sample_weight.shape), tuple(y_true.shape)
+    batch_ok = (not shape or shape[0] is None or label_shape[0] is None
+                or shape[0] == label_shape[0])
+    if not shape or len(shape) > max(len(label_shape), 2) or not batch_ok:
+        raise ValueError(
+            f"Task {task!r}: sample weights must have shape (batch,) or "
+            f"(batch, 1) for labels of shape {_shape_text(label_shape)}. "
+            f"Received: sample_weight.shape={_shape_text(shape)}"
+        )
 
 
 def _to_rank(values, rank, reduce):
@@ -93,7 +158,8 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     present = ops.logical_not(_to_rank(missing, rank, ops.any))
     weights = ops.cast(present, "float32")
     if sample_weight is not None:
-        sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        sample_weight = ops.cast(
+            ops.convert_to_tensor(sample_weight), "float32")
         weights = weights * _to_rank(sample_weight, rank, ops.mean)
     weights = ops.broadcast_to(weights, ops.shape(per_sample))
     count = ops.sum(weights)

@@ -2,19 +2,27 @@
 
 import json
 import os
+import zipfile
+import zlib
 
 import keras
 import numpy as np
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer.adapter_wrapper import check_name
+from keras_mtl.src.transfer.add_adapters import CONFIGS
 from keras_mtl.src.transfer.add_adapters import add_adapters
 from keras_mtl.src.transfer.add_adapters import existing_config
 from keras_mtl.src.transfer.add_adapters import positions as placements
+from keras_mtl.src.utils.atomic_files import atomic_write
 
 FORMAT = "keras_mtl.adapter"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
+# The weights of a `BottleneckAdapter`, in `adapter.weights` order.
+NUM_WEIGHTS = 4
 
 
 def _array_key(position, index):
@@ -28,6 +36,14 @@ def _describe(num_encoders, dim, bottleneck):
     )
 
 
+def _to_numpy(weight):
+    array = keras.ops.convert_to_numpy(weight)
+    if array.dtype.kind != "f":
+        # bfloat16 & co. would come back from `.npz` as raw bytes ("V2").
+        array = array.astype("float32")
+    return array
+
+
 @keras_mtl_export("keras_mtl.transfer.save_adapter")
 def save_adapter(backbone, task_name, path):
     """Saves the adapter weights of one task, alone, to a small file.
@@ -36,6 +52,10 @@ def save_adapter(backbone, task_name, path):
     adapter weights of `task_name` at every adapter position, plus a JSON
     description (configuration, hidden size, bottleneck, number of layers)
     that `load_adapter` checks. The backbone's own weights are not saved.
+
+    The write is atomic: the file is written to a temporary file in the
+    same folder, synced to disk, then moved onto `path`. If saving fails,
+    any existing file at `path` is left as it was.
 
     Args:
         backbone: a model prepared with `add_adapters`.
@@ -77,26 +97,125 @@ def save_adapter(backbone, task_name, path):
     arrays = {META_KEY: np.array(json.dumps(meta))}
     for i, adapter in enumerate(adapters):
         for j, weight in enumerate(adapter.weights):
-            arrays[_array_key(i, j)] = keras.ops.convert_to_numpy(weight)
-    with open(os.fspath(path), "wb") as file:
-        np.savez(file, **arrays)
+            arrays[_array_key(i, j)] = _to_numpy(weight)
+    # Through a file object: `np.savez` would add ".npz" to a bare name.
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def _load_npz(path):
+    """Every array of the `.npz` file at `path`; `ValueError` if unreadable."""
+    with open(os.fspath(path), "rb") as handle:
+        try:
+            if not zipfile.is_zipfile(handle):
+                raise ValueError("not a ZIP archive")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            for key, value in arrays.items():
+                if not isinstance(value, np.ndarray):
+                    raise ValueError(f"member {key!r} is not a NumPy array")
+            return arrays
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            KeyError,
+            zipfile.BadZipFile,
+            zlib.error,
+        ) as error:
+            raise ValueError(
+                f"Could not read {os.fspath(path)!r}: it is not a valid "
+                f"NumPy `.npz` file, or it is truncated or damaged "
+                f"({error}). Received: path={path!r}"
+            ) from error
+
+
+def _invalid_meta(path, problem):
+    return ValueError(
+        f"The adapter file {os.fspath(path)!r} has invalid metadata: "
+        f"{problem}. Received: path={path!r}"
+    )
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_shape(value):
+    return isinstance(value, list) and all(_is_int(d) for d in value)
+
+
+def _check_meta(meta, path):
+    version = meta.get("format_version")
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise _invalid_meta(
+            path,
+            f"format_version {version!r} (this keras_mtl reads version "
+            f"{FORMAT_VERSION} and below)",
+        )
+    missing = [
+        key
+        for key in (
+            "config",
+            "reduction_factor",
+            "hidden_units",
+            "activation",
+            "num_encoders",
+            "hidden_dim",
+            "bottleneck",
+            "positions",
+            "shapes",
+        )
+        if key not in meta
+    ]
+    if missing:
+        raise _invalid_meta(path, f"missing entries {missing}")
+    if meta["config"] not in CONFIGS:
+        raise _invalid_meta(path, f"unknown config {meta['config']!r}")
+    for key in ("num_encoders", "hidden_dim", "bottleneck"):
+        if not _is_int(meta[key]):
+            raise _invalid_meta(path, f"{key}={meta[key]!r}")
+    positions = meta["positions"]
+    if not isinstance(positions, list) or not all(
+        isinstance(p, list)
+        and len(p) == 2
+        and _is_int(p[0])
+        and isinstance(p[1], str)
+        for p in positions
+    ):
+        raise _invalid_meta(path, f"positions={positions!r}")
+    shapes = meta["shapes"]
+    if not isinstance(shapes, list) or not all(
+        isinstance(s, list) and all(_is_shape(d) for d in s) for s in shapes
+    ):
+        raise _invalid_meta(path, f"shapes={shapes!r}")
 
 
 def _read(path):
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        if META_KEY not in data:
-            raise ValueError(
-                f"{path!r} is not a keras_mtl adapter file (no metadata). "
-                f"Received: path={path!r}"
-            )
-        meta = json.loads(str(data[META_KEY]))
-        arrays = {k: data[k] for k in data.files if k != META_KEY}
+    """`(meta, arrays)` of an adapter file; `ValueError` if it is not one."""
+    data = _load_npz(path)
+    meta = data.pop(META_KEY, None)
+    if meta is None:
+        raise ValueError(
+            f"{path!r} is not a keras_mtl adapter file (no metadata). "
+            f"Received: path={path!r}"
+        )
+    try:
+        if meta.dtype.kind != "U" or meta.shape != ():
+            raise ValueError(f"a {meta.dtype} array of shape {meta.shape}")
+        meta = json.loads(str(meta))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except ValueError as error:
+        raise _invalid_meta(path, error) from error
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"{path!r} is not a keras_mtl adapter file. Received: "
             f"path={path!r}"
         )
-    return meta, arrays
+    _check_meta(meta, path)
+    return meta, data
 
 
 def _check_layout(meta, positions, path):
@@ -110,6 +229,124 @@ def _check_layout(meta, positions, path):
         )
 
 
+def _new_adapter_targets(meta, encoders, dim, path):
+    """`(positions, shapes, dtypes)` of adapters that `add_adapters` adds."""
+    try:
+        units = BottleneckAdapter(
+            reduction_factor=meta["reduction_factor"],
+            activation=meta["activation"],
+            hidden_units=meta["hidden_units"],
+            residual=False,
+        ).bottleneck_units(dim)
+    except (ValueError, TypeError) as error:
+        raise _invalid_meta(path, f"adapter arguments ({error})") from error
+    positions, shapes, dtypes = [], [], []
+    for index, encoder in enumerate(encoders):
+        for attribute, _ in placements(meta["config"], encoder):
+            # A new wrapper takes the dtype policy of the layer it wraps.
+            layer = getattr(encoder, attribute)
+            positions.append([index, attribute])
+            shapes.append([[dim, units], [units], [units, dim], [dim]])
+            dtypes.append([layer.dtype_policy.variable_dtype] * NUM_WEIGHTS)
+    return positions, shapes, dtypes
+
+
+def _plan(backbone, task_name, meta, path):
+    """Checks the file's description against `backbone`, changing nothing.
+
+    Returns `(add, shapes, dtypes)`: whether the adapters of `task_name`
+    must be added first, and the shape and dtype of every target variable.
+    """
+    check_name(task_name, "task_name")
+    encoders = backbone_walk.transformer_encoders(backbone)
+    dim = backbone_walk.hidden_dim(encoders[0])
+    if meta["hidden_dim"] != dim or meta["num_encoders"] != len(encoders):
+        raise ValueError(
+            f"The adapter file {os.fspath(path)!r} holds an adapter for "
+            + _describe(
+                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
+            )
+            + f", but the backbone has {len(encoders)} encoder layers of "
+            f"hidden size {dim}. Received: path={path!r}"
+        )
+    found = backbone_walk.wrappers(backbone)
+    if found and task_name in found[0][2].combiners:
+        raise ValueError(
+            f"{task_name!r} is a combination, not a task adapter. "
+            f"Received: task_name={task_name!r}"
+        )
+    if found and existing_config(found) != meta["config"]:
+        raise ValueError(
+            f"The adapter file {os.fspath(path)!r} holds a "
+            f"{meta['config']!r} adapter, but the backbone has "
+            f"{existing_config(found)!r} adapters. Received: path={path!r}"
+        )
+    add = not found or task_name not in found[0][2].adapters
+    if add:
+        positions, shapes, dtypes = _new_adapter_targets(
+            meta, encoders, dim, path
+        )
+        if found:
+            _check_layout(meta, [[i, p] for i, p, _ in found], path)
+    else:
+        adapters = [wrapper.adapters[task_name] for _, _, wrapper in found]
+        positions = [[i, p] for i, p, _ in found]
+        shapes = [[list(w.shape) for w in a.weights] for a in adapters]
+        dtypes = [[w.dtype for w in a.weights] for a in adapters]
+    _check_layout(meta, positions, path)
+    if shapes != meta["shapes"]:
+        raise ValueError(
+            f"The adapter file {os.fspath(path)!r} holds an adapter for "
+            + _describe(
+                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
+            )
+            + f", but the backbone's {task_name!r} adapter "
+            + ("would be" if add else "is")
+            + " for "
+            + _describe(len(encoders), dim, shapes[0][0][-1])
+            + f". Received: path={path!r}"
+        )
+    return add, shapes, dtypes
+
+
+def _check_arrays(arrays, shapes, dtypes, path):
+    """Every expected array present, of the right shape and a float dtype."""
+    expected = {}
+    for i, (position_shapes, position_dtypes) in enumerate(
+        zip(shapes, dtypes)
+    ):
+        for j, (shape, dtype) in enumerate(
+            zip(position_shapes, position_dtypes)
+        ):
+            expected[_array_key(i, j)] = (tuple(shape), dtype)
+    missing = [key for key in expected if key not in arrays]
+    extra = sorted(key for key in arrays if key not in expected)
+    mismatched = []
+    for key, (shape, dtype) in expected.items():
+        if key not in arrays:
+            continue
+        array = arrays[key]
+        compatible = array.dtype.kind == "f" and array.dtype.itemsize <= 8
+        if array.shape != shape or not compatible:
+            mismatched.append(
+                f"{key} (expected shape {shape} of {dtype}, received "
+                f"shape {array.shape} of {array.dtype})"
+            )
+    if missing or extra or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing arrays {missing}")
+        if mismatched:
+            problems.append("mismatched arrays " + ", ".join(mismatched))
+        if extra:
+            problems.append(f"unexpected arrays {extra}")
+        raise ValueError(
+            f"The adapter file {os.fspath(path)!r} is incomplete or "
+            f"inconsistent: " + "; ".join(problems) + ". Nothing was "
+            f"loaded. Received: path={path!r}"
+        )
+
+
 @keras_mtl_export("keras_mtl.transfer.load_adapter")
 def load_adapter(backbone, task_name, path):
     """Loads one task's adapter weights saved by `save_adapter`.
@@ -118,9 +355,15 @@ def load_adapter(backbone, task_name, path):
     the configuration recorded in the file, as
     `add_adapters(backbone, [task_name], ...)` would (which freezes the
     backbone's own weights). The file may have been saved under another task
-    name. The adapter sizes are checked first: loading into a backbone with
-    another hidden size, number of layers, adapter placement or bottleneck
-    raises a `ValueError` and leaves the backbone unchanged.
+    name.
+
+    Loading is all or nothing: the whole file is read and checked before
+    `backbone` is touched. A file that cannot be read (truncated, damaged,
+    not an adapter file), that is for another hidden size, number of layers,
+    adapter placement or bottleneck, or whose arrays are missing, extra, or
+    of the wrong shape or dtype raises a `ValueError` naming the file and
+    the arrays concerned, and leaves the backbone unchanged (no adapter
+    added, no weight or `trainable` flag changed).
 
     This is also how a saved model gets its adapters back: a backbone
     restored from a `.keras` file or a keras-hub preset is rebuilt from its
@@ -148,36 +391,10 @@ def load_adapter(backbone, task_name, path):
     >>> fresh = keras_mtl.transfer.load_adapter(tiny_bert(), "sst2", path)
     """
     meta, arrays = _read(path)
-    encoders = backbone_walk.transformer_encoders(backbone)
-    dim = backbone_walk.hidden_dim(encoders[0])
-    if meta["hidden_dim"] != dim or meta["num_encoders"] != len(encoders):
-        raise ValueError(
-            f"The adapter file {os.fspath(path)!r} holds an adapter for "
-            + _describe(
-                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
-            )
-            + f", but the backbone has {len(encoders)} encoder layers of "
-            f"hidden size {dim}. Received: path={path!r}"
-        )
-    found = backbone_walk.wrappers(backbone)
-    if found and task_name in found[0][2].combiners:
-        raise ValueError(
-            f"{task_name!r} is a combination, not a task adapter. "
-            f"Received: task_name={task_name!r}"
-        )
-    if found and existing_config(found) != meta["config"]:
-        raise ValueError(
-            f"The adapter file {os.fspath(path)!r} holds a "
-            f"{meta['config']!r} adapter, but the backbone has "
-            f"{existing_config(found)!r} adapters. Received: path={path!r}"
-        )
-    if not found or task_name not in found[0][2].adapters:
-        expected = [
-            [index, attribute]
-            for index, encoder in enumerate(encoders)
-            for attribute, _ in placements(meta["config"], encoder)
-        ]
-        _check_layout(meta, expected, path)
+    add, shapes, dtypes = _plan(backbone, task_name, meta, path)
+    _check_arrays(arrays, shapes, dtypes, path)
+    # Everything is checked: only now is the backbone changed.
+    if add:
         add_adapters(
             backbone,
             [task_name],
@@ -186,21 +403,8 @@ def load_adapter(backbone, task_name, path):
             activation=meta["activation"],
             hidden_units=meta["hidden_units"],
         )
-        found = backbone_walk.wrappers(backbone)
-    _check_layout(meta, [[i, p] for i, p, _ in found], path)
+    found = backbone_walk.wrappers(backbone)
     adapters = [wrapper.adapters[task_name] for _, _, wrapper in found]
-    shapes = [[list(w.shape) for w in a.weights] for a in adapters]
-    if shapes != meta["shapes"]:
-        bottleneck = int(adapters[0].down_kernel.shape[-1])
-        raise ValueError(
-            f"The adapter file {os.fspath(path)!r} holds an adapter for "
-            + _describe(
-                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
-            )
-            + f", but the backbone's {task_name!r} adapter is for "
-            + _describe(len(encoders), dim, bottleneck)
-            + f". Received: path={path!r}"
-        )
     for i, adapter in enumerate(adapters):
         for j, weight in enumerate(adapter.weights):
             weight.assign(arrays[_array_key(i, j)])

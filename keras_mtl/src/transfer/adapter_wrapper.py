@@ -152,6 +152,12 @@ class AdapterWrapper(keras.layers.Layer):
                 self._registry.non_trainable_ids.add(id(variable))
 
     @property
+    def non_trainable_ids(self):
+        """`id`s of the variables its layers created non-trainable (they
+        never become trainable when an adapter is activated)."""
+        return set(self._registry.non_trainable_ids)
+
+    @property
     def names(self):
         """Task and combination names, in insertion order."""
         return list(self.adapters) + list(self.combiners)

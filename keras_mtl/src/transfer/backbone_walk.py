@@ -57,7 +57,9 @@ def transformer_encoders(backbone):
 
 def hidden_dim(encoder):
     """The feature size of a built `TransformerEncoder`."""
-    return encoder._feedforward_output_dense.units
+    layer = encoder._feedforward_output_dense
+    # `add_adapter_experts` wraps the dense layer and keeps it as `dense`.
+    return getattr(layer, "dense", layer).units
 
 
 def wrappers(backbone):

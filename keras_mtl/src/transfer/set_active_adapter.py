@@ -67,7 +67,7 @@ def set_active_adapter(backbone, task_name):
     # Variables the layers create non-trainable (e.g. AdapterFusion's
     # annealed temperature) never become trainable.
     for _, _, wrapper in found:
-        active_ids -= wrapper._registry.non_trainable_ids
+        active_ids -= wrapper.non_trainable_ids
     for variable in backbone_walk.transfer_variables(found):
         variable.trainable = id(variable) in active_ids
     return backbone

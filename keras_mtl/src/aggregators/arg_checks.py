@@ -1,0 +1,48 @@
+"""Validation of the constructor arguments of the aggregators.
+
+Each check raises a `ValueError` naming the argument and the value received,
+and returns the value converted to the type the rule stores.
+"""
+
+
+def check_positive(name, value):
+    """`value` as a float, which must be > 0."""
+    if not float(value) > 0.0:
+        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    return float(value)
+
+
+def check_non_negative(name, value):
+    """`value` as a float, which must be >= 0."""
+    if not float(value) >= 0.0:
+        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+    return float(value)
+
+
+def check_fraction(name, value, include_one=True):
+    """`value` as a float in `[0, 1]`, or in `[0, 1)` without `include_one`."""
+    below_one = float(value) <= 1.0 if include_one else float(value) < 1.0
+    if not (0.0 <= float(value) and below_one):
+        interval = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(
+            f"`{name}` must be in {interval}. Received: {name}={value}"
+        )
+    return float(value)
+
+
+def check_count(name, value, minimum=1):
+    """`value` as an int, which must be >= `minimum`."""
+    if int(value) < minimum:
+        raise ValueError(
+            f"`{name}` must be >= {minimum}. Received: {name}={value}"
+        )
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    """`value`, which must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
+        )
+    return value

@@ -1,0 +1,648 @@
+"""The balancer: everything one gradient-balanced training step needs.
+
+A `Balancer` is made by `compile` and owns the aggregator, its state, its
+learnable parameters and seed, the epoch counter, the per-task losses and the
+per-task trackers. The backend engines (`keras_mtl/src/backend/`) call its
+public methods in this order, much as Keras' trainers call an optimizer:
+
+1. `task_losses(y, y_pred, sample_weight)`: the `(T,)` masked task losses.
+2. `loss_weights(losses)` (loss-only rules) or `combine(jacobians, losses)`
+   (rules that read per-task gradients): the task weights and the shared
+   variables' update direction. The aggregator's new state is kept pending.
+3. `check_finite(losses, grads)`: whether the step may be applied.
+4. the optimizer step (skipped when the check failed), then
+   `commit(applied)`: the pending state is written only if the optimizer
+   applied the step (not on a skipped step, nor on a micro-batch of
+   gradient accumulation).
+5. `after_step(losses_before, losses_after, applied)` for rules that learn
+   from the step's effect (FAMO).
+6. `update_metrics(...)`: the logs.
+
+The balancer's variables are training state, like an optimizer's: the model
+lists them in `variables` (so every backend threads them through its step)
+but not in `weights`, and `.keras` files store them under `balancer/`, which
+`load_model(compile=False)` and `load_weights` into a model compiled with
+another aggregator simply skip.
+"""
+
+import itertools
+import math
+import warnings
+from typing import NamedTuple
+
+import keras
+from keras import ops
+
+# Keras saves an attribute of a model only if it is a `KerasSaveable`; the
+# class has no public alias (keras 3.8 - 3.15).
+from keras.src.saving.keras_saveable import KerasSaveable  # noqa: E402
+
+from keras_mtl.src.aggregators import registry
+from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.models import task_losses as task_loss_lib
+from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
+from keras_mtl.src.models.task_means import TaskMeans
+
+NON_FINITE = ("skip", "raise", "apply")
+
+
+class TaskLosses(NamedTuple):
+    """One batch's task losses.
+
+    Attributes:
+        rows: list of the `T` scalar task losses (differentiate one of them
+            to get that task's gradient through its own head only).
+        losses: the same, stacked: `(T,)`.
+        counts: `(T,)` total weight of each task's labelled samples.
+        labelled: `{task: (clean_labels, weights, sample_weight)}` for the
+            metrics.
+    """
+
+    rows: list
+    losses: object
+    counts: object
+    labelled: dict
+
+    def stop_gradient(self):
+        """The same losses, cut from the autodiff graph."""
+        return TaskLosses([ops.stop_gradient(r) for r in self.rows],
+                          ops.stop_gradient(self.losses), self.counts,
+                          self.labelled)
+
+
+class _Trackers:
+    """The balancer's metric objects (kept out of Keras' saving walk)."""
+
+    def __init__(self, **items):
+        self.__dict__.update(items)
+
+
+def sum_losses(losses):
+    """Sum of regularisation / `add_loss` losses, or None if there is none."""
+    if not losses:
+        return None
+    return ops.sum(ops.stack([ops.cast(v, "float32") for v in losses]))
+
+
+def _variable(value, trainable, name):
+    value = ops.convert_to_tensor(value)
+    return keras.Variable(
+        ops.convert_to_numpy(value), dtype=value.dtype, trainable=trainable,
+        name=name,
+    )
+
+
+class Balancer(KerasSaveable):
+    """Owns one multi-task model's balancing rule and its training state.
+
+    Args:
+        task_names: the task names, in output order.
+        loss: dict `{task: loss}` (a name, a `keras.losses.Loss` or a
+            function) or one loss for every task.
+        aggregator: a `keras_mtl.aggregators.Aggregator` or its name.
+        metrics, weighted_metrics: dicts `{task: [metrics]}` or one list.
+        gradient_mode: `"parameters"` or `"features"`.
+        features: the shared layer's name for `"features"` mode.
+        weight_task_specific: scale the non-shared gradients by the task
+            weights.
+        vectorize: one vectorised Jacobian call instead of a loop.
+        non_finite: what a step with a non-finite loss or gradient does:
+            `"skip"` (default: weights, optimizer and aggregator state stay
+            as they were; the step is counted in the `skipped_steps` log),
+            `"raise"` (the same, then `fit` stops with a `FloatingPointError`),
+            or `"apply"` (plain Keras: the update is applied anyway).
+    """
+
+    def __init__(self, task_names, loss, aggregator=None, metrics=None,
+                 weighted_metrics=None, gradient_mode="parameters",
+                 features=None, weight_task_specific=False, vectorize=False,
+                 non_finite="skip"):
+        self.task_names = tuple(task_names)
+        if gradient_mode not in GRADIENT_MODES:
+            raise ValueError(
+                f"`gradient_mode` must be one of {GRADIENT_MODES}. "
+                f"Received: gradient_mode={gradient_mode!r}"
+            )
+        if gradient_mode == "features" and not isinstance(features, str):
+            raise ValueError(
+                "gradient_mode='features' needs `features`, the name of the "
+                f"shared representation layer. Received: features={features!r}"
+            )
+        if non_finite not in NON_FINITE:
+            raise ValueError(
+                f"`non_finite` must be one of {NON_FINITE}. "
+                f"Received: non_finite={non_finite!r}"
+            )
+        self.aggregator = registry.get(
+            "sum" if aggregator is None else aggregator)
+        self.gradient_mode = gradient_mode
+        self.features = features
+        self.weight_task_specific = bool(weight_task_specific)
+        self.vectorize = bool(vectorize)
+        self.non_finite = non_finite
+        losses = self.per_task("loss", loss, required=True)
+        self.compile_args = {
+            "loss": losses, "metrics": metrics,
+            "weighted_metrics": weighted_metrics,
+        }
+        self.loss_functions = {
+            t: (task_loss_lib.resolve_loss(losses[t], t),
+                task_loss_lib.is_sparse_loss(losses[t]))
+            for t in self.task_names
+        }
+        self.trackers = self._build_trackers(losses, metrics, weighted_metrics)
+        self.built = False
+        self.num_params = None
+        self.state = {}
+        self.parameters = {}
+        self.seed_generator = None
+        self.epoch = None
+        self.epochs_done = None
+        self._pending = None
+        self._plan = None
+        self._plan_key = None
+
+    # ------------------------------------------------------------ set-up
+
+    def per_task(self, arg_name, value, required):
+        """`value` as `{task: entry}`: a dict is checked, anything else is
+        used for every task."""
+        if not isinstance(value, dict):
+            if value is None and required:
+                raise ValueError(
+                    f"`{arg_name}` is required: one entry per task "
+                    f"{list(self.task_names)}. Received: {arg_name}=None"
+                )
+            return {task: value for task in self.task_names}
+        unknown = sorted(set(value) - set(self.task_names))
+        if unknown:
+            raise ValueError(
+                f"`{arg_name}` names unknown tasks {unknown}; the tasks are "
+                f"{list(self.task_names)}. Received: {arg_name}={value!r}"
+            )
+        missing = [t for t in self.task_names if t not in value]
+        if missing and required:
+            raise ValueError(
+                f"`{arg_name}` is missing tasks {missing}. "
+                f"Received: {arg_name}={value!r}"
+            )
+        return {task: value.get(task) for task in self.task_names}
+
+    def _build_trackers(self, losses, metrics, weighted_metrics):
+        task_metrics = []
+        for arg_name, value, weighted in (
+            ("metrics", metrics, False),
+            ("weighted_metrics", weighted_metrics, True),
+        ):
+            per_task = self.per_task(arg_name, value, required=False)
+            for task in self.task_names:
+                entries = per_task[task] or []
+                if not isinstance(entries, (list, tuple)):
+                    entries = [entries]
+                for entry in entries:
+                    metric = task_loss_lib.resolve_metric(
+                        entry, task, losses[task],
+                        prefix="weighted_" if weighted else "",
+                    )
+                    task_metrics.append((task, weighted, metric))
+        names = self.task_names
+        diagnostics = None
+        if self.aggregator.diagnostics:
+            diagnostics = TaskMeans(
+                [f"{self.aggregator.name}_{k}"
+                 for k in self.aggregator.diagnostics],
+                name="aggregator_diagnostics",
+            )
+        return _Trackers(
+            loss=keras.metrics.Mean(name="loss"),
+            task_loss=TaskMeans([f"{t}_loss" for t in names],
+                                name="task_losses"),
+            task_weight=TaskMeans([f"{t}_weight" for t in names],
+                                  name="task_weights"),
+            diagnostics=diagnostics,
+            skipped=keras.metrics.Sum(name="skipped_steps"),
+            task_metrics=task_metrics,
+        )
+
+    @property
+    def metrics(self):
+        """Every tracker, in log order (the model lists them)."""
+        t = self.trackers
+        metrics = [t.loss, t.task_loss, t.task_weight]
+        if t.diagnostics is not None:
+            metrics.append(t.diagnostics)
+        if self.non_finite != "apply":
+            metrics.append(t.skipped)
+        return metrics + [m for _, _, m in t.task_metrics]
+
+    def build(self, shared_variables):
+        """Creates the state, parameter, seed and epoch variables.
+
+        Args:
+            shared_variables: the variables whose per-task gradients will be
+                aggregated (their total size sizes per-parameter state).
+        """
+        aggregator = self.aggregator
+        num_tasks = len(self.task_names)
+        parameters = aggregator.initial_parameters(num_tasks)
+        if parameters and aggregator.requires_jacobian:
+            raise ValueError(
+                "Aggregators with learnable parameters must be loss-only "
+                "(requires_jacobian=False). Received: aggregator="
+                f"{aggregator!r}"
+            )
+        num_params = None
+        if aggregator.tracks_gradients:
+            if self.gradient_mode != "parameters":
+                raise ValueError(
+                    f"{type(aggregator).__name__} keeps per-parameter state "
+                    "and needs gradient_mode='parameters'. Received: "
+                    f"gradient_mode={self.gradient_mode!r}"
+                )
+            num_params = sum(math.prod(v.shape) for v in shared_variables)
+        self.num_params = num_params
+        initial = aggregator.initial_state(num_tasks, num_params)
+        self.state = {
+            k: _variable(v, False, f"aggregator_state_{k}")
+            for k, v in initial.items()
+        }
+        self.parameters = {
+            k: _variable(v, True, f"aggregator_{k}")
+            for k, v in parameters.items()
+        }
+        self.seed_generator = keras.random.SeedGenerator(
+            name="aggregator_seed")
+        self.epoch = _variable(ops.zeros(()), False, "epoch")
+        self.epochs_done = _variable(ops.zeros(()), False, "epochs_done")
+        self.built = True
+
+    def named_variables(self):
+        """`{key: variable}` of everything the balancer saves."""
+        named = {f"state.{k}": v for k, v in self.state.items()}
+        named.update({f"parameter.{k}": v for k, v in self.parameters.items()})
+        if self.built:
+            named["seed"] = self.seed_generator.state
+            named["epoch"] = self.epoch
+            named["epochs_done"] = self.epochs_done
+        return named
+
+    @property
+    def variables(self):
+        """Every variable of the balancer (state, parameters, seed, epoch)."""
+        return list(self.named_variables().values())
+
+    def copy_state_from(self, other):
+        """Takes over another balancer's state when it has the same rule,
+        tasks and shapes; returns whether it did."""
+        if other is None or not other.built or not self.built:
+            return False
+        same = (
+            registry.serialize(other.aggregator)
+            == registry.serialize(self.aggregator)
+            and other.task_names == self.task_names
+        )
+        mine, theirs = self.named_variables(), other.named_variables()
+        if not same or set(mine) != set(theirs) or any(
+            tuple(mine[k].shape) != tuple(theirs[k].shape) for k in mine
+        ):
+            return False
+        for key, variable in mine.items():
+            variable.assign(theirs[key].value)
+        return True
+
+    # ------------------------------------------------------------ saving
+
+    def _obj_type(self):
+        # Keras' saving walk treats the balancer like an optimizer: its own
+        # variables are saved, nothing below it is visited.
+        return "Optimizer"
+
+    def save_own_variables(self, store):
+        for key, variable in self.named_variables().items():
+            store[key] = variable
+
+    def load_own_variables(self, store):
+        """Restores saved state; a file of another rule is skipped with a
+        warning (as Keras does for an optimizer of another size)."""
+        named = self.named_variables()
+        keys = set(store.keys())
+        if keys != set(named) or any(
+            tuple(store[k].shape) != tuple(named[k].shape) for k in named
+        ):
+            warnings.warn(
+                "Skipping the saved balancing state: it belongs to another "
+                f"aggregator or task set (saved {sorted(keys)}, expected "
+                f"{sorted(named)}). The aggregator "
+                f"{type(self.aggregator).__name__} starts from its initial "
+                "state.",
+                stacklevel=2,
+            )
+            return
+        for key, variable in named.items():
+            variable.assign(ops.cast(store[key], variable.dtype))
+
+    def get_config(self):
+        return {
+            "aggregator": registry.serialize(self.aggregator),
+            "gradient_mode": self.gradient_mode,
+            "features": self.features,
+            "weight_task_specific": self.weight_task_specific,
+            "vectorize": self.vectorize,
+            "non_finite": self.non_finite,
+        }
+
+    # ------------------------------------------------------------ the plan
+
+    def cached_plan(self, key, make):
+        """The step's plan, rebuilt with `make()` only when `key` (the
+        trainable set) changes: PyTorch runs the step eagerly."""
+        if self._plan is None or self._plan_key != key:
+            self._plan = make()
+            self._plan_key = key
+        return self._plan
+
+    def reset_plan(self):
+        self._plan = None
+        self._plan_key = None
+
+    # ------------------------------------------------------- step: losses
+
+    def targets(self, y, sample_weight):
+        """Validates `y` and `sample_weight`; returns dicts keyed by task."""
+        tasks = self.task_names
+        if isinstance(y, (list, tuple)) and len(y) == len(tasks):
+            y = dict(zip(tasks, y))
+        if not isinstance(y, dict):
+            raise ValueError(
+                "Multi-task training needs labels as a dict {task: labels}, "
+                f"one entry per task {list(tasks)}. Received: y={y!r}"
+            )
+        unknown = sorted(set(y) - set(tasks), key=str)
+        missing = [t for t in tasks if t not in y]
+        if unknown or missing:
+            raise ValueError(
+                f"Labels must have exactly the tasks {list(tasks)} "
+                f"(unknown: {unknown}, missing: {missing}; use NaN labels for "
+                f"missing values). Received: y keys={sorted(y, key=str)}"
+            )
+        if sample_weight is None or not isinstance(sample_weight, dict):
+            if isinstance(sample_weight, (list, tuple)):
+                if len(sample_weight) != len(tasks):
+                    raise ValueError(
+                        f"A list of sample weights needs one entry per task "
+                        f"{list(tasks)}. Received: {len(sample_weight)} "
+                        "entries"
+                    )
+                sample_weight = dict(zip(tasks, sample_weight))
+            else:
+                sample_weight = {t: sample_weight for t in tasks}
+        unknown = sorted(set(sample_weight) - set(tasks), key=str)
+        if unknown:
+            raise ValueError(
+                f"`sample_weight` names unknown tasks {unknown}. "
+                f"Received: sample_weight keys={sorted(sample_weight, key=str)}"
+            )
+        return y, {t: sample_weight.get(t) for t in tasks}
+
+    def check_batch(self, y, sample_weight, outputs):
+        """Checks label and weight shapes against the task outputs.
+
+        Args:
+            y, sample_weight: label and weight structures (arrays or
+                anything with `.shape` and `.dtype`).
+            outputs: `{task: spec}` of the model's outputs (`.shape`).
+        """
+        y, sample_weight = self.targets(y, sample_weight)
+        for task in self.task_names:
+            _, sparse = self.loss_functions[task]
+            task_loss_lib.check_labels(
+                task, y[task], sample_weight[task], outputs[task], sparse)
+
+    def task_losses(self, y, y_pred, sample_weight):
+        """The masked task losses of one batch, as `TaskLosses`."""
+        y, sample_weight = self.targets(y, sample_weight)
+        rows, counts, labelled = [], [], {}
+        for task in self.task_names:
+            fn, sparse = self.loss_functions[task]
+            loss, count, clean, weights = task_loss_lib.masked_task_loss(
+                task, fn, sparse, y[task], y_pred[task], sample_weight[task]
+            )
+            rows.append(loss)
+            counts.append(count)
+            labelled[task] = (clean, weights, sample_weight[task])
+        return TaskLosses(rows, ops.stack(rows), ops.stack(counts), labelled)
+
+    # ------------------------------------------------ step: aggregation
+
+    def _read_state(self):
+        """The aggregator's state plus the read-only inputs it declared."""
+        state = {k: v.value for k, v in self.state.items()}
+        state.update({k: v.value for k, v in self.parameters.items()})
+        if self.aggregator.uses_epoch:
+            state["epoch"] = self.epoch.value
+        return state
+
+    def _keep_pending(self, state):
+        self._pending = {k: state[k] for k in self.state}
+
+    def objective(self, losses, weights):
+        """The scalar a loss-only step differentiates: the weighted sum of
+        the losses, or the rule's own objective when it has parameters."""
+        if self.parameters:
+            parameters = {k: v.value for k, v in self.parameters.items()}
+            return self.aggregator.scalarize(losses, parameters)
+        return ops.sum(weights * losses)
+
+    def loss_weights(self, losses):
+        """Task weights of a loss-only step. A rule that reads gradients
+        lands here only when no variable is shared: each task then simply
+        trains its own variables."""
+        if self.aggregator.requires_jacobian or not isinstance(
+                self.aggregator, Weighting):
+            self._pending = None
+            return ops.ones((len(self.task_names),), "float32")
+        weights, state = self.aggregator.compute_weights(
+            len(self.task_names), None, ops.stop_gradient(losses),
+            self._read_state(), self.seed_generator,
+        )
+        self._keep_pending(state)
+        return ops.stop_gradient(ops.cast(weights, "float32"))
+
+    def combine(self, jacobians, losses, norm_index=None, flat=None):
+        """Aggregates per-task gradients.
+
+        Args:
+            jacobians: list of `(T, *shape)` tensors (one per shared
+                variable, or one for the features tensor).
+            losses: `(T,)` task losses.
+            norm_index: positions in `jacobians` of the aggregator's
+                `gramian_layer` (the plan's `norm_index`), or `None`.
+            flat: optional `(T, P)` float32 matrix of which `jacobians` are
+                views, side by side (the PyTorch engine writes the gradients
+                into one); Jacobian rules then read it without a copy.
+
+        Returns:
+            `(directions, weights)`: one `(*shape)` tensor per entry of
+            `jacobians`, and the `(T,)` task weights.
+        """
+        num_tasks = len(self.task_names)
+        losses = ops.stop_gradient(losses)
+        sizes = [math.prod(j.shape[1:]) for j in jacobians]
+        if flat is None:
+            flats = [
+                ops.reshape(ops.cast(j, "float32"), (num_tasks, -1))
+                for j in jacobians
+            ]
+        else:
+            flats = ops.split(flat, _offsets(sizes), axis=1)
+        state = self._read_state()
+        if isinstance(self.aggregator, Weighting):
+            gramians = [f @ ops.transpose(f) for f in flats]
+            if norm_index is not None:
+                state["layer_gramian"] = sum(gramians[k] for k in norm_index)
+            weights, state = self.aggregator.compute_weights(
+                num_tasks, sum(gramians), losses, state, self.seed_generator
+            )
+            weights = ops.cast(weights, "float32")
+            directions = [
+                ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
+                for j in jacobians
+            ]
+        else:
+            jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
+            direction, weights, state = self.aggregator.aggregate(
+                jacobian, losses, state, self.seed_generator
+            )
+            pieces = ops.split(direction, _offsets(sizes))
+            directions = [
+                ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
+                for p, j in zip(pieces, jacobians)
+            ]
+        self._keep_pending(state)
+        return directions, ops.stop_gradient(weights)
+
+    def coefficients(self, weights):
+        """Cotangents of the task losses for the non-shared variables."""
+        if self.weight_task_specific:
+            return weights
+        return ops.ones((len(self.task_names),), "float32")
+
+    # ------------------------------------------- step: finish and commit
+
+    def check_finite(self, losses, grads):
+        """Whether every loss and gradient is finite (a boolean tensor), or
+        `None` when `non_finite="apply"` (no check: always apply)."""
+        if self.non_finite == "apply":
+            return None
+        flags = [ops.all(ops.isfinite(losses))]
+        flags += [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        ok = flags[0]
+        for flag in flags[1:]:
+            ok = ops.logical_and(ok, flag)
+        return ok
+
+    def commit(self, applied=None):
+        """Writes the pending aggregator state: always when `applied` is
+        None, else only where the optimizer applied the step."""
+        if self._pending is None:
+            return
+        for key, value in self._pending.items():
+            variable = self.state[key]
+            value = ops.cast(value, variable.dtype)
+            if applied is not None:
+                value = ops.where(applied, value, variable.value)
+            variable.assign(value)
+        self._pending = None
+
+    @property
+    def needs_losses_after_step(self):
+        return self.aggregator.requires_losses_after_step
+
+    def after_step(self, losses_before, losses_after, applied=None):
+        """Lets the rule learn from the step's effect on the same batch."""
+        state = self.aggregator.update_after_step(
+            ops.stop_gradient(losses_before),
+            ops.stop_gradient(losses_after),
+            self._read_state(),
+        )
+        self._keep_pending(state)
+        self.commit(applied)
+
+    # --------------------------------------------------------- step: logs
+
+    def update_metrics(self, losses, y_pred, total, batch_size,
+                       weights=None, ok=None):
+        """Updates every tracker with one batch.
+
+        Args:
+            losses: the batch's `TaskLosses`.
+            y_pred: `{task: predictions}`.
+            total: the logged total loss.
+            batch_size: number of samples (weight of `total`).
+            weights: the `(T,)` task weights of a training step, else None.
+            ok: the finiteness check of a training step, or None.
+        """
+        t = self.trackers
+        t.loss.update_state(total, sample_weight=batch_size)
+        t.task_loss.update_state(losses.losses, sample_weight=losses.counts)
+        if weights is not None:
+            t.task_weight.update_state(weights)
+            if t.diagnostics is not None:
+                state = {k: v.value for k, v in self.state.items()}
+                t.diagnostics.update_state(ops.stack([
+                    ops.cast(state[k], "float32")
+                    for k in self.aggregator.diagnostics
+                ]))
+        if ok is not None:
+            t.skipped.update_state(1.0 - ops.cast(ok, "float32"))
+        for task, weighted, metric in t.task_metrics:
+            clean, mask, sample_weight = losses.labelled[task]
+            metric_weight = mask
+            if not weighted and sample_weight is not None:
+                metric_weight = ops.cast(mask > 0.0, "float32")
+            metric.update_state(clean, y_pred[task],
+                                sample_weight=metric_weight)
+
+    def results(self, training):
+        """The logs: `loss`, `<task>_loss`, (training) `<task>_weight`,
+        diagnostics and `skipped_steps`, and `<task>_<metric>`.
+
+        In evaluation, a task with no labelled sample since the last reset
+        logs NaN for its loss and metrics (0 would read as a perfect score);
+        in training, a batch without labels for a task adds loss 0.
+        """
+        t = self.trackers
+        logs = {"loss": t.loss.result()}
+        task_losses = t.task_loss.result()
+        seen = t.task_loss.count > 0.0
+        nan = ops.full((), float("nan"), "float32")
+
+        def honest(task, value):
+            if training:
+                return value
+            index = self.task_names.index(task)
+            return ops.where(seen[index], ops.cast(value, "float32"), nan)
+
+        logs.update({
+            name: honest(task, value)
+            for task, (name, value) in zip(self.task_names,
+                                           task_losses.items())
+        })
+        if training:
+            logs.update(t.task_weight.result())
+            if t.diagnostics is not None:
+                logs.update(t.diagnostics.result())
+            if self.non_finite != "apply":
+                logs["skipped_steps"] = t.skipped.result()
+        for task, _, metric in t.task_metrics:
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update({k: honest(task, v) for k, v in result.items()})
+            else:
+                logs[metric.name] = honest(task, result)
+        return logs
+
+
+def _offsets(sizes):
+    """Split points of consecutive pieces of the given sizes."""
+    return list(itertools.accumulate(sizes))[:-1]

@@ -1,0 +1,105 @@
+"""What one balanced training step differentiates."""
+
+import math
+import warnings
+
+GRADIENT_MODES = ("parameters", "features")
+
+
+class GradientPlan:
+    """What one training step differentiates, fixed when the step is traced.
+
+    Args:
+        trainable: the model's `trainable_variables`, in order.
+        shared_ids: `id`s of the variables whose per-task gradients are
+            aggregated.
+        aggregator: the compiled aggregator.
+        gradient_mode: `"parameters"` or `"features"`.
+        features_split: `(trunk, heads)` models for `"features"` mode.
+        layer_variable_ids: `id`s of the variables of the aggregator's
+            `gramian_layer`, or `None`.
+        num_params: the shared width the aggregator's per-parameter state
+            was built for (rules with `tracks_gradients`), or `None`.
+
+    Attributes:
+        shared / others: the aggregated variables and every other trainable
+            variable; `shared_index` / `others_index` are their positions in
+            `trainable`.
+        mode: `"losses"` (one backward pass of the weighted loss),
+            `"parameters"` or `"features"`.
+        trunk / heads: the split models in `"features"` mode, else `None`.
+        norm_index: positions in `shared` of the `gramian_layer`'s variables.
+    """
+
+    def __init__(self, trainable, shared_ids, aggregator,
+                 gradient_mode="parameters", features_split=None,
+                 layer_variable_ids=None, num_params=None):
+        self.shared_index = [
+            i for i, v in enumerate(trainable) if id(v) in shared_ids
+        ]
+        self.others_index = [
+            i for i, v in enumerate(trainable) if id(v) not in shared_ids
+        ]
+        self.shared = [trainable[i] for i in self.shared_index]
+        self.others = [trainable[i] for i in self.others_index]
+        name = type(aggregator).__name__
+        if not aggregator.requires_jacobian or not self.shared:
+            self.mode = "losses"
+        else:
+            self.mode = gradient_mode
+        if aggregator.requires_jacobian and not self.shared:
+            warnings.warn(
+                f"No trainable variable is shared between tasks, so {name} "
+                "has no gradients to balance: each task's variables are "
+                "trained with that task's own loss gradient.",
+                stacklevel=2,
+            )
+        if aggregator.tracks_gradients and self.mode == "parameters":
+            width = sum(math.prod(v.shape) for v in self.shared)
+            if width != num_params:
+                raise ValueError(
+                    f"{name} keeps per-parameter state for {num_params} "
+                    f"shared parameters, but {width} are now trainable and "
+                    "shared. Compile the model again after changing which "
+                    f"variables are trainable. Received: {len(self.shared)} "
+                    "shared variables"
+                )
+        self.norm_index = None
+        if layer_variable_ids is not None and self.mode != "losses":
+            if self.mode != "parameters":
+                raise ValueError(
+                    f"{name}(layer={aggregator.gramian_layer!r}) needs "
+                    "gradient_mode='parameters'. Received: "
+                    f"gradient_mode={self.mode!r}"
+                )
+            self.norm_index = [
+                k for k, v in enumerate(self.shared)
+                if id(v) in layer_variable_ids
+            ]
+            if not self.norm_index:
+                raise ValueError(
+                    f"Layer {aggregator.gramian_layer!r} has no shared "
+                    f"trainable variables, so {name} cannot balance its "
+                    "gradient norms. Received: "
+                    f"layer={aggregator.gramian_layer!r}"
+                )
+        self.trunk = self.heads = None
+        if self.mode == "features":
+            self.trunk, self.heads = features_split
+            trunk_ids = {id(v) for v in self.trunk.trainable_variables}
+            outside = [v.path for v in self.shared if id(v) not in trunk_ids]
+            if outside:
+                raise ValueError(
+                    "gradient_mode='features' needs every shared variable "
+                    "upstream of the features tensor; these are not: "
+                    f"{outside}"
+                )
+
+    def assemble(self, shared_grads, other_grads):
+        """Puts gradients back in `trainable_variables` order."""
+        grads = [None] * (len(self.shared) + len(self.others))
+        for i, g in zip(self.shared_index, shared_grads):
+            grads[i] = g
+        for i, g in zip(self.others_index, other_grads):
+            grads[i] = g
+        return grads

@@ -1,0 +1,603 @@
+"""`MultiTaskTrainer`: gradient-balanced training for any Keras model."""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_mtl.src import backend
+from keras_mtl.src.aggregators import registry
+from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.models import first_batch
+from keras_mtl.src.models.balancer import Balancer
+from keras_mtl.src.models.balancer import sum_losses
+from keras_mtl.src.models.gradient_plan import GradientPlan
+
+
+@keras_mtl_export("keras_mtl.MultiTaskTrainer")
+class MultiTaskTrainer:
+    """Mixin that trains a Keras model with one loss per task and a
+    gradient-balancing rule.
+
+    Put it before `keras.Model` in the bases of a model whose `call` returns
+    a dict `{task: output}`, then `compile` with one loss per task and an
+    `aggregator`, and train with `fit`. Each training step computes the task
+    losses and the per-task gradients of the **shared** variables (those on
+    which several task outputs depend) and combines them with the
+    aggregator; every other trainable variable receives the gradient of its
+    own task's loss (times the task's weight with
+    `compile(weight_task_specific=True)`). Loss-only aggregators (`"sum"`,
+    fixed weights) run one backward pass of the weighted loss, like plain
+    Keras.
+
+    Shared variables are found from the model's graph for a functional
+    `keras_mtl.MultiTaskModel`, and otherwise from the first training batch:
+    a variable is shared when the outputs of several tasks depend on it
+    (the backend's autodiff reports the dependency; traced once, before the
+    first step). Pass `shared_variables=[...]` (variables or their paths) to
+    the constructor to choose them yourself.
+
+    Missing labels: a NaN label, or a sample weight of 0, leaves that sample
+    out of that task's loss and metrics. A task with no label in a batch has
+    loss 0 and gradient 0; a task with no label in a whole epoch logs NaN.
+
+    Logs: `loss` (sum of the task losses plus regularisation), `<task>_loss`,
+    `<task>_weight` (training), the aggregator's diagnostics,
+    `skipped_steps` (steps with a non-finite loss or gradient, which were not
+    applied), and `<task>_<metric>`.
+
+    Args:
+        shared_variables: optional list of variables (or `.path` strings)
+            whose per-task gradients are aggregated.
+        *args, **kwargs: passed on to the other base class (`keras.Model`).
+
+    Example:
+
+    >>> class TwoTasks(keras_mtl.MultiTaskTrainer, keras.Model):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.trunk = keras.layers.Dense(16, activation="relu")
+    ...         self.head_a = keras.layers.Dense(1)
+    ...         self.head_b = keras.layers.Dense(1)
+    ...     def call(self, x):
+    ...         h = self.trunk(x)
+    ...         return {"a": self.head_a(h), "b": self.head_b(h)}
+    >>> model = TwoTasks()
+    >>> model.compile("adam", loss={"a": "mse", "b": "mse"},
+    ...               aggregator="upgrad")
+    >>> history = model.fit(
+    ...     np.random.rand(64, 8), {"a": np.random.rand(64, 1),
+    ...     "b": np.random.rand(64, 1)}, epochs=1, verbose=0)
+    >>> [v.path for v in model.shared_variables]
+    ['dense/kernel', 'dense/bias']
+    """
+
+    def __init__(self, *args, shared_variables=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shared_request = shared_variables
+        self._dependencies = None
+        self.balancer = None
+        self._compile_args = None
+
+    # ----------------------------------------------------- shared variables
+
+    def task_dependencies(self):
+        """`{task: set of variable ids}` the task's output depends on, or
+        `None` while unknown (a subclassed model before its first batch)."""
+        return self._dependencies
+
+    def find_shared_variables(self, x):
+        """Finds the shared variables by differentiating each task output
+        on the inputs `x` (one batch); called by `fit` with its first batch.
+
+        Returns:
+            The shared variables.
+        """
+        outputs = self(x, training=False)
+        self._check_outputs(outputs)
+        self._dependencies = backend.task_dependencies(
+            self, x, self.task_names)
+        return self.shared_variables
+
+    @property
+    def task_names(self):
+        if self.balancer is not None:
+            return self.balancer.task_names
+        raise ValueError(
+            "The task names come from `compile(loss={task: loss})`; compile "
+            "the model first. Received: an uncompiled model"
+        )
+
+    def _resolve_variables(self, variables):
+        if isinstance(variables, (str, keras.Variable, keras.layers.Layer)):
+            raise ValueError(
+                "`shared_variables` must be a list of variables or variable "
+                f"paths. Received: shared_variables={variables!r}"
+            )
+        by_path = {v.path: v for v in self.weights}
+        by_id = {id(v) for v in self.weights}
+        resolved = []
+        for v in variables:
+            if isinstance(v, str):
+                if v not in by_path:
+                    raise ValueError(
+                        "Unknown variable path in `shared_variables`. "
+                        f"Received: {v!r}"
+                    )
+                v = by_path[v]
+            elif id(v) not in by_id:
+                raise ValueError(
+                    "`shared_variables` must hold variables of this model. "
+                    f"Received: {getattr(v, 'path', v)!r}"
+                )
+            resolved.append(v)
+        return resolved
+
+    def shared_variable_ids(self):
+        """`id`s of the shared variables (see `shared_variables`)."""
+        if self._shared_request is not None:
+            return {id(v) for v in self._resolve_variables(
+                self._shared_request)}
+        dependencies = self.task_dependencies()
+        if dependencies is None:
+            raise ValueError(
+                "The shared variables of a subclassed model are found from "
+                "its first batch: call `fit`, or "
+                "`model.find_shared_variables(x)`, or pass "
+                "`shared_variables=[...]` to the constructor. Received: a "
+                "model that has not seen a batch"
+            )
+        counts = {}
+        for ids in dependencies.values():
+            for i in ids:
+                counts[i] = counts.get(i, 0) + 1
+        return {i for i, n in counts.items() if n > 1}
+
+    @property
+    def shared_variables(self):
+        """Trainable variables whose per-task gradients are aggregated."""
+        ids = self.shared_variable_ids()
+        return [v for v in self.trainable_weights if id(v) in ids]
+
+    @property
+    def task_specific_variables(self):
+        """Dict: task name -> trainable variables only that task uses."""
+        shared = self.shared_variable_ids()
+        dependencies = self.task_dependencies() or {}
+        return {
+            task: [
+                v for v in self.trainable_weights
+                if id(v) in dependencies.get(task, ()) and id(v) not in shared
+            ]
+            for task in self.task_names
+        }
+
+    def features_split(self, features):
+        """`(trunk, heads)` models that split the model at the output of the
+        layer named `features`, for `gradient_mode="features"`."""
+        raise ValueError(
+            "gradient_mode='features' splits a functional graph at the "
+            "features layer; build the model as a keras_mtl.MultiTaskModel. "
+            f"Received: {type(self).__name__}"
+        )
+
+    # -------------------------------------------------------------- compile
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        aggregator=None,
+        gradient_mode="parameters",
+        features=None,
+        weight_task_specific=False,
+        vectorize=False,
+        non_finite="skip",
+        run_eagerly=False,
+        jit_compile="auto",
+        steps_per_execution=1,
+    ):
+        """Configures the model for training.
+
+        Args:
+            optimizer: as for `keras.Model.compile`.
+            loss: dict `{task: loss}` with one loss per task (a name, a
+                `keras.losses.Loss` or a function); a single loss is used for
+                every task of a functional model. Losses are applied per
+                sample and reduced by the masked weighted mean.
+            loss_weights: optional dict `{task: float}`; shorthand for
+                `aggregator=keras_mtl.aggregators.Constant(...)`.
+            metrics: dict `{task: [metrics]}` (or one list for every task);
+                computed on labelled samples only, ignoring sample weights.
+            weighted_metrics: like `metrics`, weighted by sample weights.
+            aggregator: a `keras_mtl.aggregators.Aggregator` or its name
+                (e.g. `"pcgrad"`). Defaults to `"sum"`.
+            gradient_mode: `"parameters"` (exact per-task gradients of the
+                shared variables) or `"features"` (per-task gradients of the
+                shared representation named by `features`, then one backward
+                pass through the trunk; MGDA-UB style).
+            features: name of the layer whose output is the shared
+                representation, for `gradient_mode="features"`.
+            weight_task_specific: if `True`, non-shared variables receive
+                their task's gradient times its aggregator weight.
+            vectorize: compute the per-task gradients in one vectorised call
+                (`jax.vmap`, `GradientTape.jacobian`, batched
+                `torch.autograd.grad`) instead of a loop of backward passes.
+            non_finite: `"skip"` (default) leaves the weights, the optimizer
+                and the aggregator state unchanged on a step whose loss or
+                gradients are not finite and counts it in `skipped_steps`;
+                `"raise"` does the same, then stops `fit` with a
+                `FloatingPointError`; `"apply"` applies such updates, as
+                plain Keras does.
+            run_eagerly, jit_compile, steps_per_execution: as for
+                `keras.Model.compile`; `jit_compile` is saved as given.
+
+        Recompiling with an aggregator of the same configuration keeps its
+        state (and its epoch count); another aggregator starts afresh.
+        """
+        task_names = self._compile_task_names(loss)
+        if loss_weights is not None:
+            if aggregator is not None:
+                raise ValueError(
+                    "Pass either `loss_weights` or `aggregator`, not both. "
+                    f"Received: loss_weights={loss_weights!r}, "
+                    f"aggregator={aggregator!r}"
+                )
+            if not isinstance(loss_weights, dict):
+                raise ValueError(
+                    "`loss_weights` must be a dict {task: weight}. "
+                    f"Received: loss_weights={loss_weights!r}"
+                )
+            unknown = sorted(set(loss_weights) - set(task_names), key=str)
+            missing = [t for t in task_names if t not in loss_weights]
+            if unknown or missing:
+                raise ValueError(
+                    f"`loss_weights` must name exactly the tasks "
+                    f"{list(task_names)} (unknown: {unknown}, missing: "
+                    f"{missing}). Received: loss_weights={loss_weights!r}"
+                )
+            aggregator = Constant([loss_weights[t] for t in task_names])
+        balancer = Balancer(
+            task_names, loss, aggregator, metrics=metrics,
+            weighted_metrics=weighted_metrics, gradient_mode=gradient_mode,
+            features=features, weight_task_specific=weight_task_specific,
+            vectorize=vectorize, non_finite=non_finite,
+        )
+        if gradient_mode == "features":
+            self.features_split(features)  # Fail early on a bad layer name.
+        previous = self.balancer
+        super().compile(
+            optimizer=optimizer,
+            run_eagerly=run_eagerly,
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+        )
+        self._compile_args = {"jit_compile": jit_compile}
+        self.balancer = balancer
+        if self._shared_known():
+            self._build_balancer(previous)
+
+    @property
+    def aggregator(self):
+        """The compiled aggregator (`None` before `compile`)."""
+        return None if self.balancer is None else self.balancer.aggregator
+
+    @property
+    def gradient_mode(self):
+        return None if self.balancer is None else self.balancer.gradient_mode
+
+    @property
+    def features(self):
+        return None if self.balancer is None else self.balancer.features
+
+    @property
+    def weight_task_specific(self):
+        return self.balancer is not None and (
+            self.balancer.weight_task_specific)
+
+    @property
+    def vectorize(self):
+        return self.balancer is not None and self.balancer.vectorize
+
+    def _compile_task_names(self, loss):
+        """The task names: the model's outputs, or the loss dict's keys."""
+        known = self.output_task_names()
+        if known is not None:
+            return known
+        if not isinstance(loss, dict) or not loss:
+            raise ValueError(
+                "A subclassed multi-task model takes its task names from "
+                "`compile(loss={task: loss, ...})`. Received: "
+                f"loss={loss!r}"
+            )
+        return tuple(loss)
+
+    def output_task_names(self):
+        """The task names fixed by the model's structure, or `None`."""
+        return None
+
+    def _shared_known(self):
+        return (self._shared_request is not None
+                or self.task_dependencies() is not None)
+
+    def _build_balancer(self, previous=None):
+        balancer = self.balancer
+        balancer.build(self.shared_variables)
+        kept = balancer.copy_state_from(previous)
+        if (previous is not None and previous.built and not kept
+                and registry.serialize(previous.aggregator)
+                == registry.serialize(balancer.aggregator)):
+            warnings.warn(
+                f"{type(balancer.aggregator).__name__}'s state could not be "
+                "kept across this compile (its shape changed with the "
+                "trainable variables); it starts afresh.",
+                stacklevel=3,
+            )
+
+    def _check_compiled(self):
+        if self.balancer is None:
+            raise ValueError(
+                f"{type(self).__name__} must be compiled with a loss per task "
+                "before training or evaluation. Received: an uncompiled model"
+            )
+
+    def _check_outputs(self, outputs):
+        names = self.balancer.task_names if self.balancer else None
+        if isinstance(outputs, dict) and (
+                names is None or set(outputs) == set(names)):
+            return
+        received = type(outputs).__name__
+        if isinstance(outputs, dict):
+            received += f" with keys {sorted(outputs, key=str)}"
+        raise ValueError(
+            "A multi-task model's `call` must return a dict {task: output} "
+            f"with the compiled tasks {list(names or [])}. "
+            f"Received: {received}"
+        )
+
+    # ------------------------------------------------------ state and logs
+
+    @property
+    def variables(self):
+        """The model's variables plus its training state (the balancer's),
+        which every backend threads through the step; `weights` (what
+        inference and `save_weights` of the model itself need) leaves the
+        training state out."""
+        variables = super().variables
+        balancer = getattr(self, "balancer", None)
+        if balancer is not None and balancer.built:
+            variables = variables + balancer.variables
+        return variables
+
+    @property
+    def metrics(self):
+        balancer = getattr(self, "balancer", None)
+        base = super().metrics
+        if balancer is None:
+            return base
+        # Keras' own loss tracker is replaced by the balancer's.
+        return balancer.metrics + [m for m in base if m.name != "loss"]
+
+    def get_metrics_result(self):
+        logs = {}
+        balancer = getattr(self, "balancer", None)
+        own = set()
+        if balancer is not None:
+            logs.update(balancer.results(training=True))
+            own = {id(m) for m in balancer.metrics}
+        for metric in super().metrics:
+            if id(metric) in own or metric.name == "loss":
+                continue
+            result = metric.result()
+            logs.update(result if isinstance(result, dict)
+                        else {metric.name: result})
+        return logs
+
+    # ------------------------------------------------------ the step parts
+
+    def gradient_plan(self):
+        """The step's `GradientPlan`, rebuilt when the trainable set
+        changes."""
+        self._check_compiled()
+        balancer = self.balancer
+        trainable = self.trainable_variables
+        key = tuple(id(v) for v in trainable)
+
+        def make():
+            layer = balancer.aggregator.gramian_layer
+            layer_ids = None
+            if layer is not None:
+                layer_ids = {
+                    id(v) for v in self.get_layer(layer).trainable_variables}
+            split = None
+            if (balancer.gradient_mode == "features"
+                    and balancer.aggregator.requires_jacobian):
+                split = self.features_split(balancer.features)
+            return GradientPlan(
+                trainable, self.shared_variable_ids(), balancer.aggregator,
+                balancer.gradient_mode, split, layer_ids, balancer.num_params,
+            )
+
+        return balancer.cached_plan(key, make)
+
+    def regularization_loss(self, layer=None):
+        """Sum of the regularisation and `add_loss` losses of the last call
+        of `layer` (the model by default), or `None`."""
+        return sum_losses((layer or self).losses)
+
+    def compute_test_logs(self, x, y, sample_weight):
+        """Forward pass, losses and metrics of one evaluation batch."""
+        self._check_compiled()
+        y_pred = self(x, training=False)
+        balancer = self.balancer
+        losses = balancer.task_losses(y, y_pred, sample_weight)
+        reg = self.regularization_loss()
+        total = ops.sum(losses.losses)
+        if reg is not None:
+            total = total + reg
+        balancer.update_metrics(losses, y_pred, total, batch_size(x))
+        return balancer.results(training=False)
+
+    def train_step(self, *args):
+        return backend.train_step(self, *args)
+
+    def test_step(self, *args):
+        return backend.test_step(self, *args)
+
+    # -------------------------------------------------------- fit wiring
+
+    def _prepare(self, x, y, sample_weight, validation_data=None):
+        """Checks the first batch of every input before Keras traces a step
+        and finds the shared variables of a subclassed model."""
+        self._check_compiled()
+        x, y, sample_weight, batch = first_batch.peek(x, y, sample_weight)
+        if batch is not None:
+            self._check_batch(batch, x)
+        if validation_data is not None:
+            validation_data, val_batch = first_batch.peek_validation(
+                validation_data)
+            if val_batch is not None:
+                self._check_batch(val_batch, None)
+        return x, y, sample_weight, validation_data
+
+    def _check_batch(self, batch, x):
+        x_spec, y_spec, sw_spec = batch
+        if y_spec is None:
+            raise ValueError(
+                "Multi-task training needs labels {task: labels}. "
+                "Received: no labels"
+            )
+        outputs = self.compute_output_spec(x_spec)
+        self._check_outputs(outputs)
+        self.balancer.check_batch(y_spec, sw_spec, outputs)
+        if not self.balancer.built:
+            if not self._shared_known():
+                self.find_shared_variables(zeros_like_spec(x_spec))
+            self._build_balancer()
+
+    def _callbacks(self, callbacks):
+        callbacks = list(callbacks or [])
+        callbacks.append(EpochCounter())
+        if self.balancer.non_finite == "raise":
+            callbacks.append(RaiseOnSkippedStep())
+        return callbacks
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
+            callbacks=None, validation_split=0.0, validation_data=None,
+            sample_weight=None, **kwargs):
+        x, y, sample_weight, validation_data = self._prepare(
+            x, y, sample_weight, validation_data)
+        with backend.restore_on_failure(self):
+            return super().fit(
+                x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                callbacks=self._callbacks(callbacks),
+                validation_split=validation_split,
+                validation_data=validation_data, sample_weight=sample_weight,
+                **kwargs,
+            )
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto",
+                 sample_weight=None, **kwargs):
+        x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
+        with backend.restore_on_failure(self):
+            return super().evaluate(
+                x, y, batch_size=batch_size, verbose=verbose,
+                sample_weight=sample_weight, **kwargs)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
+        with backend.restore_on_failure(self):
+            return super().train_on_batch(
+                x, y, sample_weight=sample_weight, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
+        with backend.restore_on_failure(self):
+            return super().test_on_batch(
+                x, y, sample_weight=sample_weight, **kwargs)
+
+    # ----------------------------------------------------- compile config
+
+    def get_compile_config(self):
+        if self.balancer is None:
+            return None
+        ser = keras.saving.serialize_keras_object
+        args = self.balancer.compile_args
+        return {
+            "optimizer": ser(self.optimizer),
+            "loss": {t: ser(v) for t, v in args["loss"].items()},
+            "metrics": ser(args["metrics"]),
+            "weighted_metrics": ser(args["weighted_metrics"]),
+            **self.balancer.get_config(),
+            "jit_compile": self._compile_args["jit_compile"],
+        }
+
+    def compile_from_config(self, config):
+        de = keras.saving.deserialize_keras_object
+        config = dict(config)
+        config["optimizer"] = keras.optimizers.get(config["optimizer"])
+        config["loss"] = {t: de(v) for t, v in config["loss"].items()}
+        config["metrics"] = de(config["metrics"])
+        config["weighted_metrics"] = de(config["weighted_metrics"])
+        config["aggregator"] = registry.deserialize(config["aggregator"])
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+
+def batch_size(x):
+    """The number of samples in the input structure `x`."""
+    first = next(t for t in keras.tree.flatten(x) if t is not None)
+    return ops.shape(first)[0]
+
+
+def zeros_like_spec(spec):
+    """A batch of zeros (2 samples; unknown sizes 2) for a structure of
+    specs: enough to trace which variables each task output depends on."""
+
+    def zeros(leaf):
+        if leaf is None:
+            return None
+        shape = (2,) + tuple(2 if d is None else d for d in leaf.shape[1:])
+        return ops.zeros(shape, leaf.dtype)
+
+    return keras.tree.map_structure(zeros, spec)
+
+
+class EpochCounter(keras.callbacks.Callback):
+    """Keeps the balancer's epoch counting across `fit` calls.
+
+    The epoch an epoch-driven rule (DWA, STCH, GradNorm's warm-up) sees is
+    `fit`'s epoch index, or the number of epochs trained so far if that is
+    larger: `fit(epochs=1)` in a loop, and a model saved and loaded between
+    epochs, keep counting.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        balancer = self.model.balancer
+        done = float(ops.convert_to_numpy(balancer.epochs_done.value))
+        balancer.epoch.assign(float(max(epoch, done)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        balancer = self.model.balancer
+        current = float(ops.convert_to_numpy(balancer.epoch.value))
+        balancer.epochs_done.assign(current + 1.0)
+
+
+class RaiseOnSkippedStep(keras.callbacks.Callback):
+    """Stops `fit` when a step was skipped for a non-finite loss or
+    gradient (`compile(non_finite="raise")`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = (logs or {}).get("skipped_steps")
+        if skipped is not None and float(skipped) > 0:
+            raise FloatingPointError(
+                f"Batch {batch}: a task loss or gradient was not finite; the "
+                "step was not applied (weights, optimizer and aggregator "
+                "state are those before it). Received: skipped_steps="
+                f"{float(skipped):g}"
+            )

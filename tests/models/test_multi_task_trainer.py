@@ -1,0 +1,116 @@
+"""`MultiTaskTrainer` on models without a functional graph: subclassed
+models, Sequential trunks and explicit shared variables."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mtl
+from tests.helpers import LOSSES
+from tests.helpers import make_data
+from tests.helpers import mtl_model
+from tests.helpers import to_numpy
+
+TASKS = ("reg", "cls", "bin")
+UNITS = {"reg": 1, "cls": 3, "bin": 1}
+
+
+class Subclassed(keras_mtl.MultiTaskTrainer, keras.Model):
+    """The helpers' functional model, written as a subclass."""
+
+    def __init__(self, trunk=None, **kwargs):
+        super().__init__(**kwargs)
+        self.trunk = trunk or keras.Sequential([
+            keras.layers.Dense(8, activation="tanh", name="trunk_1"),
+            keras.layers.Dense(8, activation="tanh", name="features"),
+        ])
+        self.heads = {
+            t: keras.layers.Dense(UNITS[t], name=f"head_{t}") for t in TASKS
+        }
+
+    def call(self, x, training=False):
+        z = self.trunk(x, training=training)
+        return {t: head(z) for t, head in self.heads.items()}
+
+
+def twin_models(seed=0):
+    """A functional `MultiTaskModel` and a subclass with the same weights."""
+    functional = mtl_model(seed=seed)
+    subclassed = Subclassed()
+    subclassed(np.zeros((2, 6), "float32"))
+    by_name = {v.path.split("/")[-2] + "/" + v.path.split("/")[-1]: v
+               for v in functional.weights}
+    for v in subclassed.weights:
+        key = "/".join(v.path.split("/")[-2:])
+        v.assign(to_numpy(by_name[key]))
+    return functional, subclassed
+
+
+def compile_both(models, aggregator):
+    for model in models:
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator=aggregator, metrics={"reg": ["mae"]})
+
+
+@pytest.mark.parametrize("aggregator", ["upgrad", "mgda", "sum", "famo"])
+def test_subclassed_model_trains_like_the_functional_one(aggregator):
+    x, y = make_data(32)
+    functional, subclassed = twin_models()
+    compile_both((functional, subclassed), aggregator)
+    logs = []
+    for model in (functional, subclassed):
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                            shuffle=False)
+        logs.append(history.history)
+    assert logs[0].keys() == logs[1].keys()
+    expected = {"/".join(v.path.split("/")[-2:]): to_numpy(v)
+                for v in functional.weights}
+    for v in subclassed.weights:
+        np.testing.assert_allclose(
+            to_numpy(v), expected["/".join(v.path.split("/")[-2:])],
+            rtol=1e-4, atol=1e-5)
+
+
+def test_shared_variables_are_found_from_the_first_batch():
+    x, y = make_data(32)
+    model = Subclassed()
+    model.compile("sgd", loss=LOSSES, aggregator="pcgrad")
+    with pytest.raises(ValueError, match="first batch"):
+        model.shared_variables
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    shared = sorted(v.path for v in model.shared_variables)
+    trunk = sorted(v.path for v in model.trunk.trainable_weights)
+    assert shared == trunk
+    specific = model.task_specific_variables
+    for task in TASKS:
+        assert sorted(v.path for v in specific[task]) == sorted(
+            v.path for v in model.heads[task].trainable_weights)
+
+
+def test_explicit_shared_variables_of_a_subclass():
+    x, y = make_data(32)
+    model = Subclassed(shared_variables=[])
+    model.compile("sgd", loss=LOSSES, aggregator="mgda")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert model.shared_variables == []
+
+
+def test_a_call_that_does_not_return_the_tasks_is_refused():
+    class Bad(keras_mtl.MultiTaskTrainer, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    x, y = make_data(16)
+    model = Bad()
+    model.compile("sgd", loss=LOSSES, aggregator="pcgrad")
+    with pytest.raises(ValueError, match="must return a dict"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_subclass_needs_a_loss_per_task():
+    with pytest.raises(ValueError, match="loss=\\{task"):
+        Subclassed().compile("sgd", loss="mse", aggregator="pcgrad")

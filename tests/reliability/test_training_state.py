@@ -1,0 +1,147 @@
+"""Training state is kept apart from what inference needs, survives
+failures, and is updated only by applied steps."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import LOSSES
+from tests.helpers import make_data
+from tests.helpers import mtl_model
+from tests.helpers import to_numpy
+
+
+def compiled(aggregator="mgda", **kwargs):
+    model = mtl_model()
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES,
+                  aggregator=aggregator, **kwargs)
+    return model
+
+
+def snapshot(model):
+    return [to_numpy(v) for v in model.variables]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("aggregator", ["mgda", "famo"])
+def test_inference_loading_ignores_training_state(tmp_path, aggregator):
+    x, y = make_data(32)
+    model = compiled(aggregator)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    assert len(model.weights) < len(model.variables)
+    bare = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(bare.predict(x, verbose=0)["reg"],
+                               model.predict(x, verbose=0)["reg"], atol=1e-6)
+    for other in (mtl_model(), compiled("pcgrad"), compiled("sum")):
+        other.load_weights(path)
+        np.testing.assert_allclose(
+            other.predict(x, verbose=0)["reg"],
+            model.predict(x, verbose=0)["reg"], atol=1e-6)
+
+
+def test_jit_compile_is_saved_as_given(tmp_path):
+    model = compiled()
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    assert model.get_compile_config()["jit_compile"] == "auto"
+
+
+def test_recompiling_keeps_the_aggregator_state():
+    x, y = make_data(32)
+    model = compiled("famo")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    logits = to_numpy(model.balancer.state["logits"])
+    assert np.abs(logits).sum() > 0
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, aggregator="famo")
+    np.testing.assert_array_equal(
+        to_numpy(model.balancer.state["logits"]), logits)
+
+
+def test_a_failed_fit_leaves_the_model_intact():
+    x, y = make_data(32)
+    model = compiled()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    before = snapshot(model)
+    bad = {**y, "reg": np.zeros((32, 2), "float32")}
+    with pytest.raises(ValueError, match="reg"):
+        model.fit(x, bad, batch_size=16, epochs=1, verbose=0)
+    assert_same(snapshot(model), before)
+    model.predict(x, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("aggregator", ["mgda", "sum", "famo"])
+def test_non_finite_steps_are_skipped_and_counted(aggregator):
+    x, y = make_data(32)
+    model = compiled(aggregator)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    before = snapshot(model)
+    x_bad = x.copy()
+    x_bad[3, 0] = np.inf
+    logs = model.train_on_batch(x_bad, y, return_dict=True)
+    assert logs["skipped_steps"] == 1.0
+    after = snapshot(model)
+    weights = {id(v) for v in model.weights} | {
+        id(v) for v in model.balancer.state.values()}
+    for v, a, b in zip(model.variables, before, after):
+        if id(v) in weights:
+            np.testing.assert_array_equal(a, b, err_msg=v.path)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["skipped_steps"] == 0.0
+
+
+def test_non_finite_raise_stops_fit():
+    x, y = make_data(32)
+    model = compiled("pcgrad", non_finite="raise")
+    x_bad = x.copy()
+    x_bad[0, 0] = np.nan
+    before = [to_numpy(v) for v in model.weights]
+    with pytest.raises(FloatingPointError):
+        model.fit(x_bad, y, batch_size=32, epochs=1, verbose=0)
+    assert_same([to_numpy(v) for v in model.weights], before)
+
+
+def test_famo_updates_only_when_the_optimizer_applies():
+    x, y = make_data(32)
+    model = mtl_model()
+    model.compile(keras.optimizers.Adam(1e-2, gradient_accumulation_steps=4),
+                  loss=LOSSES, aggregator="famo")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 4 micro-batches.
+    assert float(to_numpy(model.balancer.state["step"])) == 1.0
+
+
+def test_validation_task_without_labels_logs_nan():
+    x, y = make_data(32)
+    model = compiled("sum", metrics={"reg": ["mae"]})
+    y_val = {**y, "reg": np.full_like(y["reg"], np.nan)}
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                        validation_data=(x, y_val))
+    assert np.isnan(history.history["val_reg_loss"][-1])
+    assert np.isnan(history.history["val_reg_mae"][-1])
+    assert np.isfinite(history.history["val_cls_loss"][-1])
+
+
+@pytest.mark.parametrize("aggregator", ["mgda", "pcgrad", "upgrad", "nash_mtl",
+                                        "cagrad", "gradvac"])
+def test_a_frozen_trunk_trains_with_any_aggregator(aggregator):
+    x, y = make_data(32)
+    model = mtl_model()
+    for layer in model.layers:
+        if layer.name in ("trunk_1", "features"):
+            layer.trainable = False
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES,
+                  aggregator=aggregator)
+    head = model.get_layer("head_reg").kernel
+    before = to_numpy(head)
+    with pytest.warns(UserWarning, match="No trainable variable is shared"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert not np.allclose(to_numpy(head), before)

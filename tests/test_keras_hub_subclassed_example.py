@@ -1,0 +1,38 @@
+"""The keras-hub subclassed example runs on a small budget: a random-weight
+BERT backbone with two heads, trained through `MultiTaskTrainer.fit`."""
+
+import pytest
+
+from tests.test_examples import load
+
+pytest.importorskip("keras_hub")
+
+
+def test_keras_hub_subclassed_example_finds_the_backbone_and_learns(capsys):
+    runs = load("keras_hub_subclassed").main(
+        ["--steps", "16", "--epochs", "3", "--num-test", "64",
+         "--aggregators", "sum", "upgrad"])
+    out = capsys.readouterr().out
+    assert "39 shared variables found" in out
+    assert "topic acc" in out and "sentiment acc" in out
+    assert list(runs) == ["sum", "upgrad"]
+    for aggregator, run in runs.items():
+        model = run["model"]
+        # The shared variables are exactly the backbone's trainable weights.
+        shared = [v.path for v in model.shared_variables]
+        assert shared == [v.path for v in model.backbone.trainable_weights]
+        # Each head belongs to its own task only.
+        specific = model.task_specific_variables
+        for task, head in model.heads.items():
+            assert [v.path for v in specific[task]] == [
+                v.path for v in head.trainable_weights]
+            assert len(specific[task]) == 2
+        for task in ("topic", "sentiment"):
+            assert 0.0 <= run["results"][f"{task}_accuracy"] <= 1.0
+        losses = run["history"]["loss"]
+        assert len(losses) == 3
+        assert all(loss == loss for loss in losses), (aggregator, losses)
+    # The data are easy: the plain sum of the losses falls epoch after epoch.
+    losses = runs["sum"]["history"]["loss"]
+    assert losses[2] < losses[1] < losses[0], losses
+    assert losses[-1] < 0.85 * losses[0], losses
