@@ -43,7 +43,8 @@ def test_shapes_finiteness_and_config(name):
         np.testing.assert_allclose(
             to_numpy(direction), to_numpy(weights) @ jacobian, rtol=1e-4,
             atol=1e-5)
-    clone = aggregators.deserialize(json.loads(json.dumps(aggregators.serialize(agg))))
+    config = json.loads(json.dumps(aggregators.serialize(agg)))
+    clone = aggregators.deserialize(config)
     assert clone.get_config() == agg.get_config()
     for key in agg.diagnostics:
         assert key in state
@@ -56,8 +57,8 @@ def test_compiled_equals_eager(name):
     jacobian, losses = random_problem(5, 7, seed=3)
     agg = build(name, 5)
 
-    def run(j, l):
-        direction, weights, _ = agg.aggregate(j, l, seed=11)
+    def run(jac, loss_values):
+        direction, weights, _ = agg.aggregate(jac, loss_values, seed=11)
         return direction, weights
 
     eager = run(jacobian, losses)
@@ -67,7 +68,9 @@ def test_compiled_equals_eager(name):
         # from one seed; compiled runs must still agree with each other.
         eager = backend.jit(run)(jacobian, losses)
     for a, b in zip(eager, compiled):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(a), to_numpy(b), rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,6 +94,10 @@ def test_degenerate_inputs_give_finite_results(name, case):
 def test_randomised_rules_are_seeded(name):
     jacobian, losses = random_problem(5, 6)
     agg = aggregators.get(name)
-    first = agg.aggregate(jacobian, losses, seed=keras.random.SeedGenerator(4))[1]
-    again = agg.aggregate(jacobian, losses, seed=keras.random.SeedGenerator(4))[1]
+    first = agg.aggregate(
+        jacobian, losses, seed=keras.random.SeedGenerator(4)
+    )[1]
+    again = agg.aggregate(
+        jacobian, losses, seed=keras.random.SeedGenerator(4)
+    )[1]
     np.testing.assert_array_equal(to_numpy(first), to_numpy(again))

@@ -121,8 +121,8 @@ def test_compiled_degenerate_inputs_give_finite_results(name, case):
     losses = make_losses("positive", len(jacobian))
     agg = build(name, len(jacobian))
 
-    def run(j, l):
-        direction, weights, _ = agg.aggregate(j, l, seed=3)
+    def run(jac, loss_values):
+        direction, weights, _ = agg.aggregate(jac, loss_values, seed=3)
         return direction, weights
 
     for x in backend.jit(run)(jacobian, losses):

@@ -91,7 +91,9 @@ def test_pcgrad_removes_the_conflicting_component(jacobian):
 
 @SETTINGS
 @given(jacobians())
-def test_pcgrad_projected_gradients_do_not_conflict_with_visited_tasks(jacobian):
+def test_pcgrad_projected_gradients_do_not_conflict_with_visited_tasks(
+    jacobian,
+):
     # With a fixed order, the last task visited by each row is never in
     # conflict with the row's projected gradient.
     agg = keras_mtl.aggregators.PCGrad(shuffle=False)
@@ -152,7 +154,10 @@ def test_degenerate_inputs_give_finite_results(name, case):
 @given(jacobians())
 def test_upgrad_and_dualproj_never_conflict(jacobian):
     scale = np.abs(jacobian @ jacobian.T).max()
-    for agg in (keras_mtl.aggregators.UPGrad(), keras_mtl.aggregators.DualProj()):
+    for agg in (
+        keras_mtl.aggregators.UPGrad(),
+        keras_mtl.aggregators.DualProj(),
+    ):
         direction = to_numpy(agg(jacobian))
         # The ridge reg_eps=1e-4 on the trace-normalised Gramian allows a
         # violation of that relative order.
@@ -195,7 +200,11 @@ def test_nash_mtl_reproduces_the_ecos_solution():
 
 
 @SETTINGS
-@given(st.integers(0, 2**31 - 1), st.integers(2, 6), st.sampled_from([0.5, 1.0, 2.0]))
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(2, 6),
+    st.sampled_from([0.5, 1.0, 2.0]),
+)
 def test_fairgrad_weights_solve_the_fairness_condition(seed, num_tasks, alpha):
     # Gradients with a positive mean direction, so a positive solution exists.
     rng = np.random.default_rng(seed)
@@ -238,7 +247,9 @@ def test_gradvac_updates_its_targets():
 def test_graddrop_keeps_gradients_that_agree_in_sign():
     jacobian = np.array([[1.0, -2.0, 0.5], [3.0, -1.0, 0.25]], "float32")
     agg = keras_mtl.aggregators.GradDrop()
-    np.testing.assert_allclose(to_numpy(agg(jacobian)), jacobian.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(agg(jacobian)), jacobian.sum(0), rtol=1e-6
+    )
     # With opposite signs everywhere, one sign survives per coordinate.
     direction = to_numpy(agg(np.array([[1.0, 1.0], [-1.0, -1.0]], "float32")))
     assert set(np.abs(direction).round(5)) == {1.0}
@@ -246,10 +257,16 @@ def test_graddrop_keeps_gradients_that_agree_in_sign():
 
 def test_graddrop_leak_blends_the_dropped_and_the_plain_sum():
     jacobian = np.random.default_rng(0).normal(size=(3, 50)).astype("float32")
-    dropped, dropped_weights, _ = keras_mtl.aggregators.GradDrop().aggregate(jacobian)
+    dropped, dropped_weights, _ = keras_mtl.aggregators.GradDrop().aggregate(
+        jacobian
+    )
     assert np.all(to_numpy(dropped_weights) < 1.0)
-    full, full_weights, _ = keras_mtl.aggregators.GradDrop(leak=1.0).aggregate(jacobian)
-    np.testing.assert_allclose(to_numpy(full), jacobian.sum(0), rtol=1e-5, atol=1e-6)
+    full, full_weights, _ = keras_mtl.aggregators.GradDrop(
+        leak=1.0
+    ).aggregate(jacobian)
+    np.testing.assert_allclose(
+        to_numpy(full), jacobian.sum(0), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(to_numpy(full_weights), 1.0, rtol=1e-6)
     # Same seed, same draw: leak 0.25 mixes the two directions linearly.
     mixed, _, _ = keras_mtl.aggregators.GradDrop(leak=0.25).aggregate(jacobian)

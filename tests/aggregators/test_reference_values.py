@@ -28,7 +28,9 @@ def test_reference_values(aggregator, direction, weights):
     got_direction, got_weights, _ = aggregator.aggregate(J_BASE)
     np.testing.assert_allclose(to_numpy(got_direction), direction, atol=1e-4)
     np.testing.assert_allclose(to_numpy(got_weights), weights, atol=1e-4)
-    np.testing.assert_allclose(to_numpy(aggregator(J_BASE)), direction, atol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(aggregator(J_BASE)), direction, atol=1e-4
+    )
 
 
 MORE_CASES = [
@@ -44,4 +46,6 @@ MORE_CASES = [
 @pytest.mark.parametrize("aggregator, direction", MORE_CASES,
                          ids=lambda c: repr(c)[:40])
 def test_more_reference_values(aggregator, direction):
-    np.testing.assert_allclose(to_numpy(aggregator(J_BASE)), direction, atol=2e-4)
+    np.testing.assert_allclose(
+        to_numpy(aggregator(J_BASE)), direction, atol=2e-4
+    )

@@ -32,7 +32,9 @@ def test_config_round_trip(agg):
     assert clone.get_config() == agg.get_config()
     assert aggregators.get(config).get_config() == agg.get_config()
     jacobian = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
-    np.testing.assert_allclose(to_numpy(clone(jacobian)), to_numpy(agg(jacobian)))
+    np.testing.assert_allclose(
+        to_numpy(clone(jacobian)), to_numpy(agg(jacobian))
+    )
 
 
 def test_clear_errors():

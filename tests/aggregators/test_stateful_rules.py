@@ -108,7 +108,9 @@ def test_db_mtl_rescales_every_task_to_the_largest_norm():
     _, weights, state = aggregators.DBMTL().aggregate(
         jacobian, np.array([1.0, 1.0], "float32"))
     norms = np.linalg.norm(to_numpy(state["average"]), axis=1)
-    np.testing.assert_allclose(to_numpy(weights) * norms, norms.max(), rtol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(weights) * norms, norms.max(), rtol=1e-4
+    )
 
 
 def test_per_parameter_rules_need_the_width():
@@ -176,7 +178,8 @@ def test_gradnorm_keeps_equal_weights_during_the_first_epoch():
         state = {**new, "epoch": keras.ops.zeros(())}
     np.testing.assert_allclose(
         to_numpy(state["loss_sum"]) / to_numpy(state["loss_count"]),
-        np.mean([l for _, l in steps], axis=0), rtol=1e-5)
+        np.mean([step_losses for _, step_losses in steps], axis=0),
+        rtol=1e-5)
     # From the second epoch on, `s` moves and the weights stay on T * simplex.
     state = {**state, "epoch": keras.ops.ones(())}
     for _ in range(2):
@@ -228,7 +231,9 @@ def test_gradnorm_balances_the_named_layer():
                                learning_rate=0.1)
     model.compile(keras.optimizers.SGD(1e-2), loss=LOSSES, aggregator=agg)
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    weights = [history.history[f"{t}_weight"][-1] for t in ("reg", "cls", "bin")]
+    weights = [
+        history.history[f"{t}_weight"][-1] for t in ("reg", "cls", "bin")
+    ]
     np.testing.assert_allclose(sum(weights), 3.0, rtol=1e-4)
     assert not np.allclose(weights, 1.0, atol=1e-3)
     model = mtl_model()

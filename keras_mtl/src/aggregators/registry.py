@@ -13,12 +13,12 @@ from keras_mtl.src.aggregators.dynamic_weight_average import (
     DynamicWeightAverage,
 )
 from keras_mtl.src.aggregators.excess_mtl import ExcessMTL
-from keras_mtl.src.aggregators.famo import FAMO
 from keras_mtl.src.aggregators.fairgrad import FairGrad
+from keras_mtl.src.aggregators.famo import FAMO
+from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradnorm import GradNorm
 from keras_mtl.src.aggregators.gradvac import GradVac
-from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.imtl_g import IMTLG
 from keras_mtl.src.aggregators.imtl_l import IMTLL
 from keras_mtl.src.aggregators.mean import Mean
@@ -30,9 +30,7 @@ from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
 from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
-from keras_mtl.src.aggregators.uncertainty_weighting import (
-    UncertaintyWeighting,
-)
+from keras_mtl.src.aggregators.uncertainty_weighting import UncertaintyWeighting
 from keras_mtl.src.aggregators.upgrad import UPGrad
 from keras_mtl.src.api_export import keras_mtl_export
 

@@ -1,9 +1,9 @@
 import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.models.multi_task_trainer import MultiTaskTrainer
 from keras_mtl.src.transfer.transfer_layout import describe_transfer
 from keras_mtl.src.transfer.transfer_layout import restore_transfer
-from keras_mtl.src.models.multi_task_trainer import MultiTaskTrainer
 
 
 @keras_mtl_export("keras_mtl.MultiTaskModel")

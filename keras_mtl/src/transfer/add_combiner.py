@@ -6,8 +6,8 @@ from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.transfer import backbone_walk
-from keras_mtl.src.transfer.add_adapters import task_name_list
 from keras_mtl.src.transfer.adapter_wrapper import check_name
+from keras_mtl.src.transfer.add_adapters import task_name_list
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 
 COMBINERS = (
