@@ -145,3 +145,15 @@ def test_a_frozen_trunk_trains_with_any_aggregator(aggregator):
     with pytest.warns(UserWarning, match="No trainable variable is shared"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert not np.allclose(to_numpy(head), before)
+
+
+@pytest.mark.parametrize("compile_first", [False, True])
+def test_clone_model_gives_a_multi_task_model(compile_first):
+    x, y = make_data(32)
+    model = compiled("mgda") if compile_first else mtl_model()
+    clone = keras.models.clone_model(model)
+    assert type(clone) is type(model)
+    assert set(clone.task_names) == set(model.task_names)
+    if compile_first:
+        assert clone.aggregator.get_config() == model.aggregator.get_config()
+        clone.fit(x, y, batch_size=16, epochs=1, verbose=0)

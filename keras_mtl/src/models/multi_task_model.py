@@ -57,13 +57,16 @@ class MultiTaskModel(MultiTaskTrainer, keras.Model):
     ...     "b": np.random.rand(64, 1)}, epochs=1, verbose=0)
     """
 
-    def __init__(self, inputs, outputs, shared_variables=None, **kwargs):
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        # Functional's own signature, so that `keras.models.clone_model`
+        # rebuilds a MultiTaskModel; `shared_variables` is a keyword.
+        shared_variables = kwargs.pop("shared_variables", None)
         if not isinstance(outputs, dict) or not outputs:
             raise ValueError(
                 "`outputs` must be a non-empty dict mapping task names to "
                 f"output tensors. Received: outputs={outputs!r}"
             )
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._output_tasks = tuple(outputs)
         self._dependencies = {
             task: {
