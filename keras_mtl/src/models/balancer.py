@@ -487,13 +487,14 @@ class Balancer(KerasSaveable):
         """
         num_tasks = len(self.task_names)
         losses = ops.stop_gradient(losses)
-        sizes = [math.prod(j.shape[1:]) for j in jacobians]
         if flat is None:
             flats = [
                 ops.reshape(ops.cast(j, "float32"), (num_tasks, -1))
                 for j in jacobians
             ]
+            sizes = [f.shape[1] for f in flats]
         else:
+            sizes = [math.prod(j.shape[1:]) for j in jacobians]
             flats = ops.split(flat, _offsets(sizes), axis=1)
         state = self._read_state()
         if isinstance(self.aggregator, Weighting):
