@@ -39,6 +39,7 @@ from keras.src.saving.keras_saveable import KerasSaveable  # noqa: E402
 
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.aggregators.aggregator import Weighting
+from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
 from keras_mtl.src.models.task_means import TaskMeans
@@ -100,6 +101,8 @@ class Balancer(KerasSaveable):
         loss: dict `{task: loss}` (a name, a `keras.losses.Loss` or a
             function) or one loss for every task.
         aggregator: a `keras_mtl.aggregators.Aggregator` or its name.
+        loss_weights: optional `{task: weight}` (or one weight for every
+            task); shorthand for a `Constant` aggregator.
         metrics, weighted_metrics: dicts `{task: [metrics]}` or one list.
         gradient_mode: `"parameters"` or `"features"`.
         features: the shared layer's name for `"features"` mode.
@@ -113,9 +116,10 @@ class Balancer(KerasSaveable):
             or `"apply"` (plain Keras: the update is applied anyway).
     """
 
-    def __init__(self, task_names, loss, aggregator=None, metrics=None,
-                 weighted_metrics=None, gradient_mode="parameters",
-                 features=None, weight_task_specific=False, vectorize=False,
+    def __init__(self, task_names, loss, aggregator=None, loss_weights=None,
+                 metrics=None, weighted_metrics=None,
+                 gradient_mode="parameters", features=None,
+                 weight_task_specific=False, vectorize=False,
                  non_finite="skip"):
         self.task_names = tuple(task_names)
         if gradient_mode not in GRADIENT_MODES:
@@ -133,6 +137,15 @@ class Balancer(KerasSaveable):
                 f"`non_finite` must be one of {NON_FINITE}. "
                 f"Received: non_finite={non_finite!r}"
             )
+        if loss_weights is not None:
+            if aggregator is not None:
+                raise ValueError(
+                    "Pass either `loss_weights` or `aggregator`, not both. "
+                    f"Received: loss_weights={loss_weights!r}, "
+                    f"aggregator={aggregator!r}"
+                )
+            weights = self.per_task("loss_weights", loss_weights, True)
+            aggregator = Constant([weights[t] for t in self.task_names])
         self.aggregator = registry.get(
             "sum" if aggregator is None else aggregator)
         self.gradient_mode = gradient_mode

@@ -7,7 +7,6 @@ from keras import ops
 
 from keras_mtl.src import backend
 from keras_mtl.src.aggregators import registry
-from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.models import first_batch
 from keras_mtl.src.models.balancer import Balancer
@@ -240,30 +239,10 @@ class MultiTaskTrainer:
         state (and its epoch count); another aggregator starts afresh.
         """
         task_names = self._compile_task_names(loss)
-        if loss_weights is not None:
-            if aggregator is not None:
-                raise ValueError(
-                    "Pass either `loss_weights` or `aggregator`, not both. "
-                    f"Received: loss_weights={loss_weights!r}, "
-                    f"aggregator={aggregator!r}"
-                )
-            if not isinstance(loss_weights, dict):
-                raise ValueError(
-                    "`loss_weights` must be a dict {task: weight}. "
-                    f"Received: loss_weights={loss_weights!r}"
-                )
-            unknown = sorted(set(loss_weights) - set(task_names), key=str)
-            missing = [t for t in task_names if t not in loss_weights]
-            if unknown or missing:
-                raise ValueError(
-                    f"`loss_weights` must name exactly the tasks "
-                    f"{list(task_names)} (unknown: {unknown}, missing: "
-                    f"{missing}). Received: loss_weights={loss_weights!r}"
-                )
-            aggregator = Constant([loss_weights[t] for t in task_names])
         balancer = Balancer(
-            task_names, loss, aggregator, metrics=metrics,
-            weighted_metrics=weighted_metrics, gradient_mode=gradient_mode,
+            task_names, loss, aggregator, loss_weights=loss_weights,
+            metrics=metrics, weighted_metrics=weighted_metrics,
+            gradient_mode=gradient_mode,
             features=features, weight_task_specific=weight_task_specific,
             vectorize=vectorize, non_finite=non_finite,
         )
