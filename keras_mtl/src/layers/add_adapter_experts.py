@@ -4,6 +4,7 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.mixture_of_adapter_experts import (
     MixtureOfAdapterExperts,
 )
+from keras_mtl.src.transfer.adapter_wrapper import unlocked
 
 
 class _Stash:
@@ -97,14 +98,9 @@ def insert_adapter_experts(encoder, experts):
     )
     tap.build(None)
     wrapped.build(None)
-    locked = encoder._tracker.locked
-    encoder._tracker.unlock()
-    try:
+    with unlocked(encoder):
         encoder._feedforward_intermediate_dense = tap
         encoder._feedforward_output_dense = wrapped
-    finally:
-        if locked:
-            encoder._tracker.lock()
     return experts
 
 
@@ -121,17 +117,12 @@ def remove_adapter_experts(encoder):
     if not isinstance(wrapped, _ParallelAdapterExperts):
         return None
     tap = encoder._feedforward_intermediate_dense
-    locked = encoder._tracker.locked
-    encoder._tracker.unlock()
-    try:
+    with unlocked(encoder):
         if isinstance(tap, _FeedForwardInputTap):
             encoder._feedforward_intermediate_dense = tap.dense
             encoder._tracker.untrack(tap)
         encoder._feedforward_output_dense = wrapped.dense
         encoder._tracker.untrack(wrapped)
-    finally:
-        if locked:
-            encoder._tracker.lock()
     return wrapped.experts
 
 
