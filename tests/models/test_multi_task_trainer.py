@@ -114,3 +114,58 @@ def test_a_call_that_does_not_return_the_tasks_is_refused():
 def test_a_subclass_needs_a_loss_per_task():
     with pytest.raises(ValueError, match="loss=\\{task"):
         Subclassed().compile("sgd", loss="mse", aggregator="pcgrad")
+
+
+@pytest.mark.parametrize("aggregator, vectorize", [
+    ("mgda", False), ("pcgrad", True), ("upgrad", False)])
+def test_features_mode_of_a_subclass_by_layer_name(aggregator, vectorize):
+    """The features layer sits inside the subclass's Sequential trunk; the
+    step must equal the functional model's features-mode step."""
+    x, y = make_data(32)
+    functional, subclassed = twin_models()
+    for model in (functional, subclassed):
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator=aggregator, gradient_mode="features",
+                      features="features", vectorize=vectorize)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    expected = {"/".join(v.path.split("/")[-2:]): to_numpy(v)
+                for v in functional.weights}
+    for v in subclassed.weights:
+        np.testing.assert_allclose(
+            to_numpy(v), expected["/".join(v.path.split("/")[-2:])],
+            rtol=1e-3, atol=1e-4)
+    assert not np.allclose(
+        to_numpy(subclassed.trunk.layers[0].kernel),
+        to_numpy(twin_models()[1].trunk.layers[0].kernel))
+
+
+def test_features_mode_of_a_subclass_rejects_bad_layers():
+    x, y = make_data(32)
+    model = Subclassed()
+    with pytest.raises(ValueError, match="features='nope'"):
+        model.compile("sgd", loss=LOSSES, aggregator="mgda",
+                      gradient_mode="features", features="nope")
+    # The second trunk layer is shared but downstream of "trunk_1".
+    model.compile("sgd", loss=LOSSES, aggregator="mgda",
+                  gradient_mode="features", features="trunk_1")
+    before = [to_numpy(v) for v in model.weights]
+    with pytest.raises(ValueError, match="upstream of the output of 'trunk_1'"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for v, value in zip(model.weights, before):
+        np.testing.assert_array_equal(to_numpy(v), value)
+    np.asarray(to_numpy(model.predict(x, verbose=0)["reg"]))
+
+
+def test_features_layer_called_twice_is_refused():
+    class Twice(Subclassed):
+        def call(self, x, training=False):
+            z = self.trunk(x, training=training)
+            z = self.trunk(x, training=training) + z
+            return {t: head(z) for t, head in self.heads.items()}
+
+    x, y = make_data(32)
+    model = Twice()
+    model.compile("sgd", loss=LOSSES, aggregator="mgda",
+                  gradient_mode="features", features="features")
+    with pytest.raises(ValueError, match="called again"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)

@@ -3,11 +3,11 @@
 This package is the only place in keras_mtl that imports TensorFlow, JAX or
 PyTorch. Each engine module provides `train_step(model, ...)` and
 `test_step(model, ...)` with the signature of its Keras trainer,
-`task_dependencies(model, x, task_names)` (which variables each task output
-depends on) and `restore_on_failure(model)` (a context that gives the model
-its variables back after a failed step); everything else (losses,
-aggregation, state, metrics) is shared `keras.ops` code in the model's
-`Balancer`.
+`output_dependencies(model, outputs)` (which variables each tensor of a
+forward pass depends on) and `restore_on_failure(model)` (a context that
+gives the model its variables back after a failed step); everything else
+(losses, aggregation, state, metrics) is shared `keras.ops` code in the
+model's `Balancer`.
 """
 
 import keras
@@ -16,20 +16,20 @@ _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
     from keras_mtl.src.backend.jax_engine import jit
+    from keras_mtl.src.backend.jax_engine import output_dependencies
     from keras_mtl.src.backend.jax_engine import restore_on_failure
-    from keras_mtl.src.backend.jax_engine import task_dependencies
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
 elif _BACKEND == "tensorflow":
     from keras_mtl.src.backend.tensorflow_engine import jit
+    from keras_mtl.src.backend.tensorflow_engine import output_dependencies
     from keras_mtl.src.backend.tensorflow_engine import restore_on_failure
-    from keras_mtl.src.backend.tensorflow_engine import task_dependencies
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
 elif _BACKEND == "torch":
     from keras_mtl.src.backend.torch_engine import jit
+    from keras_mtl.src.backend.torch_engine import output_dependencies
     from keras_mtl.src.backend.torch_engine import restore_on_failure
-    from keras_mtl.src.backend.torch_engine import task_dependencies
     from keras_mtl.src.backend.torch_engine import test_step
     from keras_mtl.src.backend.torch_engine import train_step
 else:
@@ -40,7 +40,7 @@ else:
             f"backends. Received: KERAS_BACKEND={_BACKEND!r}"
         )
 
-    train_step = test_step = task_dependencies = _unsupported
+    train_step = test_step = output_dependencies = _unsupported
 
     def restore_on_failure(model):
         _unsupported()

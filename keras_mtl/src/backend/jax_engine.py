@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from keras_mtl.src.models.feature_split import split_at
+
 
 def _scope(model, trainable, non_trainable, metrics=None, losses=False):
     """A `StatelessScope` mapping the model's variables to state values."""
@@ -149,56 +151,47 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
 
 
 def _feature_gradients(model, plan, tv, ntv, x, y, sw):
+    """Features mode: the forward pass is split at the features `z` (see
+    `split_at`): the heads read `stop_gradient(z) + offset`, so the task
+    losses' gradients with respect to the zero `offset` are their gradients
+    with respect to `z`, and the trunk is reached only through `z`, by the
+    aggregated direction."""
     balancer = model.balancer
     ntv_vars = model.non_trainable_variables
-    trunk, heads = plan.trunk, plan.heads
-    shared = [tv[i] for i in plan.shared_index]
-    others = [tv[i] for i in plan.others_index]
 
-    def trunk_forward(shared):
-        values = _replace(tv, plan.shared_index, shared)
+    def forward(shared, others, offset):
+        values = _replace(_replace(tv, plan.shared_index, shared),
+                          plan.others_index, others)
+        detach = (lambda z: z) if offset is None else (
+            lambda z: jax.lax.stop_gradient(z) + offset)
         with _scope(model, values, ntv, losses=True) as scope:
-            z = trunk(x, training=True)
-            reg = model.regularization_loss(trunk)
-        outputs = (z,) if reg is None else (z, reg)
-        return outputs, (reg, _new_values(scope, ntv_vars))
-
-    z_out, trunk_pullback, (trunk_reg, ntv_mid) = jax.vjp(
-        trunk_forward, shared, has_aux=True
-    )
-
-    def heads_forward(z, others):
-        values = _replace(tv, plan.others_index, others)
-        with _scope(model, values, ntv_mid, losses=True) as scope:
-            y_pred = heads([_tensors(x), z], training=True)
+            with split_at(plan.features_layer, detach) as split:
+                y_pred = model(x, training=True)
             losses = balancer.task_losses(y, y_pred, sw)
-            reg = model.regularization_loss(heads)
-        outputs = {"losses": tuple(losses.rows)}
+            reg = model.regularization_loss()
+        outputs = {"losses": tuple(losses.rows), "features": split.features}
         if reg is not None:
             outputs["reg"] = reg
         return outputs, (y_pred, losses, reg, _new_values(scope, ntv_vars))
 
-    _, heads_pull, aux = _linearize(heads_forward, z_out[0], others)
-    y_pred, losses, heads_reg, new_ntv = aux
+    shared = [tv[i] for i in plan.shared_index]
+    others = [tv[i] for i in plan.others_index]
+    features = jax.eval_shape(
+        lambda: forward(shared, others, None)[0]["features"])
+    offset = jnp.zeros(features.shape, features.dtype)
+    _, pull, aux = _linearize(forward, shared, others, offset)
+    y_pred, losses, reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
 
-    jacobian = _per_task(heads_pull, len(balancer.task_names),
-                         balancer.vectorize, 0)
+    jacobian = _per_task(pull, len(balancer.task_names),
+                         balancer.vectorize, 2)
     (dz,), weights = balancer.combine([jacobian], losses.losses)
-    coefficients = balancer.coefficients(weights)
-    _, g_others = heads_pull(_weighted(coefficients, heads_reg is not None))
-    trunk_cotangent = (dz,) if trunk_reg is None else (
-        dz, jnp.ones_like(trunk_reg))
-    (g_shared,) = trunk_pullback(trunk_cotangent)
-    reg = heads_reg if trunk_reg is None else (
-        trunk_reg if heads_reg is None else trunk_reg + heads_reg)
+    weighted = _weighted(balancer.coefficients(weights), reg is not None)
+    g_shared, g_others, _ = pull(
+        lambda o: weighted(o) + jnp.sum(o["features"] * dz))
     grads = plan.assemble(g_shared, g_others)
     return grads, _Step(losses, y_pred, reg, weights)
-
-
-def _tensors(x):
-    return keras.tree.map_structure(jnp.asarray, x)
 
 
 def _iterations(optimizer, ov):
@@ -268,19 +261,18 @@ def test_step(model, state, data):
     return logs, (tv, ntv, mv)
 
 
-def task_dependencies(model, x, task_names):
-    """`{task: ids of the trainable variables its output depends on}`, read
-    from the traced program (a conservative data-flow walk of the jaxpr)."""
+def output_dependencies(model, outputs):
+    """For each tensor of `outputs()` (a forward pass of `model`), the ids
+    of the trainable variables it depends on, read from the traced program
+    (a conservative data-flow walk of the jaxpr)."""
     variables = model.trainable_variables
 
-    def outputs(values):
-        mapping = list(zip(variables, values))
-        with keras.StatelessScope(state_mapping=mapping):
-            y_pred = model(x, training=False)
-        return [y_pred[t] for t in task_names]
+    def run(values):
+        with keras.StatelessScope(
+                state_mapping=list(zip(variables, values))):
+            return outputs()
 
-    closed = jax.make_jaxpr(outputs)([v.value for v in variables])
-    jaxpr = closed.jaxpr
+    jaxpr = jax.make_jaxpr(run)([v.value for v in variables]).jaxpr
     depends = {var: {i} for i, var in enumerate(jaxpr.invars)}
     for eqn in jaxpr.eqns:
         found = set()
@@ -289,11 +281,11 @@ def task_dependencies(model, x, task_names):
                 found |= depends.get(var, set())
         for var in eqn.outvars:
             depends[var] = found
-    result = {}
-    for task, var in zip(task_names, jaxpr.outvars):
-        indices = set() if hasattr(var, "val") else depends.get(var, set())
-        result[task] = {id(variables[i]) for i in indices}
-    return result
+    return [
+        {id(variables[i])
+         for i in (() if hasattr(var, "val") else depends.get(var, ()))}
+        for var in jaxpr.outvars
+    ]
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_mtl.src.models.feature_split import split_at
+
 ZERO = tf.UnconnectedGradients.ZERO
 
 
@@ -61,15 +63,23 @@ def _task_gradients(model, plan, x, y, sw):
     balancer = model.balancer
     shared, others = _values(plan.shared), _values(plan.others)
     features_mode = plan.mode == "features"
-    with tf.GradientTape(persistent=True) as tape:
+    tape = tf.GradientTape(persistent=True)
+
+    def detach(z):
+        detached = tf.stop_gradient(z)
+        tape.watch(detached)
+        return detached
+
+    with tape:
         if features_mode:
-            z = plan.trunk(x, training=True)
-            y_pred = plan.heads([_tensors(x), z], training=True)
+            with split_at(plan.features_layer, detach) as split:
+                y_pred = model(x, training=True)
+            z = split.features
         else:
             y_pred = model(x, training=True)
         losses = balancer.task_losses(y, y_pred, sw)
         reg = model.regularization_loss()
-    target = z if features_mode else shared
+    target = split.detached if features_mode else shared
     if balancer.vectorize:
         jacobians = tape.jacobian(losses.losses, target,
                                   unconnected_gradients=ZERO)
@@ -97,12 +107,7 @@ def _task_gradients(model, plan, x, y, sw):
         targets, others, output_gradients=cotangents,
         unconnected_gradients=ZERO,
     ) if others else []
-    del tape
     return g_shared, g_others, (losses, y_pred, reg, weights)
-
-
-def _tensors(x):
-    return tf.nest.map_structure(tf.convert_to_tensor, x)
 
 
 def _apply(optimizer, grads, variables, ok):
@@ -152,19 +157,18 @@ def test_step(model, data):
     return model.compute_test_logs(x, y, sw)
 
 
-def task_dependencies(model, x, task_names):
-    """`{task: ids of the trainable variables its output depends on}`: the
-    variables with a connected gradient."""
+def output_dependencies(model, outputs):
+    """For each tensor of `outputs()` (a forward pass of `model`), the ids
+    of the trainable variables with a connected gradient."""
     variables = model.trainable_variables
+    values = [v.value for v in variables]
     with tf.GradientTape(persistent=True) as tape:
-        y_pred = model(x, training=False)
-        sums = {t: tf.reduce_sum(tf.cast(y_pred[t], "float32"))
-                for t in task_names}
-    result = {}
-    for task in task_names:
-        grads = tape.gradient(sums[task], [v.value for v in variables])
-        result[task] = {id(v) for v, g in zip(variables, grads)
-                        if g is not None}
+        sums = [tf.reduce_sum(tf.cast(t, "float32")) for t in outputs()]
+    result = [
+        {id(v) for v, g in zip(variables, tape.gradient(total, values))
+         if g is not None}
+        for total in sums
+    ]
     del tape
     return result
 

@@ -23,6 +23,8 @@ import operator
 import keras
 import torch
 
+from keras_mtl.src.models.feature_split import split_at
+
 
 def _reduce_across_replicas():
     if (
@@ -58,12 +60,18 @@ def _grad(outputs, inputs, grad_outputs=None, retain_graph=False,
     ]
 
 
-def _task_gradients(model, plan, losses, reg, z, shared, others):
-    """Features mode, or one batched call for all tasks (`vectorize`)."""
+def _detach(z):
+    """The features as a new autograd leaf, for `split_at`."""
+    return z.detach().requires_grad_(True)
+
+
+def _task_gradients(model, plan, losses, reg, split, shared, others):
+    """Features mode (`split` holds the features and their detached copy),
+    or one batched call for all tasks (`vectorize`)."""
     balancer = model.balancer
     num_tasks = len(balancer.task_names)
     features_mode = plan.mode == "features"
-    target = [z] if features_mode else shared
+    target = [split.detached] if features_mode else shared
     if balancer.vectorize:
         eye = torch.eye(num_tasks, dtype=losses.losses.dtype,
                         device=losses.losses.device)
@@ -83,7 +91,7 @@ def _task_gradients(model, plan, losses, reg, z, shared, others):
         cotangents.append(torch.ones_like(reg))
     g_others = _grad(outputs, others, cotangents, retain_graph=True)
     if features_mode:
-        g_shared = _grad([z] + outputs[1:], shared,
+        g_shared = _grad([split.features] + outputs[1:], shared,
                          [directions[0]] + cotangents[1:])
     else:
         g_shared = directions
@@ -100,10 +108,10 @@ def train_step(model, data):
     plan = model.gradient_plan()
     shared = [v.value for v in plan.shared]
     others = [v.value for v in plan.others]
-    z = None
+    split = None
     if plan.mode == "features":
-        z = plan.trunk(x, training=True)
-        y_pred = plan.heads([_tensors(x), z], training=True)
+        with split_at(plan.features_layer, _detach) as split:
+            y_pred = model(x, training=True)
     else:
         y_pred = model(x, training=True)
     losses = balancer.task_losses(y, y_pred, sw)
@@ -122,10 +130,10 @@ def train_step(model, data):
             plan.norm_index)
     else:
         g_shared, g_others, weights = _task_gradients(
-            model, plan, losses, reg, z, shared, others)
+            model, plan, losses, reg, split, shared, others)
     with torch.no_grad():
         grads = plan.assemble(g_shared, g_others)
-        ok = balancer.check_finite(losses.losses, grads)
+        ok = balancer.check_finite(losses.losses, grads, _all_finite)
         conditional = ok is not None or optimizer.gradient_accumulation_steps
         before = torch.clone(_tensor(optimizer.iterations)) if conditional \
             else None
@@ -147,12 +155,23 @@ def train_step(model, data):
         return balancer.results(training=True)
 
 
-def _tensors(x):
-    return keras.tree.map_structure(keras.ops.convert_to_tensor, x)
-
-
 def _tensor(value):
     return keras.ops.convert_to_tensor(value)
+
+
+def _all_finite(tensors):
+    """One boolean: whether every tensor is finite.
+
+    Eager PyTorch pays per element for `isfinite`, so the sums are checked
+    first: a tensor holding a NaN or an inf has a non-finite sum. A finite
+    tensor has one only if its sum overflows float32, and the exact check
+    then decides.
+    """
+    sums = torch.stack([t.sum(dtype=torch.float32) for t in tensors])
+    ok = torch.isfinite(sums).all()
+    if bool(ok):
+        return ok
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def _batch_size(x):
@@ -224,22 +243,19 @@ def test_step(model, data):
         return model.compute_test_logs(x, y, sw)
 
 
-def task_dependencies(model, x, task_names):
-    """`{task: ids of the trainable variables its output depends on}`: the
-    variables `autograd` reaches from each task output."""
+def output_dependencies(model, outputs):
+    """For each tensor of `outputs()` (a forward pass of `model`), the ids
+    of the trainable variables `autograd` reaches from it."""
     variables = model.trainable_variables
-    y_pred = model(x, training=False)
     values = [v.value for v in variables]
-    result = {}
-    for task in task_names:
-        total = torch.sum(y_pred[task].float())
-        if not total.requires_grad:
-            result[task] = set()
-            continue
+    result = []
+    for tensor in outputs():
+        total = torch.sum(tensor.float())
         grads = torch.autograd.grad(
-            total, values, retain_graph=True, allow_unused=True)
-        result[task] = {id(v) for v, g in zip(variables, grads)
-                        if g is not None}
+            total, values, retain_graph=True, allow_unused=True
+        ) if total.requires_grad else [None] * len(values)
+        result.append({id(v) for v, g in zip(variables, grads)
+                       if g is not None})
     return result
 
 

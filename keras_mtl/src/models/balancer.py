@@ -543,17 +543,24 @@ class Balancer(KerasSaveable):
 
     # ------------------------------------------- step: finish and commit
 
-    def check_finite(self, losses, grads):
+    def check_finite(self, losses, grads, all_finite=None):
         """Whether every loss and gradient is finite (a boolean tensor), or
-        `None` when `non_finite="apply"` (no check: always apply)."""
+        `None` when `non_finite="apply"` (no check: always apply).
+
+        Args:
+            losses: the `(T,)` task losses.
+            grads: the step's gradients (`None` entries are skipped).
+            all_finite: optional backend function from a list of tensors to
+                one boolean tensor (a fused reduction for eager backends);
+                defaults to `keras.ops`.
+        """
         if self.non_finite == "apply":
             return None
-        flags = [ops.all(ops.isfinite(losses))]
-        flags += [ops.all(ops.isfinite(g)) for g in grads if g is not None]
-        ok = flags[0]
-        for flag in flags[1:]:
-            ok = ops.logical_and(ok, flag)
-        return ok
+        tensors = [losses] + [g for g in grads if g is not None]
+        if all_finite is not None:
+            return all_finite(tensors)
+        flags = [ops.all(ops.isfinite(t)) for t in tensors]
+        return ops.all(ops.stack(flags))
 
     def commit(self, applied=None):
         """Writes the pending aggregator state: always when `applied` is

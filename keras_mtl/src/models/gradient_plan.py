@@ -15,7 +15,10 @@ class GradientPlan:
             aggregated.
         aggregator: the compiled aggregator.
         gradient_mode: `"parameters"` or `"features"`.
-        features_split: `(trunk, heads)` models for `"features"` mode.
+        features_layer: the layer whose output is split off in
+            `"features"` mode (see `feature_split.split_at`).
+        features_ids: `id`s of the variables that layer's output depends
+            on (every shared variable must be one of them), or `None`.
         layer_variable_ids: `id`s of the variables of the aggregator's
             `gramian_layer`, or `None`.
         num_params: the shared width the aggregator's per-parameter state
@@ -27,13 +30,14 @@ class GradientPlan:
             `trainable`.
         mode: `"losses"` (one backward pass of the weighted loss),
             `"parameters"` or `"features"`.
-        trunk / heads: the split models in `"features"` mode, else `None`.
+        features_layer: the split layer in `"features"` mode, else `None`.
         norm_index: positions in `shared` of the `gramian_layer`'s variables.
     """
 
     def __init__(self, trainable, shared_ids, aggregator,
-                 gradient_mode="parameters", features_split=None,
-                 layer_variable_ids=None, num_params=None):
+                 gradient_mode="parameters", features_layer=None,
+                 features_ids=None, layer_variable_ids=None,
+                 num_params=None):
         self.shared_index = [
             i for i, v in enumerate(trainable) if id(v) in shared_ids
         ]
@@ -83,16 +87,18 @@ class GradientPlan:
                     "gradient norms. Received: "
                     f"layer={aggregator.gramian_layer!r}"
                 )
-        self.trunk = self.heads = None
+        self.features_layer = None
         if self.mode == "features":
-            self.trunk, self.heads = features_split
-            trunk_ids = {id(v) for v in self.trunk.trainable_variables}
-            outside = [v.path for v in self.shared if id(v) not in trunk_ids]
+            self.features_layer = features_layer
+            outside = [
+                v.path for v in self.shared
+                if features_ids is not None and id(v) not in features_ids
+            ]
             if outside:
                 raise ValueError(
                     "gradient_mode='features' needs every shared variable "
-                    "upstream of the features tensor; these are not: "
-                    f"{outside}"
+                    f"upstream of the output of {features_layer.name!r}; "
+                    f"these are not: {outside}"
                 )
 
     def assemble(self, shared_grads, other_grads):

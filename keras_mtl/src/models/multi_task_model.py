@@ -76,7 +76,6 @@ class MultiTaskModel(MultiTaskTrainer, keras.Model):
         }
         if shared_variables is not None:
             self._shared_request = self._resolve_variables(shared_variables)
-        self._split = None
 
     @classmethod
     def from_model(cls, model, shared_variables=None):
@@ -101,23 +100,16 @@ class MultiTaskModel(MultiTaskTrainer, keras.Model):
     def task_names(self):
         return self._output_tasks
 
-    def features_split(self, features):
-        """Splits the graph at the output of the layer named `features`:
-        `(trunk, heads)` models."""
-        if self._split is not None and self._split[0] == features:
-            return self._split[1]
+    def feature_dependencies(self, features):
+        """`id`s of the variables upstream of layer `features`, read from
+        the graph (for a layer inside a nested model, from the first
+        batch, as for any model)."""
+        layer = self.features_layer(features)
         try:
-            output = self.get_layer(features).output
-        except (ValueError, AttributeError) as error:
-            raise ValueError(
-                "gradient_mode='features' needs `features`, the name of a "
-                "layer with a single output shared by the task heads. "
-                f"Received: features={features!r} ({error})"
-            ) from None
-        trunk = keras.Model(self.input, output)
-        heads = keras.Model([self.input, output], self.output)
-        self._split = (features, (trunk, heads))
-        return trunk, heads
+            trunk = keras.Model(self.input, layer.output)
+        except (ValueError, AttributeError):
+            return super().feature_dependencies(features)
+        return {id(v) for v in trunk.weights}
 
     def get_config(self):
         # Keras serialises the graph only for classes with Functional's own

@@ -11,6 +11,8 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.models import first_batch
 from keras_mtl.src.models.balancer import Balancer
 from keras_mtl.src.models.balancer import sum_losses
+from keras_mtl.src.models.feature_split import find_layer
+from keras_mtl.src.models.feature_split import split_at
 from keras_mtl.src.models.gradient_plan import GradientPlan
 
 
@@ -76,6 +78,7 @@ class MultiTaskTrainer:
         super().__init__(*args, **kwargs)
         self._shared_request = shared_variables
         self._dependencies = None
+        self._feature_ids = None
         self.balancer = None
         self._compile_args = None
 
@@ -88,15 +91,31 @@ class MultiTaskTrainer:
 
     def find_shared_variables(self, x):
         """Finds the shared variables by differentiating each task output
-        on the inputs `x` (one batch); called by `fit` with its first batch.
+        (and, in features mode, the features) on the inputs `x` (one
+        batch); called by `fit` with its first batch.
 
         Returns:
             The shared variables.
         """
         outputs = self(x, training=False)
         self._check_outputs(outputs)
-        self._dependencies = backend.task_dependencies(
-            self, x, self.task_names)
+        names = self.task_names
+        layer = None
+        if self.gradient_mode == "features":
+            layer = self.features_layer(self.features)
+
+        def forward():
+            if layer is None:
+                y_pred = self(x, training=False)
+                return [y_pred[t] for t in names]
+            with split_at(layer, lambda z: z) as split:
+                y_pred = self(x, training=False)
+            return [y_pred[t] for t in names] + [split.features]
+
+        found = backend.output_dependencies(self, forward)
+        self._dependencies = dict(zip(names, found))
+        if layer is not None:
+            self._feature_ids = (layer.name, found[-1])
         return self.shared_variables
 
     @property
@@ -172,14 +191,26 @@ class MultiTaskTrainer:
             for task in self.task_names
         }
 
-    def features_split(self, features):
-        """`(trunk, heads)` models that split the model at the output of the
-        layer named `features`, for `gradient_mode="features"`."""
-        raise ValueError(
-            "gradient_mode='features' splits a functional graph at the "
-            "features layer; build the model as a keras_mtl.MultiTaskModel. "
-            f"Received: {type(self).__name__}"
-        )
+    def features_layer(self, features):
+        """The layer named `features`, whose output is the shared
+        representation of `gradient_mode="features"`."""
+        layer = find_layer(self, features) if isinstance(
+            features, str) else None
+        if layer is None:
+            raise ValueError(
+                "gradient_mode='features' needs `features`, the name of a "
+                "layer of the model whose output (one tensor) all task heads "
+                f"read. Received: features={features!r}"
+            )
+        return layer
+
+    def feature_dependencies(self, features):
+        """`id`s of the trainable variables the output of layer `features`
+        depends on, or `None` while unknown (a subclassed model before its
+        first batch)."""
+        if self._feature_ids is not None and self._feature_ids[0] == features:
+            return self._feature_ids[1]
+        return None
 
     # -------------------------------------------------------------- compile
 
@@ -247,7 +278,7 @@ class MultiTaskTrainer:
             vectorize=vectorize, non_finite=non_finite,
         )
         if gradient_mode == "features":
-            self.features_split(features)  # Fail early on a bad layer name.
+            self.features_layer(features)  # Fail early on a bad layer name.
         previous = self.balancer
         super().compile(
             optimizer=optimizer,
@@ -392,13 +423,14 @@ class MultiTaskTrainer:
             if layer is not None:
                 layer_ids = {
                     id(v) for v in self.get_layer(layer).trainable_variables}
-            split = None
-            if (balancer.gradient_mode == "features"
-                    and balancer.aggregator.requires_jacobian):
-                split = self.features_split(balancer.features)
+            layer, feature_ids = None, None
+            if balancer.gradient_mode == "features":
+                layer = self.features_layer(balancer.features)
+                feature_ids = self.feature_dependencies(balancer.features)
             return GradientPlan(
                 trainable, self.shared_variable_ids(), balancer.aggregator,
-                balancer.gradient_mode, split, layer_ids, balancer.num_params,
+                balancer.gradient_mode, layer, feature_ids, layer_ids,
+                balancer.num_params,
             )
 
         return balancer.cached_plan(key, make)
@@ -453,10 +485,14 @@ class MultiTaskTrainer:
         outputs = self.compute_output_spec(x_spec)
         self._check_outputs(outputs)
         self.balancer.check_batch(y_spec, sw_spec, outputs)
+        features = self.balancer.features
+        if self.task_dependencies() is None or (
+                self.gradient_mode == "features"
+                and self.feature_dependencies(features) is None):
+            self.find_shared_variables(zeros_like_spec(x_spec))
         if not self.balancer.built:
-            if not self._shared_known():
-                self.find_shared_variables(zeros_like_spec(x_spec))
             self._build_balancer()
+        self.gradient_plan()  # Plan errors before Keras traces a step.
 
     def _callbacks(self, callbacks):
         callbacks = list(callbacks or [])
