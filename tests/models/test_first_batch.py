@@ -91,19 +91,19 @@ BATCH_SPEC = (
 # In-memory arrays.
 
 
-def test_numpy_arrays_keep_objects_and_drop_batch_dim():
+def test_numpy_arrays_keep_objects_and_give_sample_counts():
     x, y, sw = make_arrays()
     x2, y2, sw2, batch = peek(x, y, sw)
     assert x2 is x and y2 is y and sw2 is sw
     assert isinstance(batch, tuple) and len(batch) == 3
-    assert describe(batch.x) == ((None, 6), "float32")
+    assert describe(batch.x) == ((8, 6), "float32")
     assert describe(batch.y) == {
-        "reg": ((None, 1), "float32"),
-        "cls": ((None,), "int32"),
+        "reg": ((8, 1), "float32"),
+        "cls": ((8,), "int32"),
     }
     assert describe(batch[2]) == {
-        "reg": ((None,), "float32"),
-        "cls": ((None,), "float32"),
+        "reg": ((8,), "float32"),
+        "cls": ((8,), "float32"),
     }
 
 
@@ -115,19 +115,29 @@ def test_backend_tensors_lists_and_missing_parts():
     x2, y2, sw2, batch = peek({"a": xt, "b": [xt]}, yl, sw)
     assert x2["a"] is xt and y2 is yl and sw2 is sw
     assert describe(batch) == (
-        {"a": ((None, 6), "float32"), "b": [((None, 6), "float32")]},
-        [((None, 1), "float32"), ((None,), "int32")],
-        ((None,), "float16"),
+        {"a": ((8, 6), "float32"), "b": [((8, 6), "float32")]},
+        [((8, 1), "float32"), ((8,), "int32")],
+        ((8,), "float16"),
     )
     *_, batch = peek(x)
-    assert describe(batch) == (((None, 6), "float32"), None, None)
+    assert describe(batch) == (((8, 6), "float32"), None, None)
     *_, batch = peek(x, {"reg": y["reg"], "cls": None})
-    assert describe(batch.y) == {"reg": ((None, 1), "float32"), "cls": None}
+    assert describe(batch.y) == {"reg": ((8, 1), "float32"), "cls": None}
+
+
+def test_sample_weights_for_some_tasks_are_completed_with_ones():
+    x, y, sw = make_arrays()
+    _, _, sw2, batch = peek(x, y, {"cls": sw["cls"]})
+    assert sw2["cls"] is sw["cls"]
+    np.testing.assert_array_equal(sw2["reg"], np.ones(8, "float32"))
+    assert describe(batch.sample_weight)["reg"] == ((8,), "float32")
+    _, _, sw2, _ = peek(x, y, {"nope": sw["cls"]})
+    assert set(sw2) == {"nope", "reg", "cls"}  # Unknown keys stay.
 
 
 def test_scalar_and_string_arrays():
     *_, batch = peek(np.array(["a", "b"]), np.float64(1.0))
-    assert describe(batch.x) == ((None,), "string")
+    assert describe(batch.x) == ((2,), "string")
     assert describe(batch.y) == ((), "float64")
 
 
@@ -369,10 +379,10 @@ def test_validation_tuples_of_arrays():
     for data in ((x, y), (x, y, sw), [x, y], (x,)):
         data2, batch = peek_validation(data)
         assert data2 is data
-        assert describe(batch.x) == ((None, 6), "float32")
+        assert describe(batch.x) == ((8, 6), "float32")
         assert (batch.y is None) == (len(data) == 1)
     _, batch = peek_validation((x, y, sw))
-    assert describe(batch.sample_weight)["reg"] == ((None,), "float32")
+    assert describe(batch.sample_weight)["reg"] == ((8,), "float32")
     assert peek_validation(None) == (None, None)
     bad = (x, x, x, x)
     assert peek_validation(bad) == (bad, None)
@@ -462,7 +472,7 @@ def test_module_works_without_other_backends():
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         x = np.zeros((4, 3), "float32")
-        assert mod.peek(x, x)[3].y.shape == (None, 3)
+        assert mod.peek(x, x)[3].y.shape == (4, 3)
         gen, _, _, batch = mod.peek(iter([(x, x)]))
         assert batch.x.shape == (4, 3) and len(list(gen)) == 1
         now = {{m.split(".")[0] for m in sys.modules}} & set(roots)

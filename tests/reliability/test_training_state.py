@@ -99,6 +99,36 @@ def test_non_finite_steps_are_skipped_and_counted(aggregator):
     assert logs["skipped_steps"] == 0.0
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_finiteness_check_is_exact(traced):
+    """Sums that overflow float32 are not mistaken for non-finite values;
+    every NaN or inf, alone or mixed, is caught."""
+    from keras_mtl.src import backend
+    from keras_mtl.src.models.balancer import Balancer
+
+    balancer = Balancer(("a", "b"), "mse")
+    big = np.full((4, 3), 3e38, "float32")
+    cases = [
+        ([np.ones(3, "float32"), big, -big], True),
+        ([big, np.full((4, 3), 60000.0, "float16")], True),
+        ([np.array([1.0, np.nan], "float32")], False),
+        ([big, np.array([np.inf, 1.0], "float32")], False),
+        ([np.array([np.inf, -np.inf], "float32")], False),
+        ([big, np.array([-np.inf], "float16")], False),
+    ]
+    losses = np.ones(2, "float32")
+    for grads, expected in cases:
+        def check(losses, *grads):
+            return balancer.check_finite(losses, list(grads) + [None])
+
+        fn = backend.jit(check) if traced else check
+        ok = fn(keras.ops.convert_to_tensor(losses),
+                *[keras.ops.convert_to_tensor(g) for g in grads])
+        assert bool(to_numpy(ok)) is expected, grads
+    bad_loss = np.array([1.0, np.nan], "float32")
+    assert not bool(to_numpy(balancer.check_finite(bad_loss, [big])))
+
+
 def test_non_finite_raise_stops_fit():
     x, y = make_data(32)
     model = compiled("pcgrad", non_finite="raise")

@@ -543,24 +543,26 @@ class Balancer(KerasSaveable):
 
     # ------------------------------------------- step: finish and commit
 
-    def check_finite(self, losses, grads, all_finite=None):
+    def check_finite(self, losses, grads):
         """Whether every loss and gradient is finite (a boolean tensor), or
         `None` when `non_finite="apply"` (no check: always apply).
 
-        Args:
-            losses: the `(T,)` task losses.
-            grads: the step's gradients (`None` entries are skipped).
-            all_finite: optional backend function from a list of tensors to
-                one boolean tensor (a fused reduction for eager backends);
-                defaults to `keras.ops`.
+        One sum per tensor is checked first (a tensor holding a NaN or an
+        inf has a non-finite sum); only when a sum is not finite, which a
+        finite tensor gives only by overflowing float32, is every element
+        checked.
         """
         if self.non_finite == "apply":
             return None
         tensors = [losses] + [g for g in grads if g is not None]
-        if all_finite is not None:
-            return all_finite(tensors)
-        flags = [ops.all(ops.isfinite(t)) for t in tensors]
-        return ops.all(ops.stack(flags))
+        sums = ops.stack([ops.sum(ops.cast(t, "float32")) for t in tensors])
+
+        def exact():
+            return ops.all(ops.stack(
+                [ops.all(ops.isfinite(t)) for t in tensors]))
+
+        return ops.cond(ops.all(ops.isfinite(sums)),
+                        lambda: ops.convert_to_tensor(True), exact)
 
     def commit(self, applied=None):
         """Writes the pending aggregator state: always when `applied` is

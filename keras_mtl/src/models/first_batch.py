@@ -7,11 +7,12 @@ inside the first traced step leaves the model's variables purged. `peek` and
 the data to pass on in place of the original (re-wrapped only for one-shot
 iterators).
 
-Shapes: for in-memory arrays the batch dim is `None` (the batch size is
-chosen by `fit`); for a `tf.data.Dataset` the shapes are its `element_spec`'s
-(dims may be `None`); where a batch was actually drawn (generators,
-iterators, `PyDataset`, torch `DataLoader`, or a `tf.data.Dataset` whose
-label dims are unknown) they are that batch's concrete shapes.
+Shapes: for in-memory arrays the leading dim is the number of samples (so
+arrays of different lengths are caught); for a `tf.data.Dataset` the
+shapes are its `element_spec`'s (dims may be `None`); where a batch was
+actually drawn (generators, iterators, `PyDataset`, torch `DataLoader`, or a
+`tf.data.Dataset` whose label dims are unknown) they are that batch's
+concrete shapes.
 
 No backend is imported here: datasets and loaders are recognised by their
 classes' names and modules, as Keras' own data adapters do.
@@ -37,11 +38,16 @@ def peek(x, y=None, sample_weight=None):
         is replaced by a generator that still yields every element) and a
         `FirstBatch` of specs, or `None` when `x` is of an unknown kind or
         holds no batch.
+
+    In-memory arrays with per-task sample weights for only some tasks get
+    weights of 1 for the others (Keras' array adapter needs one weight
+    array per label array).
     """
     if x is None:
         return x, y, sample_weight, None
     if _is_arrays((x, y, sample_weight)):
-        spec = _map(_array_spec, (x, y, sample_weight))
+        sample_weight = _complete_weights(y, sample_weight)
+        spec = _map(_leaf_spec, (x, y, sample_weight))
         return x, y, sample_weight, FirstBatch(*spec)
     if _is_tf_dataset(x):
         return x, y, sample_weight, _dataset_batch(x)
@@ -208,17 +214,17 @@ def _dtype(dtype):
     return "string" if kind in "US" else None
 
 
-def _array_spec(leaf):
-    """`_leaf_spec` with the leading (batch) dim replaced by `None`."""
-    spec = _leaf_spec(leaf)
-    if spec is None or not spec.shape:
-        return spec
-    return keras.KerasTensor(
-        (None, *spec.shape[1:]),
-        spec.dtype,
-        sparse=spec.sparse,
-        ragged=spec.ragged,
-    )
+def _complete_weights(y, sample_weight):
+    """A dict of weights naming some of the dict `y`'s keys, completed with
+    ones for the others; anything else unchanged."""
+    if not (isinstance(y, dict) and isinstance(sample_weight, dict)):
+        return sample_weight
+    missing = [k for k in y if k not in sample_weight]
+    if not missing or not y or not hasattr(y[missing[0]], "shape"):
+        return sample_weight
+    count = y[missing[0]].shape[0]
+    ones = {k: np.ones((count,), "float32") for k in missing}
+    return {**sample_weight, **ones}
 
 
 def _leaf_spec(leaf):

@@ -23,8 +23,9 @@ class MultiTaskModel(MultiTaskTrainer, keras.Model):
     `"mean"`, fixed weights) skip per-task gradients: one backward pass of
     the weighted loss, exactly as plain Keras.
 
-    Missing labels: a NaN label, or a sample weight of 0, means the sample has
-    no label for that task; it is left out of that task's loss and metrics.
+    Missing labels: a NaN label, or a sample weight of 0 or NaN, means the
+    sample has no label for that task; it is left out of that task's loss
+    and metrics.
     Each task loss is the weighted mean over its labelled samples; a task with
     no label in a batch contributes loss 0 and gradient 0.
 

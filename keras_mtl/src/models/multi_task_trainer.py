@@ -39,9 +39,10 @@ class MultiTaskTrainer:
     first step). Pass `shared_variables=[...]` (variables or their paths) to
     the constructor to choose them yourself.
 
-    Missing labels: a NaN label, or a sample weight of 0, leaves that sample
-    out of that task's loss and metrics. A task with no label in a batch has
-    loss 0 and gradient 0; a task with no label in a whole epoch logs NaN.
+    Missing labels: a NaN label, or a sample weight of 0 or NaN, leaves that
+    sample out of that task's loss and metrics. A task with no label in a
+    batch has loss 0 and gradient 0; a task with no label in a whole epoch
+    logs NaN.
 
     Logs: `loss` (sum of the task losses plus regularisation), `<task>_loss`,
     `<task>_weight` (training), the aggregator's diagnostics,
@@ -481,6 +482,13 @@ class MultiTaskTrainer:
             raise ValueError(
                 "Multi-task training needs labels {task: labels}. "
                 "Received: no labels"
+            )
+        empty = [t.shape for t in keras.tree.flatten((x_spec, y_spec))
+                 if t is not None and t.shape and t.shape[0] == 0]
+        if empty:
+            raise ValueError(
+                "The first batch has no samples. Received: inputs and "
+                f"labels of shapes with a batch axis of 0: {empty}"
             )
         outputs = self.compute_output_spec(x_spec)
         self._check_outputs(outputs)

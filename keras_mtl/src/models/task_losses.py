@@ -1,11 +1,11 @@
 """Per-task losses with missing-label masking, and per-task metrics.
 
 Masking rule: a sample has no label for a task when any entry of its label is
-NaN, or when its sample weight for that task is 0. Such samples are left out
-of that task's loss and metrics. Each task's loss is the weighted mean over
-its labelled samples, `sum(w * l) / sum(w)` (Keras' `"mean_with_sample_weight"`
-reduction); a task with no labelled sample in the batch has loss 0 and
-gradient 0.
+NaN, or when its sample weight for that task is 0 or NaN. Such samples are
+left out of that task's loss and metrics. Each task's loss is the weighted
+mean over its labelled samples, `sum(w * l) / sum(w)` (Keras'
+`"mean_with_sample_weight"` reduction); a task with no labelled sample in
+the batch has loss 0 and gradient 0.
 """
 
 import keras
@@ -160,6 +160,8 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     if sample_weight is not None:
         sample_weight = ops.cast(
             ops.convert_to_tensor(sample_weight), "float32")
+        sample_weight = ops.where(ops.isnan(sample_weight),
+                                  ops.zeros_like(sample_weight), sample_weight)
         weights = weights * _to_rank(sample_weight, rank, ops.mean)
     weights = ops.broadcast_to(weights, ops.shape(per_sample))
     count = ops.sum(weights)
