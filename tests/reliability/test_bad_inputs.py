@@ -57,25 +57,40 @@ KINDS = ("arrays", "tf_data", "generator", "py_dataset", "validation")
 MODELS = {}
 
 
-def trained_model(aggregator):
-    """One model per aggregator, trained one epoch, reused across examples
-    (a fault must leave it as it was; masked and skipped steps train it
-    legitimately)."""
-    if aggregator not in MODELS:
-        model = build_model(aggregator)
+def trained_model(aggregator, subclassed):
+    """One model per aggregator and model kind, trained one epoch, reused
+    across examples (a fault must leave it as it was; masked and skipped
+    steps train it legitimately)."""
+    key = (aggregator, subclassed)
+    if key not in MODELS:
+        model = build_model(aggregator, subclassed)
         x, y = clean_data()
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
-        MODELS[aggregator] = model
-    return MODELS[aggregator]
+        MODELS[key] = model
+    return MODELS[key]
 
 
-def build_model(aggregator):
+class TwoHeads(keras_mtl.MultiTaskTrainer, keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.trunk = keras.layers.Dense(8, activation="tanh")
+        self.heads = {t: keras.layers.Dense(u) for t, u in UNITS.items()}
+
+    def call(self, x):
+        h = self.trunk(x)
+        return {t: head(h) for t, head in self.heads.items()}
+
+
+def build_model(aggregator, subclassed=False):
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((6,))
-    h = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
-    outputs = {t: keras.layers.Dense(u, name=f"head_{t}")(h)
-               for t, u in UNITS.items()}
-    model = keras_mtl.MultiTaskModel(inputs, outputs)
+    if subclassed:
+        model = TwoHeads()
+    else:
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
+        outputs = {t: keras.layers.Dense(u, name=f"head_{t}")(h)
+                   for t, u in UNITS.items()}
+        model = keras_mtl.MultiTaskModel(inputs, outputs)
     model.compile(keras.optimizers.Adam(0.01), loss=LOSSES,
                   aggregator=aggregator)
     return model
@@ -217,11 +232,12 @@ SETTINGS = settings(
     kind=st.sampled_from(KINDS),
     task=st.sampled_from(sorted(UNITS)),
     aggregator=st.sampled_from(["mgda", "pcgrad", "sum", "famo"]),
+    subclassed=st.booleans(),
 )
-def test_bad_labels_and_weights(fault, kind, task, aggregator):
+def test_bad_labels_and_weights(fault, kind, task, aggregator, subclassed):
     if kind == "validation" and fault in SKIPPED:
         kind = "arrays"  # Evaluation reports non-finite losses as they are.
-    model = trained_model(aggregator)
+    model = trained_model(aggregator, subclassed)
     x, y = clean_data()
     before = snapshot(model)
     before_weights = [to_numpy(v).copy()
