@@ -169,3 +169,29 @@ def test_features_layer_called_twice_is_refused():
                   gradient_mode="features", features="features")
     with pytest.raises(ValueError, match="called again"):
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("nested", ["list", "dict", "none"])
+def test_a_task_output_must_be_one_tensor(nested):
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3)(inputs)
+    value = {"list": [h, h], "dict": {"p": h}, "none": None}[nested]
+    with pytest.raises(ValueError, match="one output tensor"):
+        keras_mtl.MultiTaskModel(inputs, {"a": value, "b": h})
+
+    class Nested(keras_mtl.MultiTaskTrainer, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            h = self.dense(x)
+            return {"a": {"list": [h, h], "dict": {"p": h},
+                          "none": None}[nested], "b": h}
+
+    model = Nested()
+    model.compile("sgd", loss={"a": "mse", "b": "mse"}, aggregator="mgda")
+    x = np.zeros((8, 4), "float32")
+    y = {"a": np.zeros((8, 1), "float32"), "b": np.zeros((8, 1), "float32")}
+    with pytest.raises(ValueError, match="one output tensor"):
+        model.fit(x, y, epochs=1, verbose=0)

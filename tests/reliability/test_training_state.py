@@ -187,3 +187,23 @@ def test_clone_model_gives_a_multi_task_model(compile_first):
     if compile_first:
         assert clone.aggregator.get_config() == model.aggregator.get_config()
         clone.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(
+    keras.config.backend() == "torch",
+    reason="Keras' tf_saved_model export fails on PyTorch for plain "
+           "functional models too (torch.export dynamic shapes, Keras 3.15)")
+def test_export_serves_the_trained_model(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    x, y = make_data(32)
+    model = compiled("famo")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    model.export(str(tmp_path / "served"), format="tf_saved_model",
+                 verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "served"))
+    served = reloaded.serve(x)
+    expected = model.predict(x, verbose=0)
+    assert set(served) == set(expected)
+    for task, value in expected.items():
+        np.testing.assert_allclose(served[task].numpy(), to_numpy(value),
+                                   rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@ import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.models.multi_task_trainer import MultiTaskTrainer
+from keras_mtl.src.models.multi_task_trainer import check_task_outputs
 from keras_mtl.src.transfer.transfer_layout import describe_transfer
 from keras_mtl.src.transfer.transfer_layout import restore_transfer
 
@@ -67,6 +68,7 @@ class MultiTaskModel(MultiTaskTrainer, keras.Model):
                 "`outputs` must be a non-empty dict mapping task names to "
                 f"output tensors. Received: outputs={outputs!r}"
             )
+        check_task_outputs(outputs)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._output_tasks = tuple(outputs)
         self._dependencies = {

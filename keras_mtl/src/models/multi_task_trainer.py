@@ -360,6 +360,7 @@ class MultiTaskTrainer:
         names = self.balancer.task_names if self.balancer else None
         if isinstance(outputs, dict) and (
                 names is None or set(outputs) == set(names)):
+            check_task_outputs(outputs)
             return
         received = type(outputs).__name__
         if isinstance(outputs, dict):
@@ -570,6 +571,18 @@ class MultiTaskTrainer:
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def check_task_outputs(outputs):
+    """Raises a `ValueError` unless every task output is a single tensor."""
+    nested = {task: type(value).__name__ for task, value in outputs.items()
+              if keras.tree.is_nested(value) or value is None}
+    if nested:
+        raise ValueError(
+            "Each task needs one output tensor (a task loss compares one "
+            "prediction with its labels); split a structured output into "
+            f"several tasks. Received: {nested}"
+        )
 
 
 def batch_size(x):
