@@ -1,6 +1,8 @@
 """`keras.callbacks.BackupAndRestore`: a training process killed with
 SIGKILL in the middle of an epoch, then restarted, ends with the same
-weights as an uninterrupted run (aggregator state and seed included)."""
+weights as an uninterrupted run (aggregator state, seed and epoch count
+included: PCGrad draws its task order from the seed, DWA weights the tasks
+by their losses of the last two epochs)."""
 
 import os
 import signal
@@ -51,7 +53,7 @@ def run(tmp_path, script, name, kill):
     return process, backup, out
 
 
-@pytest.mark.parametrize("aggregator", ["pcgrad"])
+@pytest.mark.parametrize("aggregator", ["pcgrad", "dwa"])
 def test_killed_training_resumes_to_the_same_weights(tmp_path, aggregator):
     root = os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
