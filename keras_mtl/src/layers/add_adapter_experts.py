@@ -4,7 +4,11 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.mixture_of_adapter_experts import (
     MixtureOfAdapterExperts,
 )
-from keras_mtl.src.transfer.adapter_wrapper import unlocked
+from keras_mtl.src.transfer.backbone_walk import FEEDFORWARD_INPUT
+from keras_mtl.src.transfer.backbone_walk import FEEDFORWARD_OUTPUT
+from keras_mtl.src.transfer.backbone_walk import has_feedforward
+from keras_mtl.src.transfer.backbone_walk import replace_sublayer
+from keras_mtl.src.transfer.backbone_walk import sublayer
 
 
 class _Stash:
@@ -61,7 +65,7 @@ class _ParallelAdapterExperts(keras.layers.Layer):
 
 def find_adapter_experts(encoder):
     """The `MixtureOfAdapterExperts` inserted into `encoder`, or None."""
-    wrapped = getattr(encoder, "_feedforward_output_dense", None)
+    wrapped = sublayer(encoder, FEEDFORWARD_OUTPUT)
     if isinstance(wrapped, _ParallelAdapterExperts):
         return wrapped.experts
     return None
@@ -74,8 +78,8 @@ def insert_adapter_experts(encoder, experts):
     re-create a saved insertion (`keras_mtl.transfer.restore_transfer`).
 
     Args:
-        encoder: a built encoder layer with the sub-layers
-            `_feedforward_intermediate_dense` and `_feedforward_output_dense`.
+        encoder: a built keras-hub `TransformerEncoder` (its feed-forward
+            dense layers are reached through `backbone_walk.sublayer`).
         experts: a built `MixtureOfAdapterExperts` whose input and output
             width is the encoder's hidden width.
 
@@ -88,19 +92,18 @@ def insert_adapter_experts(encoder, experts):
         )
     stash = _Stash()
     tap = _FeedForwardInputTap(
-        encoder._feedforward_intermediate_dense, stash, name="ffn_input_tap"
+        sublayer(encoder, FEEDFORWARD_INPUT), stash, name="ffn_input_tap"
     )
     wrapped = _ParallelAdapterExperts(
-        encoder._feedforward_output_dense,
+        sublayer(encoder, FEEDFORWARD_OUTPUT),
         experts,
         stash,
         name="ffn_output_with_experts",
     )
     tap.build(None)
     wrapped.build(None)
-    with unlocked(encoder):
-        encoder._feedforward_intermediate_dense = tap
-        encoder._feedforward_output_dense = wrapped
+    replace_sublayer(encoder, FEEDFORWARD_INPUT, tap)
+    replace_sublayer(encoder, FEEDFORWARD_OUTPUT, wrapped)
     return experts
 
 
@@ -113,16 +116,14 @@ def remove_adapter_experts(encoder):
     Returns:
         The removed `MixtureOfAdapterExperts`, or None if `encoder` had none.
     """
-    wrapped = encoder._feedforward_output_dense
+    wrapped = sublayer(encoder, FEEDFORWARD_OUTPUT)
     if not isinstance(wrapped, _ParallelAdapterExperts):
         return None
-    tap = encoder._feedforward_intermediate_dense
-    with unlocked(encoder):
-        if isinstance(tap, _FeedForwardInputTap):
-            encoder._feedforward_intermediate_dense = tap.dense
-            encoder._tracker.untrack(tap)
-        encoder._feedforward_output_dense = wrapped.dense
-        encoder._tracker.untrack(wrapped)
+    tap = sublayer(encoder, FEEDFORWARD_INPUT)
+    if isinstance(tap, _FeedForwardInputTap):
+        replace_sublayer(encoder, FEEDFORWARD_INPUT, tap.dense, untrack=tap)
+    replace_sublayer(encoder, FEEDFORWARD_OUTPUT, wrapped.dense,
+                     untrack=wrapped)
     return wrapped.experts
 
 
@@ -130,12 +131,7 @@ def _encoders(backbone):
     layers = getattr(backbone, "transformer_layers", None)
     if layers is None:
         layers = backbone.layers
-    return [
-        layer
-        for layer in layers
-        if hasattr(layer, "_feedforward_intermediate_dense")
-        and hasattr(layer, "_feedforward_output_dense")
-    ]
+    return [layer for layer in layers if has_feedforward(layer)]
 
 
 @keras_mtl_export("keras_mtl.layers.add_adapter_experts")
@@ -215,7 +211,7 @@ def add_adapter_experts(backbone, layer_indices=None, **moae_kwargs):
             raise ValueError(
                 f"Encoder layer {encoder.name!r} already has adapter experts."
             )
-        width = encoder._feedforward_output_dense.units
+        width = sublayer(encoder, FEEDFORWARD_OUTPUT).units
         experts = MixtureOfAdapterExperts(
             dtype=encoder.dtype_policy,
             name=f"{encoder.name}_adapter_experts",

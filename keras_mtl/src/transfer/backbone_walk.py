@@ -3,9 +3,17 @@
 import keras
 
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
+from keras_mtl.src.transfer.adapter_wrapper import unlocked
 
-# Sub-layers of `keras_hub.layers.TransformerEncoder` that can be wrapped,
-# in the order their wrappers are visited (and saved).
+# keras-hub's `TransformerEncoder` keeps its sub-layers in private attributes
+# (the same names in keras-hub 0.20 - 0.32). keras_mtl names them only here
+# and reads or replaces them only through `sublayer` and `replace_sublayer`,
+# so a rename in keras-hub is fixed in this module.
+FEEDFORWARD_INPUT = "_feedforward_intermediate_dense"
+FEEDFORWARD_OUTPUT = "_feedforward_output_dense"
+
+# Sub-layers that adapters can wrap, in the order their wrappers are
+# visited (and saved).
 POSITIONS = (
     "_self_attention_dropout",
     "_feedforward_layer_norm",
@@ -55,9 +63,31 @@ def transformer_encoders(backbone):
     return encoders
 
 
+def sublayer(encoder, slot):
+    """The encoder's sub-layer in `slot` (one of the names above), or
+    `None`."""
+    return getattr(encoder, slot, None)
+
+
+def has_feedforward(layer):
+    """Whether `layer` has an encoder's two feed-forward dense layers."""
+    return all(sublayer(layer, slot) is not None
+               for slot in (FEEDFORWARD_INPUT, FEEDFORWARD_OUTPUT))
+
+
+def replace_sublayer(encoder, slot, layer, untrack=None):
+    """Puts `layer` in the encoder's `slot`; `untrack` (the layer it
+    replaces, when nothing else keeps it) stops being one of the encoder's
+    tracked sub-layers."""
+    with unlocked(encoder):
+        setattr(encoder, slot, layer)
+        if untrack is not None:
+            encoder._tracker.untrack(untrack)
+
+
 def hidden_dim(encoder):
     """The feature size of a built `TransformerEncoder`."""
-    layer = encoder._feedforward_output_dense
+    layer = sublayer(encoder, FEEDFORWARD_OUTPUT)
     # `add_adapter_experts` wraps the dense layer and keeps it as `dense`.
     return getattr(layer, "dense", layer).units
 

@@ -60,9 +60,7 @@ def _walk(model):
 
 
 def _is_encoder(layer):
-    return hasattr(layer, "_feedforward_intermediate_dense") and hasattr(
-        layer, "_feedforward_output_dense"
-    )
+    return backbone_walk.has_feedforward(layer)
 
 
 def _encoders(model):
@@ -117,8 +115,9 @@ def _injection_order(encoder, positions, experts):
     """Positions (and `EXPERTS`) in the order they were injected."""
     owners = {id(getattr(encoder, p)): p for p in positions}
     if experts is not None:
-        owners[id(encoder._feedforward_intermediate_dense)] = EXPERTS
-        owners[id(encoder._feedforward_output_dense)] = EXPERTS
+        for slot in (backbone_walk.FEEDFORWARD_INPUT,
+                     backbone_walk.FEEDFORWARD_OUTPUT):
+            owners[id(backbone_walk.sublayer(encoder, slot))] = EXPERTS
     order = []
     for child in _children(encoder):
         name = owners.get(id(child))
