@@ -15,6 +15,7 @@ Usage:
     python benchmarks/step_time.py --backends jax --tasks 3 --steps 30
     python benchmarks/step_time.py --variants all --tasks 3   # every method
     python benchmarks/step_time.py --processes 3              # fastest of 3
+    python benchmarks/step_time.py --non-finite apply   # no finiteness check
 
 Threads are pinned to one per backend (small CI machines oversubscribe
 otherwise). Targets: `sum` <= 1.05x plain; parameter mode <= 1.2x of
@@ -88,6 +89,8 @@ def worker(args):
             gradient_mode=mode,
             features="z",
             vectorize=vectorize,
+            **({} if args.non_finite is None
+               else {"non_finite": args.non_finite}),
         )
 
     if args.variant == "forward":
@@ -139,6 +142,7 @@ def run_variant(backend, variant, args):
         "--batch-size", str(args.batch_size), "--width", str(args.width),
         "--features-dim", str(args.features_dim),
         "--input-dim", str(args.input_dim),
+        *(["--non-finite", args.non_finite] if args.non_finite else []),
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -163,6 +167,10 @@ def main():
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--features-dim", type=int, default=256)
     parser.add_argument("--input-dim", type=int, default=64)
+    parser.add_argument(
+        "--non-finite", choices=["skip", "raise", "apply"],
+        help="compile(non_finite=...); the default is the library's "
+             "(\"skip\": each step checks its losses and gradients)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
