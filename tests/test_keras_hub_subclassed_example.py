@@ -36,3 +36,34 @@ def test_keras_hub_subclassed_example_finds_the_backbone_and_learns(capsys):
     losses = runs["sum"]["history"]["loss"]
     assert losses[2] < losses[1] < losses[0], losses
     assert losses[-1] < 0.85 * losses[0], losses
+
+
+@pytest.mark.parametrize("aggregator", ["mgda", "pcgrad"])
+def test_features_mode_splits_inside_the_keras_hub_backbone(aggregator):
+    """`features` names a layer inside the backbone (BERT's pooler): the
+    split works without a functional graph of the outer model."""
+    import keras
+    import numpy as np
+
+    example = load("keras_hub_subclassed")
+    x, y = example.make_data(64)
+    model = example.build_model(seed=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss={task: keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True) for task in example.TASKS},
+        aggregator=aggregator, gradient_mode="features",
+        features="pooled_dense",
+    )
+    model(x)
+    before = {v.path: keras.ops.convert_to_numpy(v).copy()
+              for v in model.trainable_weights}
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    changed = {v.path for v in model.trainable_weights
+               if not np.array_equal(keras.ops.convert_to_numpy(v),
+                                     before[v.path])}
+    # The trunk below the pooler (embeddings included) and both heads train.
+    assert any("embedding" in p for p in changed), sorted(changed)
+    for head in model.heads.values():
+        assert {v.path for v in head.trainable_weights} <= changed
