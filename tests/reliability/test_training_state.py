@@ -207,3 +207,50 @@ def test_export_serves_the_trained_model(tmp_path):
     for task, value in expected.items():
         np.testing.assert_allclose(served[task].numpy(), to_numpy(value),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("non_finite", ["skip", "apply"])
+def test_terminate_on_nan_keeps_working(non_finite):
+    x, y = make_data(32)
+    y["reg"][20] = np.inf  # The second batch of 16 has an inf loss.
+    model = compiled("mgda", non_finite=non_finite)
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
+                        shuffle=False,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 1
+    assert model.stop_training
+
+
+def _all_aggregators():
+    from keras_mtl.aggregators import ALL_AGGREGATORS
+
+    return sorted(set(ALL_AGGREGATORS) - {"constant"})
+
+
+@pytest.mark.parametrize("name", _all_aggregators())
+def test_every_aggregator_trains_without_shared_variables(name):
+    """`shared_variables=[]` and a one-task model: each head gets its own
+    gradient, with at most one warning."""
+    import warnings
+
+    from keras_mtl.aggregators import get
+
+    x, y = make_data(16)
+    for model, losses in (
+        (mtl_model(shared_variables=[]), LOSSES),
+        (mtl_model(tasks=("reg",)), {"reg": "mse"}),
+    ):
+        # Eager: one step each (test_exact_resume.py runs every rule traced).
+        model.compile(keras.optimizers.SGD(0.1), loss=losses,
+                      aggregator=get(name), run_eagerly=True)
+        head = model.get_layer("head_reg").kernel
+        before = to_numpy(head)
+        labels = {t: y[t] for t in losses}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logs = model.train_on_batch(x, labels, return_dict=True)
+        ours = [w for w in caught if "keras_mtl" in str(w.filename)
+                or "shared" in str(w.message)]
+        assert len(ours) <= 1, [str(w.message) for w in ours]
+        assert np.isfinite(logs["loss"])
+        assert not np.array_equal(to_numpy(head), before)
