@@ -15,6 +15,7 @@ import pytest
 from keras import ops
 
 from keras_mtl.src.models import first_batch
+from keras_mtl.src.models.first_batch import EMPTY
 from keras_mtl.src.models.first_batch import peek
 from keras_mtl.src.models.first_batch import peek_validation
 
@@ -222,7 +223,7 @@ def test_tf_dataset_empty():
     tf = pytest.importorskip("tensorflow")
     x, y, _ = make_arrays()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).take(0)
-    assert peek(ds) == (ds, None, None, None)
+    assert peek(ds) == (ds, None, None, EMPTY)
     unknown = tf.data.Dataset.from_generator(
         lambda: iter(()),
         output_signature=(
@@ -230,8 +231,8 @@ def test_tf_dataset_empty():
             tf.TensorSpec((None, None), tf.float32),
         ),
     )
-    assert peek(unknown) == (unknown, None, None, None)
-    assert peek_validation(ds) == (ds, None)
+    assert peek(unknown) == (unknown, None, None, EMPTY)
+    assert peek_validation(ds) == (ds, EMPTY)
 
 
 # Python generators and iterators.
@@ -265,7 +266,7 @@ def test_generator_of_inputs_only():
 def test_empty_generator_stays_exhausted():
     gen = (b for b in ())
     gen2, y2, sw2, batch = peek(gen)
-    assert gen2 is gen and y2 is None and sw2 is None and batch is None
+    assert gen2 is gen and y2 is None and sw2 is None and batch is EMPTY
     with pytest.raises(StopIteration):
         next(gen2)
 
@@ -327,7 +328,7 @@ def test_sequence_alias_and_empty_py_dataset():
     *_, batch = peek(Seq())
     assert describe(batch) == (((2, 3), "float32"), ((2,), "int64"), None)
     empty = Batches([])
-    assert peek(empty) == (empty, None, None, None)
+    assert peek(empty) == (empty, None, None, EMPTY)
     assert empty.calls == []
 
 
@@ -368,7 +369,7 @@ def test_torch_dataloader():
     *_, batch = peek(torch.utils.data.DataLoader(tensors, batch_size=8))
     assert describe(batch) == (((8, 6), "float32"), ((8,), "int64"), None)
     empty = torch.utils.data.DataLoader([], batch_size=4)
-    assert peek(empty) == (empty, None, None, None)
+    assert peek(empty) == (empty, None, None, EMPTY)
 
 
 # validation_data.
@@ -405,7 +406,7 @@ def test_validation_generators_and_datasets():
     assert data2 is data and describe(batch) == BATCH_SPEC
 
     gen = iter(())
-    assert peek_validation(gen) == (gen, None)
+    assert peek_validation(gen) == (gen, EMPTY)
 
 
 def test_validation_tf_dataset():

@@ -43,7 +43,7 @@ ERRORS = {
     "label_batch": "batch",
     "label_strings": "numeric",
     "empty_labels": "exactly the tasks",
-    "empty_batch": "no samples",
+    "empty_batch": "no samples|holds no batch",
     "weight_unknown_task": "unknown tasks",
     "weight_rank": "sample weights must have shape",
     "weight_batch": "sample weights must have shape",
@@ -235,6 +235,23 @@ SETTINGS = settings(
     subclassed=st.booleans(),
 )
 def test_bad_labels_and_weights(fault, kind, task, aggregator, subclassed):
+    check_fault(fault, kind, task, aggregator, subclassed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault, task", [
+    ("extra_task", "reg"),       # labels naming an unknown task
+    ("label_rank_low", "cls"),   # (n,) labels for a 3-unit head
+    ("label_width", "reg"),      # (n, 2) labels for a 1-unit head
+])
+def test_the_reported_bad_batches(fault, task, kind):
+    """The bad batches of the issue that filed this suite, through every
+    input kind."""
+    check_fault(fault, kind, task, "mgda", subclassed=False)
+
+
+def check_fault(fault, kind, task, aggregator, subclassed):
+    """Feeds one fault through one input kind and checks its outcome."""
     if kind == "validation" and fault in SKIPPED:
         kind = "arrays"  # Evaluation reports non-finite losses as they are.
     model = trained_model(aggregator, subclassed)
@@ -291,3 +308,23 @@ def test_a_bad_later_batch_leaves_a_usable_model(tmp_path, kind):
     model.save(tmp_path / "m.keras")
     history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
+
+
+@pytest.mark.parametrize("kind", ["generator", "py_dataset", "tf_data",
+                                  "validation"])
+def test_an_input_without_batches_is_refused(kind):
+    model = trained_model("pcgrad", False)
+    x, y = clean_data()
+    before = snapshot(model)
+    predictions = {t: to_numpy(v)
+                   for t, v in model.predict(x, verbose=0).items()}
+    empty = {"generator": iter(()), "py_dataset": Batches([]),
+             "tf_data": tf.data.Dataset.from_tensor_slices(
+                 (x, y)).batch(BATCH).take(0)}
+    with pytest.raises(ValueError, match="holds no batch"):
+        if kind == "validation":
+            model.fit(x, y, batch_size=BATCH, verbose=0,
+                      validation_data=iter(()))
+        else:
+            model.fit(empty[kind], epochs=1, verbose=0)
+    assert_intact(model, before, x, predictions)

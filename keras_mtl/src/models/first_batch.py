@@ -28,6 +28,10 @@ FirstBatch = collections.namedtuple("FirstBatch", ["x", "y", "sample_weight"])
 FirstBatch.__doc__ = """Specs of the first batch: `(x, y, sample_weight)`,
 each a nested structure of `keras.KerasTensor` leaves, or `None`."""
 
+EMPTY = FirstBatch(None, None, None)
+"""The `batch` of an input known to hold no batch at all (an empty
+dataset, loader, `PyDataset` or iterator)."""
+
 
 def peek(x, y=None, sample_weight=None):
     """Describes the first batch `fit(x, y, sample_weight=...)` would see.
@@ -36,8 +40,8 @@ def peek(x, y=None, sample_weight=None):
         `(x, y, sample_weight, batch)`: the data to pass on instead of the
         arguments (the same objects unless `x` is a one-shot iterator, which
         is replaced by a generator that still yields every element) and a
-        `FirstBatch` of specs, or `None` when `x` is of an unknown kind or
-        holds no batch.
+        `FirstBatch` of specs, `EMPTY` when `x` holds no batch, or `None`
+        when `x` is of an unknown kind.
 
     In-memory arrays with per-task sample weights for only some tasks get
     weights of 1 for the others (Keras' array adapter needs one weight
@@ -58,12 +62,12 @@ def peek(x, y=None, sample_weight=None):
     if _is_torch_dataloader(x):
         for data in x:
             return x, y, sample_weight, _unpacked_batch(data)
-        return x, y, sample_weight, None
+        return x, y, sample_weight, EMPTY
     if isinstance(x, collections.abc.Iterator):
         try:
             first = next(x)
         except StopIteration:
-            return x, y, sample_weight, None
+            return x, y, sample_weight, EMPTY
         return _prepend(first, x), y, sample_weight, _unpacked_batch(first)
     return x, y, sample_weight, None
 
@@ -113,13 +117,13 @@ def _unpacked_batch(data):
 
 
 def _py_dataset_batch(dataset):
-    """`FirstBatch` of `dataset[0]`; `None` when it has no batch."""
+    """`FirstBatch` of `dataset[0]`; `EMPTY` when it has no batch."""
     try:
         num_batches = dataset.num_batches
     except (NotImplementedError, TypeError):
         num_batches = None
     if num_batches == 0:
-        return None
+        return EMPTY
     return _unpacked_batch(dataset[0])
 
 
@@ -127,7 +131,7 @@ def _dataset_batch(dataset):
     """`FirstBatch` from a `tf.data.Dataset`'s `element_spec`; one element
     is taken when the label dims are unknown there."""
     if int(dataset.cardinality()) == 0:
-        return None
+        return EMPTY
     try:
         parts = keras.utils.unpack_x_y_sample_weight(dataset.element_spec)
     except ValueError:
@@ -136,7 +140,7 @@ def _dataset_batch(dataset):
         return FirstBatch(*_map(_leaf_spec, parts))
     for element in dataset.take(1):
         return _unpacked_batch(element)
-    return None
+    return EMPTY
 
 
 def _has_unknown_dims(specs):

@@ -469,15 +469,21 @@ class MultiTaskTrainer:
         self._check_compiled()
         x, y, sample_weight, batch = first_batch.peek(x, y, sample_weight)
         if batch is not None:
-            self._check_batch(batch, x)
+            self._check_batch(batch, "x", x)
         if validation_data is not None:
             validation_data, val_batch = first_batch.peek_validation(
                 validation_data)
             if val_batch is not None:
-                self._check_batch(val_batch, None)
+                self._check_batch(val_batch, "validation_data",
+                                  validation_data)
         return x, y, sample_weight, validation_data
 
-    def _check_batch(self, batch, x):
+    def _check_batch(self, batch, argument, data):
+        if batch is first_batch.EMPTY:
+            raise ValueError(
+                f"`{argument}` holds no batch. Received: an empty "
+                f"{type(data).__name__}"
+            )
         x_spec, y_spec, sw_spec = batch
         if y_spec is None:
             raise ValueError(
