@@ -5,6 +5,7 @@ import keras
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.gradient_reversal import GradientReversal
 from keras_mtl.src.layers.gradient_reversal import check_strength
+from keras_mtl.src.utils.layer_internals import sublayers
 
 
 def dann_strength(progress, gamma=10.0, max_strength=1.0):
@@ -110,7 +111,7 @@ class GradientReversalSchedule(keras.callbacks.Callback):
     def _targets(self, model):
         found = [
             layer
-            for layer in model._flatten_layers(include_self=False)
+            for layer in sublayers(model)
             if isinstance(layer, GradientReversal)
         ]
         if self.layers is None:

@@ -1,25 +1,11 @@
 """`AdapterWrapper`: per-task adapters around a sub-layer of a block."""
 
-import contextlib
-
 import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.utils.layer_internals import unlocked
 
 PLACEMENTS = ("post_norm", "output")
-
-
-@contextlib.contextmanager
-def unlocked(layer):
-    """Lets a built layer track new sub-layers (as `Dense.enable_lora`)."""
-    locked = layer._tracker.locked
-    if locked:
-        layer._tracker.unlock()
-    try:
-        yield
-    finally:
-        if locked:
-            layer._tracker.lock()
 
 
 def check_name(name, what):

@@ -5,7 +5,6 @@ from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
-from keras_mtl.src.transfer.adapter_wrapper import unlocked
 from keras_mtl.src.transfer.set_active_adapter import freeze_backbone_weights
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 
@@ -181,8 +180,7 @@ def add_adapters(
                     inner, placement=placement, name=f"{inner.name}_adapters"
                 )
                 wrapper.build((None, None, dim))
-                with unlocked(encoder):
-                    setattr(encoder, attribute, wrapper)
+                backbone_walk.replace_sublayer(encoder, attribute, wrapper)
             for task in task_names:
                 wrapper.add_adapter(
                     task,

@@ -3,7 +3,9 @@
 import keras
 
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
-from keras_mtl.src.transfer.adapter_wrapper import unlocked
+from keras_mtl.src.utils.layer_internals import sublayers
+from keras_mtl.src.utils.layer_internals import unlocked
+from keras_mtl.src.utils.layer_internals import untrack as untrack_layer
 
 # keras-hub's `TransformerEncoder` keeps its sub-layers in private attributes
 # (the same names in keras-hub 0.20 - 0.32). keras_mtl names them only here
@@ -43,7 +45,7 @@ def transformer_encoders(backbone):
     encoder_cls = _encoder_class()
     encoders = [
         layer
-        for layer in backbone._flatten_layers(include_self=True)
+        for layer in sublayers(backbone, include_self=True)
         if isinstance(layer, encoder_cls)
     ]
     if not encoders:
@@ -82,7 +84,7 @@ def replace_sublayer(encoder, slot, layer, untrack=None):
     with unlocked(encoder):
         setattr(encoder, slot, layer)
         if untrack is not None:
-            encoder._tracker.untrack(untrack)
+            untrack_layer(encoder, untrack)
 
 
 def hidden_dim(encoder):

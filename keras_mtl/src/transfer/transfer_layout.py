@@ -16,7 +16,7 @@ from keras_mtl.src.layers.add_adapter_experts import insert_adapter_experts
 from keras_mtl.src.layers.add_adapter_experts import remove_adapter_experts
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
-from keras_mtl.src.transfer.adapter_wrapper import unlocked
+from keras_mtl.src.utils.layer_internals import sublayers
 
 FORMAT = "keras_mtl.transfer_layout"
 VERSION = 1
@@ -34,7 +34,7 @@ WRAPPER_ARGUMENTS = (
 
 
 def _children(layer):
-    return layer._flatten_layers(include_self=False, recursive=False)
+    return sublayers(layer, recursive=False)
 
 
 def _walk(model):
@@ -131,7 +131,7 @@ def _shared_layers(units):
     "++" ScaLearn variants), with the addresses of their users."""
     users = {}
     for address, unit in units:
-        for layer in unit._flatten_layers(include_self=True):
+        for layer in sublayers(unit, include_self=True):
             entry = users.setdefault(id(layer), (layer, []))
             if address not in entry[1]:
                 entry[1].append(address)
@@ -450,8 +450,7 @@ def _attach(encoder, item, layer):
     if item == EXPERTS:
         insert_adapter_experts(encoder, layer)
         return
-    with unlocked(encoder):
-        setattr(encoder, item, layer)
+    backbone_walk.replace_sublayer(encoder, item, layer)
 
 
 def _detach(encoder, item):
@@ -459,9 +458,8 @@ def _detach(encoder, item):
         remove_adapter_experts(encoder)
         return
     wrapper = getattr(encoder, item)
-    with unlocked(encoder):
-        setattr(encoder, item, wrapper.layer)
-        encoder._tracker.untrack(wrapper)
+    backbone_walk.replace_sublayer(encoder, item, wrapper.layer,
+                                   untrack=wrapper)
 
 
 @keras_mtl_export("keras_mtl.transfer.restore_transfer")
