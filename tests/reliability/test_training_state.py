@@ -254,3 +254,19 @@ def test_every_aggregator_trains_without_shared_variables(name):
         assert len(ours) <= 1, [str(w.message) for w in ours]
         assert np.isfinite(logs["loss"])
         assert not np.array_equal(to_numpy(head), before)
+
+
+def test_a_refused_compile_changes_nothing():
+    from keras_mtl.aggregators import ALL_AGGREGATORS
+
+    name = next(n for n, cls in sorted(ALL_AGGREGATORS.items())
+                if getattr(cls, "tracks_gradients", False))
+    x, y = make_data(32)
+    model = compiled("mgda")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    optimizer, balancer = model.optimizer, model.balancer
+    with pytest.raises(ValueError, match="per-parameter state"):
+        model.compile("sgd", loss=LOSSES, aggregator=name,
+                      gradient_mode="features", features="features")
+    assert model.optimizer is optimizer and model.balancer is balancer
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)

@@ -149,6 +149,7 @@ class Balancer(KerasSaveable):
         self.aggregator = registry.get(
             "sum" if aggregator is None else aggregator)
         self.gradient_mode = gradient_mode
+        self._check_aggregator()
         self.features = features
         self.weight_task_specific = bool(weight_task_specific)
         self.vectorize = bool(vectorize)
@@ -200,6 +201,24 @@ class Balancer(KerasSaveable):
                 f"Received: {arg_name}={value!r}"
             )
         return {task: value.get(task) for task in self.task_names}
+
+    def _check_aggregator(self):
+        """Refuses a rule this balancer cannot run (before `compile`
+        changes anything)."""
+        aggregator = self.aggregator
+        parameters = aggregator.initial_parameters(len(self.task_names))
+        if parameters and aggregator.requires_jacobian:
+            raise ValueError(
+                "Aggregators with learnable parameters must be loss-only "
+                "(requires_jacobian=False). Received: aggregator="
+                f"{aggregator!r}"
+            )
+        if aggregator.tracks_gradients and self.gradient_mode != "parameters":
+            raise ValueError(
+                f"{type(aggregator).__name__} keeps per-parameter state "
+                "and needs gradient_mode='parameters'. Received: "
+                f"gradient_mode={self.gradient_mode!r}"
+            )
 
     def _build_trackers(self, losses, metrics, weighted_metrics):
         task_metrics = []
@@ -258,20 +277,8 @@ class Balancer(KerasSaveable):
         aggregator = self.aggregator
         num_tasks = len(self.task_names)
         parameters = aggregator.initial_parameters(num_tasks)
-        if parameters and aggregator.requires_jacobian:
-            raise ValueError(
-                "Aggregators with learnable parameters must be loss-only "
-                "(requires_jacobian=False). Received: aggregator="
-                f"{aggregator!r}"
-            )
         num_params = None
         if aggregator.tracks_gradients:
-            if self.gradient_mode != "parameters":
-                raise ValueError(
-                    f"{type(aggregator).__name__} keeps per-parameter state "
-                    "and needs gradient_mode='parameters'. Received: "
-                    f"gradient_mode={self.gradient_mode!r}"
-                )
             num_params = sum(math.prod(v.shape) for v in shared_variables)
         self.num_params = num_params
         initial = aggregator.initial_state(num_tasks, num_params)
