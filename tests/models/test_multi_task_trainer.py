@@ -195,3 +195,12 @@ def test_a_task_output_must_be_one_tensor(nested):
     y = {"a": np.zeros((8, 1), "float32"), "b": np.zeros((8, 1), "float32")}
     with pytest.raises(ValueError, match="one output tensor"):
         model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_bad_shared_variables_fail_before_compile_changes_anything():
+    x, y = make_data(32)
+    model = Subclassed(shared_variables=["no/such/path"])
+    model(x[:2])
+    with pytest.raises(ValueError, match="Unknown variable path"):
+        model.compile("sgd", loss=LOSSES, aggregator="mgda")
+    assert model.balancer is None and not model.compiled

@@ -280,6 +280,8 @@ class MultiTaskTrainer:
         )
         if gradient_mode == "features":
             self.features_layer(features)  # Fail early on a bad layer name.
+        if self._shared_known():
+            self.shared_variable_ids()  # Fail early on bad variables.
         previous = self.balancer
         super().compile(
             optimizer=optimizer,
