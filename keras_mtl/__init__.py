@@ -3,6 +3,7 @@
 from keras_mtl import aggregators
 from keras_mtl import callbacks
 from keras_mtl import datasets
+from keras_mtl import distribute
 from keras_mtl import layers
 from keras_mtl import losses
 from keras_mtl import transfer

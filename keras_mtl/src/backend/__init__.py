@@ -4,7 +4,9 @@ This package is the only place in keras_mtl that imports TensorFlow, JAX or
 PyTorch. Each engine module provides `train_step(model, ...)` and
 `test_step(model, ...)` with the signature of its Keras trainer,
 `output_dependencies(model, outputs)` (which variables each tensor of a
-forward pass depends on) and `restore_on_failure(model)` (a context that
+forward pass depends on), `prepare_distribution(model)` (checks the
+data-parallel set-up and synchronises the replicas before `fit` or
+`evaluate`) and `restore_on_failure(model)` (a context that
 gives the model its variables back after a failed step); everything else
 (losses, aggregation, state, metrics) is shared `keras.ops` code in the
 model's `Balancer`.
@@ -17,18 +19,21 @@ _BACKEND = keras.config.backend()
 if _BACKEND == "jax":
     from keras_mtl.src.backend.jax_engine import jit
     from keras_mtl.src.backend.jax_engine import output_dependencies
+    from keras_mtl.src.backend.jax_engine import prepare_distribution
     from keras_mtl.src.backend.jax_engine import restore_on_failure
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
 elif _BACKEND == "tensorflow":
     from keras_mtl.src.backend.tensorflow_engine import jit
     from keras_mtl.src.backend.tensorflow_engine import output_dependencies
+    from keras_mtl.src.backend.tensorflow_engine import prepare_distribution
     from keras_mtl.src.backend.tensorflow_engine import restore_on_failure
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
 elif _BACKEND == "torch":
     from keras_mtl.src.backend.torch_engine import jit
     from keras_mtl.src.backend.torch_engine import output_dependencies
+    from keras_mtl.src.backend.torch_engine import prepare_distribution
     from keras_mtl.src.backend.torch_engine import restore_on_failure
     from keras_mtl.src.backend.torch_engine import test_step
     from keras_mtl.src.backend.torch_engine import train_step
@@ -41,6 +46,7 @@ else:
         )
 
     train_step = test_step = output_dependencies = _unsupported
+    prepare_distribution = _unsupported
 
     def restore_on_failure(model):
         _unsupported()

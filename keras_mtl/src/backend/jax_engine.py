@@ -100,7 +100,7 @@ class _Step:
         self.reg, self.weights = reg, weights
 
 
-def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
+def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
     balancer = model.balancer
     ntv_vars = model.non_trainable_variables
 
@@ -109,13 +109,15 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
                           plan.others_index, others)
         with _scope(model, values, ntv, losses=True) as scope:
             y_pred = model(x, training=True)
-            losses = balancer.task_losses(y, y_pred, sw)
-            reg = model.regularization_loss()
+            losses = balancer.task_losses(
+                y, y_pred, sw, model.regularization_loss(), scale=scale)
+            reg = losses.reg
             outputs = {"losses": tuple(losses.rows)}
             if reg is not None:
                 outputs["reg"] = reg
             if plan.mode == "losses" and balancer.parameters:
-                outputs["objective"] = balancer.objective(losses.losses, None)
+                outputs["objective"] = balancer.objective(
+                    losses.losses, None, scale=scale)
         aux = (y_pred, losses, reg, _new_values(scope, ntv_vars))
         return outputs, aux
 
@@ -134,23 +136,27 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw):
                 lambda o: o["objective"])
         else:
             select = _weighted(weights, has_reg)
-        g_shared, g_others = pull(select)
+        g_shared, g_others = (balancer.unscale(g, scale=scale)
+                              for g in pull(select))
     else:
-        jacobians = _per_task(pull, len(balancer.task_names),
-                              balancer.vectorize, 0)
+        jacobians = balancer.unscale(
+            _per_task(pull, len(balancer.task_names), balancer.vectorize, 0),
+            scale=scale)
         g_shared, weights = balancer.combine(
             jacobians, losses.losses, plan.norm_index)
         coefficients = balancer.coefficients(weights)
         _, g_others = pull(_weighted(coefficients, has_reg))
+        g_others = balancer.unscale(g_others, scale=scale)
         if has_reg:
             # Regularisation is not a task: its gradient is added as is.
             g_reg, _ = pull(lambda o: o["reg"])
-            g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+            g_shared = [a + b for a, b in zip(
+                g_shared, balancer.unscale(g_reg, scale=scale))]
     grads = plan.assemble(g_shared, g_others)
     return grads, _Step(losses, y_pred, reg, weights)
 
 
-def _feature_gradients(model, plan, tv, ntv, x, y, sw):
+def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
     """Features mode: the forward pass is split at the features `z` (see
     `split_at`): the heads read `stop_gradient(z) + offset`, so the task
     losses' gradients with respect to the zero `offset` are their gradients
@@ -167,8 +173,9 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
         with _scope(model, values, ntv, losses=True) as scope:
             with split_at(plan.features_layer, detach) as split:
                 y_pred = model(x, training=True)
-            losses = balancer.task_losses(y, y_pred, sw)
-            reg = model.regularization_loss()
+            losses = balancer.task_losses(
+                y, y_pred, sw, model.regularization_loss(), scale=scale)
+            reg = losses.reg
         outputs = {"losses": tuple(losses.rows), "features": split.features}
         if reg is not None:
             outputs["reg"] = reg
@@ -184,12 +191,16 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw):
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
 
-    jacobian = _per_task(pull, len(balancer.task_names),
-                         balancer.vectorize, 2)
+    (jacobian,) = balancer.unscale(
+        [_per_task(pull, len(balancer.task_names), balancer.vectorize, 2)],
+        scale=scale)
     (dz,), weights = balancer.combine([jacobian], losses.losses)
+    dz = dz.astype(features.dtype)
+    if scale is not None:
+        dz = dz * scale.astype(dz.dtype)
     weighted = _weighted(balancer.coefficients(weights), reg is not None)
-    g_shared, g_others, _ = pull(
-        lambda o: weighted(o) + jnp.sum(o["features"] * dz))
+    g_shared, g_others, _ = (balancer.unscale(g, scale=scale) for g in pull(
+        lambda o: weighted(o) + jnp.sum(o["features"] * dz)))
     grads = plan.assemble(g_shared, g_others)
     return grads, _Step(losses, y_pred, reg, weights)
 
@@ -199,6 +210,13 @@ def _iterations(optimizer, ov):
     mapping = list(zip(optimizer.variables, ov))
     with keras.StatelessScope(state_mapping=mapping):
         return jnp.asarray(keras.ops.convert_to_tensor(optimizer.iterations))
+
+
+def _loss_scale(balancer, optimizer, ov):
+    """The loss scale in the state `ov` (see `Balancer.loss_scale`)."""
+    mapping = list(zip(optimizer.variables, ov))
+    with keras.StatelessScope(state_mapping=mapping):
+        return balancer.loss_scale(optimizer)
 
 
 def _apply(optimizer, ov, grads, tv, ok):
@@ -218,16 +236,20 @@ def train_step(model, state, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
     plan = model.gradient_plan()
+    scale = _loss_scale(balancer, optimizer, ov)
     with _scope(model, tv, ntv, mv) as scope:
         gradients = (_feature_gradients if plan.mode == "features"
                      else _parameter_gradients)
-        grads, step = gradients(model, plan, tv, ntv, x, y, sw)
+        grads, step = gradients(model, plan, tv, ntv, x, y, sw, scale)
         ok = balancer.check_finite(step.losses.losses, grads)
     ntv = _new_values(scope, model.non_trainable_variables)
 
     conditional = ok is not None or optimizer.gradient_accumulation_steps
     before = _iterations(optimizer, ov) if conditional else None
-    tv, ov = _apply(optimizer, ov, grads, tv, ok)
+    grads = balancer.optimizer_gradients(grads, ok, scale)
+    # A LossScaleOptimizer skips a non-finite step itself.
+    tv, ov = _apply(optimizer, ov, grads, tv,
+                    None if scale is not None else ok)
     applied = _iterations(optimizer, ov) > before if conditional else None
 
     with _scope(model, tv, ntv, mv) as scope:
@@ -312,6 +334,11 @@ def restore_on_failure(model):
             if getattr(variable, "_value", True) is None:
                 variable.assign(value)
         raise
+
+
+def prepare_distribution(model):
+    """Nothing to do: under `keras.distribution` the step is one SPMD
+    program over the global batch, and Keras places the variables."""
 
 
 def jit(fn):

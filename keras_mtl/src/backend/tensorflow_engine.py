@@ -5,11 +5,14 @@ gradients of the shared variables are `T` calls of `tape.gradient` (or one
 `tape.jacobian` with `vectorize=True`), and every other gradient is one more
 `tape.gradient` with `output_gradients` set to the task coefficients.
 
-Distribution: the reduction point is `_reduce_across_replicas`. Under a
-`tf.distribute` strategy with several replicas the per-task Jacobian must be
-all-reduced *before* the nonlinear aggregation; that path is not implemented
-yet, so the step refuses to run there instead of silently aggregating per
-replica.
+Distribution: under `tf.distribute.MirroredStrategy` the step runs once per
+replica on its shard of the global batch. The task losses take the global
+batch's masked means (see `Balancer.task_losses`); the per-task gradients
+(the `T x P` Jacobian in parameters mode, the features Jacobian gathered over
+the replicas in features mode) and every other gradient are all-reduced
+*before* the aggregation, so each replica aggregates the same global
+Jacobian. Keras' optimizer sums the gradients over the replicas once more in
+`apply`, so each replica passes `1 / num_replicas` of the global gradient.
 """
 
 import contextlib
@@ -21,17 +24,77 @@ from keras_mtl.src.models.feature_split import split_at
 
 ZERO = tf.UnconnectedGradients.ZERO
 
+KERAS_MWMS_ISSUE = "https://github.com/keras-team/keras/issues/20585"
+KERAS_ACCUMULATION_ISSUE = "https://github.com/keras-team/keras/issues/20582"
 
-def _reduce_across_replicas():
-    if tf.distribute.has_strategy() and (
-        tf.distribute.get_strategy().num_replicas_in_sync > 1
-    ):
-        raise NotImplementedError(
-            "MultiTaskModel does not support tf.distribute strategies with "
-            "several replicas yet: per-task gradients would be aggregated per "
-            "replica. Use the JAX backend with keras.distribution. "
-            "Received: num_replicas_in_sync="
-            f"{tf.distribute.get_strategy().num_replicas_in_sync}"
+
+class _Replicas:
+    """The replicas of the current `tf.distribute` replica context."""
+
+    def __init__(self):
+        self.context = tf.distribute.get_replica_context()
+        self.count = (self.context.num_replicas_in_sync
+                      if self.context is not None else 1)
+
+    def sum(self, values):
+        return self.context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+    def gather(self, value):
+        """`value` of every replica, concatenated along axis 1 (the batch
+        axis of a `(T, batch, ...)` Jacobian), and this replica's slice of
+        such a tensor."""
+        size = tf.shape(value)[1:2]
+        sizes = self.context.all_gather(size, axis=0)
+        index = self.context.replica_id_in_sync_group
+        start = tf.reduce_sum(sizes[:index])
+        gathered = self.context.all_gather(value, axis=1)
+
+        def local(full):
+            return full[start: start + size[0]]
+
+        return gathered, local
+
+
+def prepare_distribution(model):
+    """Refuses a `tf.distribute` strategy the step cannot run exactly."""
+    strategy = model.distribute_strategy
+    name = type(strategy).__name__
+    if isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                             tf.distribute.experimental.
+                             MultiWorkerMirroredStrategy)):
+        raise ValueError(
+            "MultiTaskModel cannot train under MultiWorkerMirroredStrategy "
+            "on Keras 3: Keras' own `fit` fails there (keras-team/keras "
+            f"issue 20585, {KERAS_MWMS_ISSUE}). Use MirroredStrategy for "
+            "several devices of one host, or, across processes and hosts, "
+            "the JAX backend (keras.distribution) or the PyTorch backend "
+            "(torchrun with keras_mtl.distribute). Received: strategy="
+            f"{name}"
+        )
+    refused = (tf.distribute.ParameterServerStrategy,
+               tf.distribute.experimental.ParameterServerStrategy,
+               tf.distribute.TPUStrategy,
+               tf.distribute.experimental.TPUStrategy,
+               tf.distribute.experimental.CentralStorageStrategy)
+    if isinstance(strategy, refused):
+        raise ValueError(
+            "MultiTaskModel trains under tf.distribute.MirroredStrategy "
+            "and OneDeviceStrategy (or no strategy): its step all-reduces "
+            "the per-task gradients between the replicas before it "
+            "aggregates them, which this strategy does not run. Received: "
+            f"strategy={name}"
+        )
+    replicas = strategy.num_replicas_in_sync
+    steps = getattr(model.optimizer, "gradient_accumulation_steps", None)
+    inner = getattr(model.optimizer, "inner_optimizer", None)
+    steps = steps or getattr(inner, "gradient_accumulation_steps", None)
+    if replicas > 1 and steps:
+        raise ValueError(
+            "Gradient accumulation does not run under a tf.distribute "
+            "strategy with several replicas in Keras 3 itself (keras-team/"
+            f"keras issue 20582, {KERAS_ACCUMULATION_ISSUE}). Use a larger "
+            "global batch, or the JAX backend. Received: "
+            f"gradient_accumulation_steps={steps}, num_replicas={replicas}"
         )
 
 
@@ -39,27 +102,30 @@ def _values(variables):
     return [v.value for v in variables]
 
 
-def _weighted_loss_gradients(model, plan, x, y, sw):
+def _weighted_loss_gradients(model, plan, x, y, sw, replicas, scale):
     """One backward pass of the weighted loss (loss-only rules)."""
     balancer = model.balancer
     shared, others = _values(plan.shared), _values(plan.others)
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)
-        losses = balancer.task_losses(y, y_pred, sw)
-        reg = model.regularization_loss()
+        losses = balancer.task_losses(y, y_pred, sw,
+                                      model.regularization_loss(),
+                                      replicas, scale)
         weights = balancer.loss_weights(losses.losses)
-        objective = balancer.objective(losses.losses, weights)
-        if reg is not None:
-            objective = objective + reg
+        objective = balancer.objective(losses.losses, weights, replicas,
+                                       scale)
+        if losses.reg is not None:
+            objective = objective + losses.reg
     grads = tape.gradient(objective, shared + others,
                           unconnected_gradients=ZERO)
-    return grads[: len(shared)], grads[len(shared):], (losses, y_pred, reg,
-                                                        weights)
+    grads = balancer.unscale(grads, replicas, scale)
+    return grads[: len(shared)], grads[len(shared):], losses, y_pred, weights
 
 
-def _task_gradients(model, plan, x, y, sw):
+def _task_gradients(model, plan, x, y, sw, replicas, scale):
     """Per-task gradients of the shared variables (or of the features),
-    aggregated; each task's gradient runs through its own head only."""
+    reduced over the replicas and aggregated; each task's gradient runs
+    through its own head only."""
     balancer = model.balancer
     shared, others = _values(plan.shared), _values(plan.others)
     features_mode = plan.mode == "features"
@@ -77,8 +143,10 @@ def _task_gradients(model, plan, x, y, sw):
             z = split.features
         else:
             y_pred = model(x, training=True)
-        losses = balancer.task_losses(y, y_pred, sw)
-        reg = model.regularization_loss()
+        losses = balancer.task_losses(y, y_pred, sw,
+                                      model.regularization_loss(),
+                                      replicas, scale)
+    reg = losses.reg
     target = split.detached if features_mode else shared
     if balancer.vectorize:
         jacobians = tape.jacobian(losses.losses, target,
@@ -88,73 +156,112 @@ def _task_gradients(model, plan, x, y, sw):
                 for r in losses.rows]
         jacobians = tf.nest.map_structure(lambda *r: tf.stack(r), *rows)
     if features_mode:
-        (dz,), weights = balancer.combine([jacobians], losses.losses)
+        # Per-sample rows: gathered over the replicas, not summed.
+        (jacobian,) = balancer.unscale([jacobians], scale=scale)
+        local = None
+        if replicas.count > 1:
+            jacobian, local = replicas.gather(jacobian)
+        (dz,), weights = balancer.combine([jacobian], losses.losses)
+        dz = tf.cast(dz if local is None else local(dz), z.dtype)
+        if scale is not None:
+            dz = dz * tf.cast(scale, dz.dtype)
         targets, cotangents = [z], [dz]
         if reg is not None:
             targets, cotangents = [z, reg], [dz, tf.ones_like(reg)]
-        g_shared = tape.gradient(targets, shared, output_gradients=cotangents,
-                                 unconnected_gradients=ZERO)
+        g_shared = balancer.unscale(
+            tape.gradient(targets, shared, output_gradients=cotangents,
+                          unconnected_gradients=ZERO),
+            replicas, scale)
     else:
+        jacobians = balancer.unscale(jacobians, replicas, scale)
         g_shared, weights = balancer.combine(
             jacobians, losses.losses, plan.norm_index)
         if reg is not None:
-            g_reg = tape.gradient(reg, shared, unconnected_gradients=ZERO)
+            g_reg = balancer.unscale(
+                tape.gradient(reg, shared, unconnected_gradients=ZERO),
+                replicas, scale)
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
     targets, cotangents = [losses.losses], [balancer.coefficients(weights)]
     if reg is not None:
         targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
-    g_others = tape.gradient(
+    g_others = balancer.unscale(tape.gradient(
         targets, others, output_gradients=cotangents,
         unconnected_gradients=ZERO,
-    ) if others else []
-    return g_shared, g_others, (losses, y_pred, reg, weights)
+    ), replicas, scale) if others else []
+    return g_shared, g_others, losses, y_pred, weights
 
 
-def _apply(optimizer, grads, variables, ok):
-    """The optimizer step; skipped where the finiteness flag `ok` is False."""
-    if ok is None:
+def _apply(optimizer, grads, variables, ok, replicas, scaled):
+    """The optimizer step; skipped where the finiteness flag `ok` is False.
+
+    A `LossScaleOptimizer` (`scaled`) decides itself: it received NaN
+    gradients where `ok` is False, skips the step and lowers its scale.
+    Under a strategy with several replicas, `apply` calls `merge_call`,
+    which may not run inside a `tf.cond` of a replica context: the
+    condition is then taken in the cross-replica context, as Keras'
+    `LossScaleOptimizer` does (`ok` is the same on every replica).
+    """
+    if ok is None or scaled:
         optimizer.apply(grads, variables)
         return
+    if replicas.count == 1:
+        def apply():
+            optimizer.apply(grads, variables)
+            return tf.constant(True)
 
-    def apply():
-        optimizer.apply(grads, variables)
-        return tf.constant(True)
+        tf.cond(ok, apply, lambda: tf.constant(False))
+        return
 
-    tf.cond(ok, apply, lambda: tf.constant(False))
+    def cross_replica(distribution, grads, ok):
+        first = distribution.experimental_local_results(ok)[0]
+
+        def apply():
+            distribution.extended.call_for_each_replica(
+                optimizer.apply, args=(grads, variables))
+            return tf.constant(True)
+
+        tf.cond(first, apply, lambda: tf.constant(False))
+
+    replicas.context.merge_call(cross_replica, args=(grads, ok))
 
 
 def train_step(model, data):
-    _reduce_across_replicas()
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
     plan = model.gradient_plan()
+    replicas = _Replicas()
+    scale = balancer.loss_scale(optimizer)
     gradients = (_weighted_loss_gradients if plan.mode == "losses"
                  else _task_gradients)
-    g_shared, g_others, (losses, y_pred, reg, weights) = gradients(
-        model, plan, x, y, sw)
+    g_shared, g_others, losses, y_pred, weights = gradients(
+        model, plan, x, y, sw, replicas, scale)
     grads = plan.assemble(g_shared, g_others)
     ok = balancer.check_finite(losses.losses, grads)
 
     conditional = ok is not None or optimizer.gradient_accumulation_steps
     before = tf.identity(optimizer.iterations) if conditional else None
-    _apply(optimizer, grads, model.trainable_variables, ok)
+    # Keras' optimizer sums the gradients over the replicas again.
+    grads = balancer.optimizer_gradients(grads, ok, scale, replicas.count)
+    _apply(optimizer, grads, model.trainable_variables, ok, replicas,
+           scale is not None)
     applied = optimizer.iterations > before if conditional else None
 
     balancer.commit(applied)
     if balancer.needs_losses_after_step:
-        after = balancer.task_losses(y, model(x, training=False), sw)
+        after = balancer.task_losses(y, model(x, training=False), sw,
+                                     replicas=replicas)
         balancer.after_step(losses.losses, after.losses, applied)
     total = tf.reduce_sum(losses.losses)
-    if reg is not None:
-        total = total + reg
+    if losses.reg is not None:
+        total = total + losses.reg
     balancer.update_metrics(losses, y_pred, total, tf.shape(
-        tf.nest.flatten(x)[0])[0], weights, ok)
+        tf.nest.flatten(x)[0])[0], weights, ok, replicas)
     return balancer.results(training=True)
 
 
 def test_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    return model.compute_test_logs(x, y, sw)
+    return model.compute_test_logs(x, y, sw, _Replicas())
 
 
 def output_dependencies(model, outputs):

@@ -10,10 +10,15 @@ loop over the features tensor, and the other gradients from one more call
 with the task coefficients as `grad_outputs`. `.grad` fields are never
 touched.
 
-Distribution: `_reduce_across_replicas` is the reduction point. With an
-initialised `torch.distributed` process group of several ranks the per-task
-Jacobian must be all-reduced before the nonlinear aggregation; that path is
-not implemented yet, so the step refuses to run there.
+Distribution: with an initialised `torch.distributed` process group of
+several ranks (see `keras_mtl.distribute`), each rank runs the step on its
+shard of the global batch. The task losses take the global batch's masked
+means (see `Balancer.task_losses`), and the per-task gradients (the `T x P`
+Jacobian, or the features Jacobian gathered over the ranks), the other
+gradients and the metric updates are all-reduced before the aggregation:
+every rank aggregates the same global Jacobian and applies the same update.
+DistributedDataParallel is not used: it reduces `.grad` fields, which the
+per-task `autograd.grad` calls do not fill.
 """
 
 import contextlib
@@ -26,17 +31,79 @@ import torch
 from keras_mtl.src.models.feature_split import split_at
 
 
-def _reduce_across_replicas():
-    if (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    ):
-        raise NotImplementedError(
-            "MultiTaskModel does not support multi-process torch training "
-            "yet: per-task gradients would be aggregated per process. "
-            f"Received: world_size={torch.distributed.get_world_size()}"
-        )
+def world_size():
+    """The number of ranks of the default process group (1 without one)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _Replicas:
+    """The ranks of the default `torch.distributed` process group."""
+
+    def __init__(self):
+        self.count = world_size()
+
+    def sum(self, values):
+        """All-reduces `values`, one call per dtype."""
+        out = list(values)
+        by_dtype = {}
+        for i, value in enumerate(values):
+            by_dtype.setdefault(value.dtype, []).append(i)
+        for index in by_dtype.values():
+            flat = torch.cat([values[i].reshape(-1) for i in index])
+            torch.distributed.all_reduce(flat)
+            pieces = torch.split(flat, [values[i].numel() for i in index])
+            for i, piece in zip(index, pieces):
+                out[i] = piece.view(values[i].shape)
+        return out
+
+    def gather(self, value):
+        """`value` of every rank, concatenated along axis 1 (the batch axis
+        of a `(T, batch, ...)` Jacobian), and this rank's slice of such a
+        tensor."""
+        dist = torch.distributed
+        size = value.shape[1]
+        mine = torch.tensor([size], device=value.device)
+        sizes = [torch.zeros_like(mine) for _ in range(self.count)]
+        dist.all_gather(sizes, mine)
+        sizes = [int(n) for n in sizes]
+        padding = [0, 0] * (value.dim() - 2) + [0, max(sizes) - size]
+        padded = torch.nn.functional.pad(value, padding)
+        parts = [torch.empty_like(padded) for _ in range(self.count)]
+        dist.all_gather(parts, padded.contiguous())
+        full = torch.cat([p[:, :n] for p, n in zip(parts, sizes)], dim=1)
+        start = sum(sizes[: dist.get_rank()])
+        return full, lambda t: t[start: start + size]
+
+
+@contextlib.contextmanager
+def _summed_updates(metrics, replicas):
+    """Sums the metric updates made inside the block over the ranks (every
+    Keras metric state is additive)."""
+    if replicas.count == 1:
+        yield
+        return
+    variables = [v for m in metrics for v in m.variables]
+    before = [torch.clone(v.value) for v in variables]
+    yield
+    deltas = replicas.sum([v.value - b for v, b in zip(variables, before)])
+    for variable, start, delta in zip(variables, before, deltas):
+        variable.assign(start + delta)
+
+
+def prepare_distribution(model):
+    """Initial weights: every rank starts from rank 0's variables (model,
+    optimizer, balancer), as DistributedDataParallel would broadcast them."""
+    if world_size() == 1:
+        return
+    variables = list(model.variables)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    with torch.no_grad():
+        for variable in variables:
+            torch.distributed.broadcast(variable.value.data, src=0)
 
 
 def _grad(outputs, inputs, grad_outputs=None, retain_graph=False,
@@ -65,13 +132,15 @@ def _detach(z):
     return z.detach().requires_grad_(True)
 
 
-def _task_gradients(model, plan, losses, reg, split, shared, others):
+def _task_gradients(model, plan, losses, split, shared, others, replicas,
+                    scale):
     """Features mode (`split` holds the features and their detached copy),
     or one batched call for all tasks (`vectorize`)."""
     balancer = model.balancer
     num_tasks = len(balancer.task_names)
     features_mode = plan.mode == "features"
     target = [split.detached] if features_mode else shared
+    reg = losses.reg
     if balancer.vectorize:
         eye = torch.eye(num_tasks, dtype=losses.losses.dtype,
                         device=losses.losses.device)
@@ -82,6 +151,14 @@ def _task_gradients(model, plan, losses, reg, split, shared, others):
                     for row in losses.rows]
         jacobians = [torch.stack(rows) for rows in zip(*per_task)]
     with torch.no_grad():
+        local = None
+        if features_mode:
+            # Per-sample rows: gathered over the ranks, not summed.
+            jacobians = balancer.unscale(jacobians, scale=scale)
+            if replicas.count > 1:
+                jacobians[0], local = replicas.gather(jacobians[0])
+        else:
+            jacobians = balancer.unscale(jacobians, replicas, scale)
         directions, weights = balancer.combine(
             jacobians, losses.losses,
             None if features_mode else plan.norm_index)
@@ -89,23 +166,32 @@ def _task_gradients(model, plan, losses, reg, split, shared, others):
     if reg is not None:
         outputs.append(reg)
         cotangents.append(torch.ones_like(reg))
-    g_others = _grad(outputs, others, cotangents, retain_graph=True)
+    g_others = balancer.unscale(
+        _grad(outputs, others, cotangents, retain_graph=True),
+        replicas, scale)
     if features_mode:
-        g_shared = _grad([split.features] + outputs[1:], shared,
-                         [directions[0]] + cotangents[1:])
+        dz = directions[0] if local is None else local(directions[0])
+        dz = dz.to(split.features.dtype)
+        if scale is not None:
+            dz = dz * scale.to(dz.dtype)
+        g_shared = balancer.unscale(
+            _grad([split.features] + outputs[1:], shared,
+                  [dz] + cotangents[1:]),
+            replicas, scale)
     else:
         g_shared = directions
         if reg is not None:
-            g_reg = _grad(reg, shared)
+            g_reg = balancer.unscale(_grad(reg, shared), replicas, scale)
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
     return g_shared, g_others, weights
 
 
 def train_step(model, data):
-    _reduce_across_replicas()
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
     plan = model.gradient_plan()
+    replicas = _Replicas()
+    scale = balancer.loss_scale(optimizer)
     shared = [v.value for v in plan.shared]
     others = [v.value for v in plan.others]
     split = None
@@ -114,44 +200,50 @@ def train_step(model, data):
             y_pred = model(x, training=True)
     else:
         y_pred = model(x, training=True)
-    losses = balancer.task_losses(y, y_pred, sw)
-    reg = model.regularization_loss()
+    losses = balancer.task_losses(y, y_pred, sw, model.regularization_loss(),
+                                  replicas, scale)
 
     if plan.mode == "losses":
         weights = balancer.loss_weights(losses.losses)
-        objective = balancer.objective(losses.losses, weights)
-        if reg is not None:
-            objective = objective + reg
-        grads = _grad(objective, shared + others)
+        objective = balancer.objective(losses.losses, weights, replicas,
+                                       scale)
+        if losses.reg is not None:
+            objective = objective + losses.reg
+        grads = balancer.unscale(_grad(objective, shared + others),
+                                 replicas, scale)
         g_shared, g_others = grads[: len(shared)], grads[len(shared):]
     elif not (plan.mode == "features" or balancer.vectorize):
         g_shared, g_others, weights = _per_task_step(
-            balancer, losses.rows, losses.losses, reg, shared, others,
-            plan.norm_index)
+            balancer, losses, shared, others, plan.norm_index, replicas,
+            scale)
     else:
         g_shared, g_others, weights = _task_gradients(
-            model, plan, losses, reg, split, shared, others)
+            model, plan, losses, split, shared, others, replicas, scale)
     with torch.no_grad():
         grads = plan.assemble(g_shared, g_others)
         ok = balancer.check_finite(losses.losses, grads)
+        scaled = scale is not None
         conditional = ok is not None or optimizer.gradient_accumulation_steps
         before = torch.clone(_tensor(optimizer.iterations)) if conditional \
             else None
-        if ok is None or bool(ok):
-            optimizer.apply(grads, model.trainable_variables)
+        if ok is None or scaled or bool(ok):
+            optimizer.apply(balancer.optimizer_gradients(grads, ok, scale),
+                            model.trainable_variables)
         applied = (_tensor(optimizer.iterations) > before) if conditional \
             else None
         balancer.commit(applied)
         losses = losses.stop_gradient()
         if balancer.needs_losses_after_step:
-            after = balancer.task_losses(y, model(x, training=False), sw)
+            after = balancer.task_losses(y, model(x, training=False), sw,
+                                         replicas=replicas)
             balancer.after_step(losses.losses, after.losses, applied)
         total = torch.sum(losses.losses)
-        if reg is not None:
-            total = total + reg.detach()
-        balancer.update_metrics(
-            losses, {k: v.detach() for k, v in y_pred.items()}, total,
-            _batch_size(x), weights, ok)
+        if losses.reg is not None:
+            total = total + losses.reg
+        with _summed_updates(balancer.metrics, replicas):
+            balancer.update_metrics(
+                losses, {k: v.detach() for k, v in y_pred.items()}, total,
+                _batch_size(x), weights, ok, replicas)
         return balancer.results(training=True)
 
 
@@ -163,22 +255,24 @@ def _batch_size(x):
     return next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
 
 
-def _per_task_step(balancer, task_losses, losses, reg, shared, others,
-                   norm_index):
+def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
+                   scale):
     """Parameters mode, one `autograd.grad` call per task.
 
     Each call differentiates one task loss with respect to the shared and the
     other variables, and writes the shared part straight into one row of a
-    `(T, P)` float32 Jacobian (a single copy; the aggregator reads that matrix
-    and per-variable views of it). The other variables' gradients of every
-    task are kept, then summed with the task coefficients once the
-    aggregator's weights are known, so no further pass over the heads is
-    needed. Regularisation adds one more call.
+    `(T, P)` float32 Jacobian (a single copy, all-reduced over the ranks in
+    one call; the aggregator reads that matrix and per-variable views of it).
+    The other variables' gradients of every task are kept, then summed with
+    the task coefficients once the aggregator's weights are known, so no
+    further pass over the heads is needed. Regularisation adds one more call.
     """
+    task_losses, reg = losses.rows, losses.reg
     num_tasks = len(task_losses)
     sizes = [v.numel() for v in shared]
     flat = torch.empty(
-        (num_tasks, sum(sizes)), dtype=torch.float32, device=losses.device
+        (num_tasks, sum(sizes)), dtype=torch.float32,
+        device=losses.losses.device
     )
     task_others = []
     for t, loss in enumerate(task_losses):
@@ -194,29 +288,31 @@ def _per_task_step(balancer, task_losses, losses, reg, shared, others,
             out=flat[t],
         )
         task_others.append(grads[len(shared):])
-    jacobians = [
-        piece.view(num_tasks, *v.shape)
-        for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
-    ]
     with torch.no_grad():
+        (flat,) = balancer.unscale([flat], replicas, scale)
+        jacobians = [
+            piece.view(num_tasks, *v.shape)
+            for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
+        ]
         directions, weights = balancer.combine(
-            jacobians, losses, norm_index, flat=flat)
+            jacobians, losses.losses, norm_index, flat=flat)
         coefficients = balancer.coefficients(weights)
         # Otherwise every coefficient is 1.
-        scale = balancer.weight_task_specific
+        scale_heads = balancer.weight_task_specific
         g_others = []
         for k, v in enumerate(others):
             terms = [
-                coefficients[t] * grads[k] if scale else grads[k]
+                coefficients[t] * grads[k] if scale_heads else grads[k]
                 for t, grads in enumerate(task_others)
                 if grads[k] is not None
             ]
             g_others.append(
                 functools.reduce(operator.add, terms) if terms
                 else torch.zeros_like(v))
+        g_others = balancer.unscale(g_others, replicas, scale)
     g_shared = [d.to(v.dtype) for d, v in zip(directions, shared)]
     if reg is not None:
-        g_reg = _grad(reg, shared + others)
+        g_reg = balancer.unscale(_grad(reg, shared + others), replicas, scale)
         g_shared = [a + b for a, b in zip(g_shared, g_reg)]
         g_others = [a + b for a, b in zip(g_others, g_reg[len(shared):])]
     return g_shared, g_others, weights
@@ -224,8 +320,10 @@ def _per_task_step(balancer, task_losses, losses, reg, shared, others,
 
 def test_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-    with torch.no_grad():
-        return model.compute_test_logs(x, y, sw)
+    replicas = _Replicas()
+    with torch.no_grad(), _summed_updates(model.balancer.metrics, replicas):
+        model.compute_test_logs(x, y, sw, replicas)
+    return model.balancer.results(training=False)
 
 
 def output_dependencies(model, outputs):

@@ -27,6 +27,7 @@ another aggregator simply skip.
 
 import itertools
 import math
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
+from keras_mtl.src.models.replicas import SINGLE
 from keras_mtl.src.models.task_means import TaskMeans
 
 NON_FINITE = ("skip", "raise", "apply")
@@ -54,21 +56,26 @@ class TaskLosses(NamedTuple):
         rows: list of the `T` scalar task losses (differentiate one of them
             to get that task's gradient through its own head only).
         losses: the same, stacked: `(T,)`.
-        counts: `(T,)` total weight of each task's labelled samples.
+        counts: `(T,)` total weight of each task's labelled samples (in
+            this replica's shard).
         labelled: `{task: (clean_labels, weights, sample_weight)}` for the
             metrics.
+        reg: the regularisation and `add_loss` total, or None.
     """
 
     rows: list
     losses: object
     counts: object
     labelled: dict
+    reg: object = None
 
     def stop_gradient(self):
         """The same losses, cut from the autodiff graph."""
         return TaskLosses([ops.stop_gradient(r) for r in self.rows],
                           ops.stop_gradient(self.losses), self.counts,
-                          self.labelled)
+                          self.labelled,
+                          None if self.reg is None
+                          else ops.stop_gradient(self.reg))
 
 
 class _Trackers:
@@ -83,6 +90,13 @@ def sum_losses(losses):
     if not losses:
         return None
     return ops.sum(ops.stack([ops.cast(v, "float32") for v in losses]))
+
+
+def _spread(local, value, factor):
+    """`value` in the forward pass; `factor` times the gradient of `local`
+    in the backward pass."""
+    return ops.stop_gradient(value) + factor * (
+        local - ops.stop_gradient(local))
 
 
 def _variable(value, trainable, name):
@@ -172,7 +186,10 @@ class Balancer(KerasSaveable):
         self.seed_generator = None
         self.epoch = None
         self.epochs_done = None
-        self._pending = None
+        # The aggregator's new state between `combine` and `commit`, per
+        # thread: `MirroredStrategy` traces each replica's step in its own
+        # thread, switching between them inside the optimizer's `apply`.
+        self._step = threading.local()
         self._plan = None
         self._plan_key = None
 
@@ -438,19 +455,71 @@ class Balancer(KerasSaveable):
             task_loss_lib.check_labels(
                 task, y[task], sample_weight[task], outputs[task], sparse)
 
-    def task_losses(self, y, y_pred, sample_weight):
-        """The masked task losses of one batch, as `TaskLosses`."""
+    def task_losses(self, y, y_pred, sample_weight, reg=None,
+                    replicas=SINGLE, scale=None):
+        """The masked task losses of one batch, as `TaskLosses`.
+
+        Args:
+            y, y_pred, sample_weight: the batch's labels, predictions and
+                sample weights.
+            reg: the regularisation and `add_loss` total of the forward pass
+                (or None); returned as `TaskLosses.reg`.
+            replicas: the data-parallel replicas this step runs on (see
+                `replicas.py`).
+            scale: the loss scale of a `LossScaleOptimizer`, or None.
+
+        Each task's loss is the weighted mean over the labelled samples of
+        the **global** batch: the local sum divided by the count summed over
+        the replicas. With several replicas, or a loss scale `s`, the
+        returned losses take the global value while their gradient is `s`
+        times this replica's share, so that the sum of every gradient over
+        the replicas, divided by `s`, is the gradient of the global batch's
+        loss. Regularisation counts once: `1 / count` of it per replica.
+        """
         y, sample_weight = self.targets(y, sample_weight)
-        rows, counts, labelled = [], [], {}
+        totals, counts, labelled = [], [], {}
         for task in self.task_names:
             fn, sparse = self.loss_functions[task]
-            loss, count, clean, weights = task_loss_lib.masked_task_loss(
+            total, count, clean, weights = task_loss_lib.masked_task_loss(
                 task, fn, sparse, y[task], y_pred[task], sample_weight[task]
             )
-            rows.append(loss)
+            totals.append(total)
             counts.append(count)
             labelled[task] = (clean, weights, sample_weight[task])
-        return TaskLosses(rows, ops.stack(rows), ops.stack(counts), labelled)
+        counts = ops.stack(counts)
+        parallel = replicas.count > 1
+        global_counts = (replicas.sum([ops.stop_gradient(counts)])[0]
+                         if parallel else counts)
+        safe = ops.where(global_counts > 0.0, global_counts,
+                         ops.ones_like(global_counts))
+        rows = [total / safe[i] for i, total in enumerate(totals)]
+        if parallel or scale is not None:
+            values = ops.stop_gradient(ops.stack(rows))
+            if reg is not None:
+                values = ops.concatenate(
+                    [values, ops.reshape(ops.stop_gradient(reg), (1,))])
+            if parallel:
+                values = replicas.sum([values])[0]
+            factor = 1.0 if scale is None else scale
+            rows = [_spread(row, values[i], factor)
+                    for i, row in enumerate(rows)]
+            if reg is not None:
+                n = replicas.count
+                reg = _spread(reg, values[-1] / n, factor / n)
+        return TaskLosses(rows, ops.stack(rows), counts, labelled, reg)
+
+    def unscale(self, grads, replicas=SINGLE, scale=None):
+        """The global gradients from this replica's (see `task_losses`):
+        summed over the replicas, then divided by the loss scale in
+        float32 (`None` entries stay `None`)."""
+        if replicas.count > 1:
+            present = [g for g in grads if g is not None]
+            summed = iter(replicas.sum(present))
+            grads = [None if g is None else next(summed) for g in grads]
+        if scale is None:
+            return grads
+        return [None if g is None else ops.cast(g, "float32") / scale
+                for g in grads]
 
     # ------------------------------------------------ step: aggregation
 
@@ -462,14 +531,31 @@ class Balancer(KerasSaveable):
             state["epoch"] = self.epoch.value
         return state
 
+    @property
+    def _pending(self):
+        return getattr(self._step, "pending", None)
+
+    @_pending.setter
+    def _pending(self, value):
+        self._step.pending = value
+
     def _keep_pending(self, state):
         self._pending = {k: state[k] for k in self.state}
 
-    def objective(self, losses, weights):
+    def objective(self, losses, weights, replicas=SINGLE, scale=None):
         """The scalar a loss-only step differentiates: the weighted sum of
-        the losses, or the rule's own objective when it has parameters."""
+        the losses, or the rule's own objective when it has parameters.
+
+        The rule's parameters see only the global losses, so every replica
+        computes the same gradient for them: each contributes `1 / count` of
+        it (times the loss scale, as for every other gradient).
+        """
         if self.parameters:
             parameters = {k: v.value for k, v in self.parameters.items()}
+            if replicas.count > 1 or scale is not None:
+                factor = (1.0 if scale is None else scale) / replicas.count
+                parameters = {k: _spread(p, p, factor)
+                              for k, p in parameters.items()}
             return self.aggregator.scalarize(losses, parameters)
         return ops.sum(weights * losses)
 
@@ -550,6 +636,35 @@ class Balancer(KerasSaveable):
 
     # ------------------------------------------- step: finish and commit
 
+    @staticmethod
+    def loss_scale(optimizer):
+        """The current scale of a `LossScaleOptimizer` (the optimizer of a
+        `"mixed_float16"` model), as a float32 scalar, or None."""
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(optimizer.scale_loss(ops.ones((), "float32")),
+                            "float32")
+        return None
+
+    def optimizer_gradients(self, grads, ok=None, scale=None, divide=1):
+        """What `optimizer.apply` receives for the global gradients `grads`.
+
+        A `LossScaleOptimizer` divides by its scale and skips a non-finite
+        step itself (lowering its scale), so it receives `grads` times the
+        scale, and NaN where `ok` is False. An optimizer that sums the
+        gradients over `divide` replicas once more (Keras' TensorFlow
+        optimizer under a strategy) receives `1 / divide` of them.
+        """
+        if scale is None and divide == 1:
+            return grads
+        factor = (1.0 if scale is None else scale) / divide
+        out = [None if g is None else g * ops.cast(factor, g.dtype)
+               for g in grads]
+        if scale is None or ok is None:
+            return out
+        return [None if g is None else ops.where(
+            ok, g, ops.full_like(g, float("nan"))) for g in out]
+
+
     def check_finite(self, losses, grads):
         """Whether every loss and gradient is finite (a boolean tensor), or
         `None` when `non_finite="apply"` (no check: always apply).
@@ -601,8 +716,13 @@ class Balancer(KerasSaveable):
     # --------------------------------------------------------- step: logs
 
     def update_metrics(self, losses, y_pred, total, batch_size,
-                       weights=None, ok=None):
+                       weights=None, ok=None, replicas=SINGLE):
         """Updates every tracker with one batch.
+
+        The updates are additive: with several replicas, each adds its own
+        shard's share, and the metric states are summed over the replicas
+        (TensorFlow's metric variables do it; the PyTorch engine all-reduces
+        the updates).
 
         Args:
             losses: the batch's `TaskLosses`.
@@ -611,6 +731,7 @@ class Balancer(KerasSaveable):
             batch_size: number of samples (weight of `total`).
             weights: the `(T,)` task weights of a training step, else None.
             ok: the finiteness check of a training step, or None.
+            replicas: the data-parallel replicas of the step.
         """
         t = self.trackers
         t.loss.update_state(total, sample_weight=batch_size)
@@ -624,7 +745,8 @@ class Balancer(KerasSaveable):
                     for k in self.aggregator.diagnostics
                 ]))
         if ok is not None:
-            t.skipped.update_state(1.0 - ops.cast(ok, "float32"))
+            t.skipped.update_state(
+                (1.0 - ops.cast(ok, "float32")) / replicas.count)
         for task, weighted, metric in t.task_metrics:
             clean, mask, sample_weight = losses.labelled[task]
             metric_weight = mask

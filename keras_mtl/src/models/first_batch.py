@@ -219,10 +219,12 @@ def _dtype(dtype):
 
 
 def _complete_weights(y, sample_weight):
-    """A dict of weights naming some of the dict `y`'s keys, completed with
-    ones for the others; anything else unchanged."""
+    """A dict of weights naming some of the dict `y`'s keys (or holding
+    None for some), completed with ones for the others; anything else
+    unchanged. (Keras' data adapters and `tf.distribute` take no None.)"""
     if not (isinstance(y, dict) and isinstance(sample_weight, dict)):
         return sample_weight
+    sample_weight = {k: v for k, v in sample_weight.items() if v is not None}
     missing = [k for k in y if k not in sample_weight]
     if not missing or not y or not hasattr(y[missing[0]], "shape"):
         return sample_weight

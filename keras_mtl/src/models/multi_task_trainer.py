@@ -14,6 +14,7 @@ from keras_mtl.src.models.balancer import sum_losses
 from keras_mtl.src.models.feature_split import find_layer
 from keras_mtl.src.models.feature_split import split_at
 from keras_mtl.src.models.gradient_plan import GradientPlan
+from keras_mtl.src.models.replicas import SINGLE
 
 
 @keras_mtl_export("keras_mtl.MultiTaskTrainer")
@@ -444,17 +445,19 @@ class MultiTaskTrainer:
         of `layer` (the model by default), or `None`."""
         return sum_losses((layer or self).losses)
 
-    def compute_test_logs(self, x, y, sample_weight):
-        """Forward pass, losses and metrics of one evaluation batch."""
+    def compute_test_logs(self, x, y, sample_weight, replicas=SINGLE):
+        """Forward pass, losses and metrics of one evaluation batch (this
+        replica's shard of it: the losses are the global batch's)."""
         self._check_compiled()
         y_pred = self(x, training=False)
         balancer = self.balancer
-        losses = balancer.task_losses(y, y_pred, sample_weight)
-        reg = self.regularization_loss()
+        losses = balancer.task_losses(y, y_pred, sample_weight,
+                                      self.regularization_loss(), replicas)
         total = ops.sum(losses.losses)
-        if reg is not None:
-            total = total + reg
-        balancer.update_metrics(losses, y_pred, total, batch_size(x))
+        if losses.reg is not None:
+            total = total + losses.reg
+        balancer.update_metrics(losses, y_pred, total, batch_size(x),
+                                replicas=replicas)
         return balancer.results(training=False)
 
     def train_step(self, *args):
@@ -478,6 +481,7 @@ class MultiTaskTrainer:
             if val_batch is not None:
                 self._check_batch(val_batch, "validation_data",
                                   validation_data)
+        backend.prepare_distribution(self)
         return x, y, sample_weight, validation_data
 
     def _check_batch(self, batch, argument, data):

@@ -133,11 +133,14 @@ def _to_rank(values, rank, reduce):
 
 
 def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
-    """Returns `(loss, count, clean_labels, weights)` for one task.
+    """Returns `(total, count, clean_labels, weights)` for one task.
 
-    `count` is the total weight of the labelled samples, `clean_labels` the
-    labels with NaN replaced by 0, and `weights` the per-sample weights with
-    0 where a label is missing (for the metrics).
+    `total` is the weighted sum of the per-sample losses of the labelled
+    samples and `count` their total weight (the task's masked mean is
+    `total / count`; a data-parallel step divides by the count of the whole
+    global batch), `clean_labels` the labels with NaN replaced by 0, and
+    `weights` the per-sample weights with 0 where a label is missing (for the
+    metrics).
     """
     y_true = ops.convert_to_tensor(y_true)
     check_shapes(task, y_true, y_pred, sparse)
@@ -170,10 +173,7 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     # device: a Python scalar would be a host-to-device copy on a GPU.
     zeros = ops.zeros_like(per_sample)
     total = ops.sum(ops.where(weights > 0.0, per_sample, zeros) * weights)
-    has_labels = count > 0.0
-    safe_count = ops.where(has_labels, count, ops.ones_like(count))
-    loss = ops.where(has_labels, total / safe_count, ops.zeros_like(total))
-    return loss, count, clean, weights
+    return total, count, clean, weights
 
 
 ACCURACY_NAMES = ("accuracy", "acc")

@@ -1,0 +1,110 @@
+"""N replicas train the same model as one device on the global batch.
+
+Each backend's check runs in fresh processes (devices and process groups are
+fixed when a backend starts): two logical CPU devices under TensorFlow's
+`MirroredStrategy`, two `torchrun` processes with gloo, and two JAX
+processes under `keras.distribution.DataParallel`. Every case of
+`runs.CASES` (aggregators in both gradient modes, with unevenly masked
+labels and regularisation) must end with the same weights, aggregator state
+and logs as one device (rtol 1e-5), and a `.keras` file saved on one side
+must resume on the other as one uninterrupted run.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import BACKEND
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+HERE = os.path.join("tests", "distributed")
+SCRIPT = os.path.join(HERE, "process_script.py")
+
+
+def run(command, env=None, timeout=900):
+    full_env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=BACKEND,
+                    **(env or {}))
+    result = subprocess.run(command, cwd=ROOT, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result.stdout + result.stderr[-6000:]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow",
+                    reason="tf.distribute runs on TensorFlow.")
+def test_mirrored_strategy_matches_one_device():
+    output = run([sys.executable, os.path.join(HERE,
+                                               "tf_mirrored_script.py")])
+    assert "MIRRORED_OK" in output, output
+
+
+def compare_folders(single, multi, names):
+    from tests.distributed import runs
+
+    failures = []
+    for name in names:
+        a = dict(np.load(os.path.join(single, name)))
+        b = dict(np.load(os.path.join(multi, name)))
+        failures += [f"{name}: {d}" for d in runs.differences(a, b)]
+    return failures
+
+
+def launchers():
+    """Commands that start two processes of the script (a list per
+    process: JAX starts each itself)."""
+    if BACKEND == "torch":
+        return [[sys.executable, "-m", "torch.distributed.run",
+                 "--standalone", "--nproc_per_node=2", SCRIPT]]
+    return [[sys.executable, SCRIPT]] * 2
+
+
+def run_processes(args):
+    """Runs the script in two processes; returns their output."""
+    if BACKEND == "torch":
+        return run(launchers()[0] + args)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=BACKEND,
+                   JAX_PLATFORMS="cpu",
+                   KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                   KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+        procs.append(subprocess.Popen(
+            [sys.executable, SCRIPT] + args, cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return "".join(p.communicate(timeout=900)[0][-6000:] for p in procs)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow",
+                    reason="MirroredStrategy runs in one process.")
+def test_processes_match_one_process(tmp_path):
+    from tests.distributed import runs
+
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir()
+    multi.mkdir()
+    logs = run([sys.executable, SCRIPT, str(single), "train"],
+               {"JAX_PLATFORMS": "cpu"})
+    logs += run_processes([str(multi), "train"])
+    # Resume each side's one-epoch file on the other side.
+    logs += run_processes([str(multi), "resume", str(single / "first.keras")])
+    logs += run([sys.executable, SCRIPT, str(single), "resume",
+                 str(multi / "first.keras")], {"JAX_PLATFORMS": "cpu"})
+    names = ["_".join(case) + ".npz" for case in runs.CASES]
+    missing = [n for n in names + ["resumed.npz"]
+               if not (single / n).exists() or not (multi / n).exists()]
+    assert not missing, logs
+    failures = compare_folders(single, multi, names)
+    reference = dict(np.load(single / "pcgrad_parameters.npz"))
+    for folder in (single, multi):
+        resumed = dict(np.load(folder / "resumed.npz"))
+        failures += [f"resumed in {folder.name}: {d}"
+                     for d in runs.differences(reference, resumed)
+                     if not d.startswith("log/")]
+    assert not failures, failures
