@@ -108,3 +108,13 @@ def test_processes_match_one_process(tmp_path):
                      for d in runs.differences(reference, resumed)
                      if not d.startswith("log/")]
     assert not failures, failures
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on JAX.")
+def test_model_parallel_adapted_backbone_matches_one_device():
+    pytest.importorskip("keras_hub")
+    output = run([sys.executable,
+                  os.path.join(HERE, "jax_model_parallel_script.py")],
+                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                  "JAX_PLATFORMS": "cpu"})
+    assert "MODEL_PARALLEL_OK" in output, output

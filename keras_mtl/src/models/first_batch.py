@@ -224,13 +224,13 @@ def _complete_weights(y, sample_weight):
     unchanged. (Keras' data adapters and `tf.distribute` take no None.)"""
     if not (isinstance(y, dict) and isinstance(sample_weight, dict)):
         return sample_weight
-    sample_weight = {k: v for k, v in sample_weight.items() if v is not None}
-    missing = [k for k in y if k not in sample_weight]
+    missing = [k for k in y if sample_weight.get(k) is None]
     if not missing or not y or not hasattr(y[missing[0]], "shape"):
         return sample_weight
     count = y[missing[0]].shape[0]
     ones = {k: np.ones((count,), "float32") for k in missing}
-    return {**sample_weight, **ones}
+    return {**{k: w for k, w in sample_weight.items() if w is not None},
+            **ones}
 
 
 def _leaf_spec(leaf):
