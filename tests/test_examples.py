@@ -71,3 +71,16 @@ def test_census_income_example_on_a_small_synthetic_archive(tmp_path, capsys):
     # Each label follows one input column 85% of the time (AUC about 0.85).
     for key, (auc,) in results.items():
         assert 0.7 < auc <= 1.0, (key, auc)
+
+
+def test_distributed_training_runs_on_the_selected_backend(capsys):
+    import keras
+
+    try:
+        results = load("distributed_training").main(epochs=1,
+                                                    num_samples=1000)
+    finally:
+        if keras.config.backend() == "jax":
+            keras.distribution.set_distribution(None)
+    assert "test task_1_loss" in capsys.readouterr().out
+    assert all(v == v for v in results.values())  # No NaN.
