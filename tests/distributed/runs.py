@@ -79,12 +79,17 @@ def train(case, data, scope=None, epochs=EPOCHS, batch_size=GLOBAL_BATCH,
             compile_case(model, case)
     if len(data) == 1:
         history = model.fit(data[0], epochs=epochs, shuffle=False,
-                            verbose=0)
+                            verbose=0).history
+        evaluation = model.evaluate(data[0], return_dict=True, verbose=0)
     else:
         x, y, sw = data
         history = model.fit(x, y, sample_weight=sw, batch_size=batch_size,
-                            epochs=epochs, shuffle=False, verbose=0)
-    return model, history.history
+                            epochs=epochs, shuffle=False, verbose=0).history
+        evaluation = model.evaluate(x, y, sample_weight=sw,
+                                    batch_size=batch_size, return_dict=True,
+                                    verbose=0)
+    history.update({f"evaluate_{k}": [v] for k, v in evaluation.items()})
+    return model, history
 
 
 def snapshot(model, history):

@@ -13,6 +13,7 @@ tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from tests.distributed import runs  # noqa: E402
 
@@ -49,7 +50,59 @@ def main(cases):
         print("resume, distributed first:", distributed_first, "max|dw| =",
               runs.max_weight_gap(reference, resumed))
         failures += [f"resume: {b}" for b in bad]
+    failures += extra_checks(strategy, data)
     print("\n".join(failures) or "MIRRORED_OK")
+
+
+def extra_checks(strategy, data):
+    failures = []
+    # A NaN on one replica only: the finiteness check runs on the reduced
+    # gradients, so every replica skips the step, as one device does.
+    x, y, sw = data
+    x = x.copy()
+    x[20] = np.nan  # Batch 1, first replica's half.
+    case = ("mgda", "parameters")
+    single = runs.snapshot(*runs.train(case, (x, y, sw)))
+    multi = runs.snapshot(*runs.train(case, (x, y, sw), strategy.scope()))
+    if single["log/skipped_steps"] != 1.0:
+        failures.append(f"NaN batch: {single['log/skipped_steps']} skipped")
+    failures += [f"NaN batch: {d}" for d in runs.differences(single, multi)
+                 if "evaluate" not in d]
+    # Mixed precision under the strategy: the loss-scale optimizer receives
+    # reduced gradients (float16 forward passes: a looser tolerance).
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    single = runs.snapshot(*runs.train(case, data))
+    multi = runs.snapshot(*runs.train(case, data, strategy.scope()))
+    keras.mixed_precision.set_global_policy("float32")
+    print("mixed_float16 max|dw| =", runs.max_weight_gap(single, multi))
+    failures += [f"mixed_float16: {d}"
+                 for d in runs.differences(single, multi, 1e-3, 1e-3)]
+    # Refused set-ups: they change nothing.
+    with strategy.scope():
+        model = runs.build()
+        model.compile(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
+                      loss=runs.LOSSES)
+    failures += refused(model, data, "20582")
+    central = tf.distribute.experimental.CentralStorageStrategy()
+    with central.scope():
+        model = runs.build()
+        runs.compile_case(model, case)
+    failures += refused(model, data, "CentralStorageStrategy")
+    return failures
+
+
+def refused(model, data, expected):
+    before = [v.numpy() for v in model.trainable_variables]
+    try:
+        runs.train(None, data, model=model, epochs=1)
+    except ValueError as error:
+        if expected not in str(error):
+            return [f"refusal without {expected!r}: {error}"]
+    else:
+        return [f"not refused: {expected}"]
+    changed = any(not np.array_equal(a, v.numpy())
+                  for a, v in zip(before, model.trainable_variables))
+    return [f"refusal changed the weights: {expected}"] if changed else []
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`MultiTaskTrainer`: gradient-balanced training for any Keras model."""
 
+import contextlib
 import warnings
 
 import keras
@@ -398,11 +399,15 @@ class MultiTaskTrainer:
         return balancer.metrics + [m for m in base if m.name != "loss"]
 
     def get_metrics_result(self):
+        """The logs read from the metric states (under a `tf.distribute`
+        strategy, summed over the replicas): training logs, or evaluation
+        logs inside `evaluate`."""
         logs = {}
         balancer = getattr(self, "balancer", None)
         own = set()
         if balancer is not None:
-            logs.update(balancer.results(training=True))
+            logs.update(balancer.results(
+                training=not getattr(self, "_evaluating", False)))
             own = {id(m) for m in balancer.metrics}
         for metric in super().metrics:
             if id(metric) in own or metric.name == "loss":
@@ -539,10 +544,20 @@ class MultiTaskTrainer:
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto",
                  sample_weight=None, **kwargs):
         x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
-        with backend.restore_on_failure(self):
+        with backend.restore_on_failure(self), self._evaluation():
             return super().evaluate(
                 x, y, batch_size=batch_size, verbose=verbose,
                 sample_weight=sample_weight, **kwargs)
+
+    @contextlib.contextmanager
+    def _evaluation(self):
+        """Marks an evaluation (see `get_metrics_result`)."""
+        previous = getattr(self, "_evaluating", False)
+        self._evaluating = True
+        try:
+            yield
+        finally:
+            self._evaluating = previous
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
@@ -552,7 +567,7 @@ class MultiTaskTrainer:
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
-        with backend.restore_on_failure(self):
+        with backend.restore_on_failure(self), self._evaluation():
             return super().test_on_batch(
                 x, y, sample_weight=sample_weight, **kwargs)
 
