@@ -41,6 +41,32 @@ def test_mirrored_strategy_matches_one_device():
     assert "MIRRORED_OK" in output, output
 
 
+MWMS_SCRIPT = """
+import tensorflow as tf
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+from tests.distributed import runs
+data = runs.problem()
+with strategy.scope():
+    model = runs.build()
+    runs.compile_case(model, ("mgda", "parameters"))
+before = [v.numpy() for v in model.trainable_variables]
+try:
+    runs.train(None, data, model=model)
+except ValueError as error:
+    assert "20585" in str(error) and "MirroredStrategy" in str(error), error
+    assert all((a == v.numpy()).all()
+               for a, v in zip(before, model.trainable_variables))
+    print("REFUSED_OK")
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow",
+                    reason="tf.distribute runs on TensorFlow.")
+def test_multi_worker_mirrored_strategy_is_refused_clearly():
+    output = run([sys.executable, "-c", MWMS_SCRIPT])
+    assert "REFUSED_OK" in output, output
+
+
 def compare_folders(single, multi, names):
     from tests.distributed import runs
 
