@@ -29,7 +29,9 @@ CASES = (
     ("upgrad", "parameters"),
     ("upgrad", "features"),
     ("nash_mtl", "parameters"),
+    ("nash_mtl", "features"),
     ("gradvac", "parameters"),
+    ("gradvac", "features"),
     ("famo", "parameters"),
     ("uncertainty_weighting", "parameters"),
 )
