@@ -144,3 +144,23 @@ def test_model_parallel_adapted_backbone_matches_one_device():
                  {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                   "JAX_PLATFORMS": "cpu"})
     assert "MODEL_PARALLEL_OK" in output, output
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow",
+                    reason="tf.distribute runs on TensorFlow.")
+@pytest.mark.parametrize("kind", ["mirrored", "one_device"])
+def test_one_replica_strategies_train_and_skip_like_no_strategy(kind):
+    import tensorflow as tf
+
+    from tests.distributed import runs
+
+    strategy = (tf.distribute.MirroredStrategy(["/cpu:0"]) if kind ==
+                "mirrored" else tf.distribute.OneDeviceStrategy("/cpu:0"))
+    x, y, sw = runs.problem()
+    x = x.copy()
+    x[20] = np.nan
+    case = ("mgda", "features")
+    plain = runs.snapshot(*runs.train(case, (x, y, sw)))
+    scoped = runs.snapshot(*runs.train(case, (x, y, sw), strategy.scope()))
+    assert plain["log/skipped_steps"] == 1.0
+    assert not runs.differences(plain, scoped)

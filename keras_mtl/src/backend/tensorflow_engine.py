@@ -196,7 +196,7 @@ def _apply(optimizer, grads, variables, ok, replicas, scaled):
 
     A `LossScaleOptimizer` (`scaled`) decides itself: it received NaN
     gradients where `ok` is False, skips the step and lowers its scale.
-    Under a strategy with several replicas, `apply` calls `merge_call`,
+    Under a strategy (even of one replica), `apply` calls `merge_call`,
     which may not run inside a `tf.cond` of a replica context: the
     condition is then taken in the cross-replica context, as Keras'
     `LossScaleOptimizer` does (`ok` is the same on every replica).
@@ -204,7 +204,7 @@ def _apply(optimizer, grads, variables, ok, replicas, scaled):
     if ok is None or scaled:
         optimizer.apply(grads, variables)
         return
-    if replicas.count == 1:
+    if not tf.distribute.has_strategy():
         def apply():
             optimizer.apply(grads, variables)
             return tf.constant(True)

@@ -18,6 +18,15 @@ public methods in this order, much as Keras' trainers call an optimizer:
    from the step's effect (FAMO).
 6. `update_metrics(...)`: the logs.
 
+Data parallelism: each engine passes a description of the replicas (see
+`replicas.py`) and the loss scale of a `LossScaleOptimizer`.
+`task_losses` then divides each replica's masked sum by the count of the
+whole global batch and gives the losses their global values; every gradient
+the engine takes is the replica's share times the loss scale, and
+`unscale` sums the shares over the replicas and divides by the scale before
+the aggregation, so every replica aggregates the global Jacobian.
+`optimizer_gradients` prepares what `optimizer.apply` receives.
+
 The balancer's variables are training state, like an optimizer's: the model
 lists them in `variables` (so every backend threads them through its step)
 but not in `weights`, and `.keras` files store them under `balancer/`, which
