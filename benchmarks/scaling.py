@@ -12,7 +12,11 @@ SGD) on a per-replica batch of 64 samples, so the global batch is 64 N:
 It reports the median step time, the bytes the multi-task step all-reduces
 (or gathers) per step, counted from the shapes, and the measured time of an
 all-reduce of that many bytes. Target: the N-replica multi-task step costs
-at most 1.2x (its one-replica step + that all-reduce time).
+at most 1.2x (its one-replica step + that all-reduce time). On a machine
+whose replicas share cores, plain data-parallel Keras itself slows down with
+N; the last column scales the one-replica step by plain Keras' slowdown
+(PyTorch has no plain data-parallel Keras: its `plain` is one process, so
+that column equals the previous one).
 
 Usage:
 
@@ -170,7 +174,8 @@ def _distribution(backend, replicas):
         def allreduce(size):
             if size == 0:
                 return 0.0
-            mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+            mesh = jax.sharding.Mesh(np.array(jax.devices()[:replicas]),
+                                     ("batch",))
             spec = jax.sharding.NamedSharding(
                 mesh, jax.sharding.PartitionSpec("batch"))
             data = jax.device_put(np.zeros((replicas, size // 4), "float32"),
@@ -200,6 +205,8 @@ def measure(backend, replicas, steps):
     if backend == "jax":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={replicas}"
         env["JAX_PLATFORMS"] = "cpu"
+    if backend == "torch":
+        env["OMP_NUM_THREADS"] = "1"  # What torchrun gives each process.
     if backend == "torch" and replicas > 1:
         command = [sys.executable, "-m", "torch.distributed.run",
                    "--standalone", f"--nproc_per_node={replicas}"] + command[1:]
@@ -230,8 +237,9 @@ def main():
         worker(backend, replicas, args.steps)
         return
     print("| backend | N | variant | step ms | plain ms | bytes/step | "
-          "all-reduce ms | ratio to (1-replica step + all-reduce) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "all-reduce ms | ratio to (1-replica step + all-reduce) | "
+          "same, 1-replica step scaled as plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for backend in args.backends:
         one = None
         for replicas in args.replicas:
@@ -241,10 +249,15 @@ def main():
             for variant in ("mgda", "mgda_features"):
                 r = result[variant]
                 bound = one[variant]["step_ms"] + r["allreduce_ms"]
+                # Replicas sharing a machine's cores slow each other down:
+                # plain data-parallel Keras measures by how much.
+                slowdown = plain / one["plain"]["step_ms"]
+                shared = one[variant]["step_ms"] * slowdown + r["allreduce_ms"]
                 print(f"| {backend} | {replicas} | {variant} | "
                       f"{r['step_ms']:.2f} | {plain:.2f} | {r['bytes']:,} | "
                       f"{r['allreduce_ms']:.2f} | "
-                      f"{r['step_ms'] / bound:.2f} |", flush=True)
+                      f"{r['step_ms'] / bound:.2f} | "
+                      f"{r['step_ms'] / shared:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
