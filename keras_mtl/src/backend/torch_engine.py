@@ -261,8 +261,10 @@ def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
 
     Each call differentiates one task loss with respect to the shared and the
     other variables, and writes the shared part straight into one row of a
-    `(T, P)` float32 Jacobian (a single copy, all-reduced over the ranks in
-    one call; the aggregator reads that matrix and per-variable views of it).
+    `(T, P)` float32 Jacobian (a single copy; the aggregator reads that
+    matrix and per-variable views of it). With several ranks, the Jacobian,
+    the heads' per-task gradients and the regulariser's are all-reduced in
+    one call.
     The other variables' gradients of every task are kept, then summed with
     the task coefficients once the aggregator's weights are known, so no
     further pass over the heads is needed. Regularisation adds one more call.
@@ -288,8 +290,17 @@ def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
             out=flat[t],
         )
         task_others.append(grads[len(shared):])
+    g_reg = _grad(reg, shared + others) if reg is not None else []
     with torch.no_grad():
-        (flat,) = balancer.unscale([flat], replicas, scale)
+        # One all-reduce for everything: Jacobian, head and regulariser
+        # gradients.
+        heads = [g for grads in task_others for g in grads]
+        reduced = balancer.unscale([flat] + heads + g_reg, replicas, scale)
+        flat = reduced[0]
+        heads = reduced[1: 1 + len(heads)]
+        g_reg = reduced[1 + len(heads):]
+        task_others = [heads[t * len(others): (t + 1) * len(others)]
+                       for t in range(num_tasks)]
         jacobians = [
             piece.view(num_tasks, *v.shape)
             for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
@@ -309,10 +320,8 @@ def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
             g_others.append(
                 functools.reduce(operator.add, terms) if terms
                 else torch.zeros_like(v))
-        g_others = balancer.unscale(g_others, replicas, scale)
     g_shared = [d.to(v.dtype) for d, v in zip(directions, shared)]
     if reg is not None:
-        g_reg = balancer.unscale(_grad(reg, shared + others), replicas, scale)
         g_shared = [a + b for a, b in zip(g_shared, g_reg)]
         g_others = [a + b for a, b in zip(g_others, g_reg[len(shared):])]
     return g_shared, g_others, weights

@@ -497,24 +497,32 @@ class Balancer(KerasSaveable):
             labelled[task] = (clean, weights, sample_weight[task])
         counts = ops.stack(counts)
         parallel = replicas.count > 1
-        global_counts = (replicas.sum([ops.stop_gradient(counts)])[0]
-                         if parallel else counts)
+        global_counts, values = counts, None
+        if parallel:
+            # One all-reduce: the counts, the sums and the regularisation.
+            local = [counts, ops.stack(totals)]
+            if reg is not None:
+                local.append(ops.reshape(reg, (1,)))
+            local = ops.stop_gradient(ops.concatenate(local))
+            (summed,) = replicas.sum([local])
+            num_tasks = len(totals)
+            global_counts = summed[:num_tasks]
+            values = summed[num_tasks: 2 * num_tasks]
         safe = ops.where(global_counts > 0.0, global_counts,
                          ops.ones_like(global_counts))
         rows = [total / safe[i] for i, total in enumerate(totals)]
         if parallel or scale is not None:
-            values = ops.stop_gradient(ops.stack(rows))
-            if reg is not None:
-                values = ops.concatenate(
-                    [values, ops.reshape(ops.stop_gradient(reg), (1,))])
             if parallel:
-                values = replicas.sum([values])[0]
+                values = values / safe
+            else:
+                values = ops.stop_gradient(ops.stack(rows))
             factor = 1.0 if scale is None else scale
             rows = [_spread(row, values[i], factor)
                     for i, row in enumerate(rows)]
             if reg is not None:
                 n = replicas.count
-                reg = _spread(reg, values[-1] / n, factor / n)
+                total_reg = summed[-1] if parallel else reg
+                reg = _spread(reg, total_reg / n, factor / n)
         return TaskLosses(rows, ops.stack(rows), counts, labelled, reg)
 
     def unscale(self, grads, replicas=SINGLE, scale=None):
