@@ -36,7 +36,8 @@ def main(out, stage, args):
             auto_shard_dataset=False))
     data = runs.problem()
     if stage == "train":
-        cases = [c for c in runs.CASES if not args or c[0] in args]
+        cases = [c for c in runs.backend_cases(keras.config.backend())
+                 if not args or c[0] in args]
         for case in cases:
             snapshot = runs.snapshot(*runs.train(case, shard(data)))
             save(snapshot, os.path.join(out, "_".join(case) + ".npz"))

@@ -122,7 +122,7 @@ def test_processes_match_one_process(tmp_path):
     logs += run_processes([str(multi), "resume", str(single / "first.keras")])
     logs += run([sys.executable, SCRIPT, str(single), "resume",
                  str(multi / "first.keras")], {"JAX_PLATFORMS": "cpu"})
-    names = ["_".join(case) + ".npz" for case in runs.CASES]
+    names = ["_".join(case) + ".npz" for case in runs.backend_cases(BACKEND)]
     missing = [n for n in names + ["resumed.npz"]
                if not (single / n).exists() or not (multi / n).exists()]
     assert not missing, logs

@@ -80,7 +80,7 @@ def test_stateful_rule_commits_once_per_update():
         after_update, to_numpy(model.balancer.state["targets"]))
 
 
-@pytest.mark.parametrize("aggregator", ["mgda", "gradvac", "famo"])
+@pytest.mark.parametrize("aggregator", ["gradvac", "famo"])
 def test_steps_per_execution_trains_the_same_model(aggregator):
     if BACKEND == "torch":
         pytest.skip("Keras' PyTorch trainer requires steps_per_execution=1.")
