@@ -61,7 +61,7 @@ def communicated_bytes(model, mode, replicas, backend):
         return 0
     shared = sum(math.prod(v.shape) for v in model.shared_variables)
     total = sum(math.prod(v.shape) for v in model.trainable_variables)
-    small = 3 * TASKS + 1  # Counts, loss values, regularisation.
+    small = 2 * TASKS + 1  # Counts, loss sums, regularisation (one call).
     if mode == "parameters":
         floats = TASKS * shared + (total - shared) + small
     else:  # The features Jacobian is gathered, every gradient summed.

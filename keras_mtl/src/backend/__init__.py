@@ -4,10 +4,11 @@ This package is the only place in keras_mtl that imports TensorFlow, JAX or
 PyTorch. Each engine module provides `train_step(model, ...)` and
 `test_step(model, ...)` with the signature of its Keras trainer,
 `output_dependencies(model, outputs)` (which variables each tensor of a
-forward pass depends on), `prepare_distribution(model)` (checks the
-data-parallel set-up and synchronises the replicas before `fit` or
-`evaluate`) and `restore_on_failure(model)` (a context that
-gives the model its variables back after a failed step); everything else
+forward pass depends on), `check_distribution(model)` (refuses a
+data-parallel set-up the step cannot run, before anything changes),
+`synchronize_replicas(model)` (gives every replica the same variables before
+training) and `restore_on_failure(model)` (a context that gives the model
+its variables back after a failed step); everything else
 (losses, aggregation, state, metrics) is shared `keras.ops` code in the
 model's `Balancer`.
 """
@@ -17,24 +18,27 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
+    from keras_mtl.src.backend.jax_engine import check_distribution
     from keras_mtl.src.backend.jax_engine import jit
     from keras_mtl.src.backend.jax_engine import output_dependencies
-    from keras_mtl.src.backend.jax_engine import prepare_distribution
     from keras_mtl.src.backend.jax_engine import restore_on_failure
+    from keras_mtl.src.backend.jax_engine import synchronize_replicas
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
 elif _BACKEND == "tensorflow":
+    from keras_mtl.src.backend.tensorflow_engine import check_distribution
     from keras_mtl.src.backend.tensorflow_engine import jit
     from keras_mtl.src.backend.tensorflow_engine import output_dependencies
-    from keras_mtl.src.backend.tensorflow_engine import prepare_distribution
     from keras_mtl.src.backend.tensorflow_engine import restore_on_failure
+    from keras_mtl.src.backend.tensorflow_engine import synchronize_replicas
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
 elif _BACKEND == "torch":
+    from keras_mtl.src.backend.torch_engine import check_distribution
     from keras_mtl.src.backend.torch_engine import jit
     from keras_mtl.src.backend.torch_engine import output_dependencies
-    from keras_mtl.src.backend.torch_engine import prepare_distribution
     from keras_mtl.src.backend.torch_engine import restore_on_failure
+    from keras_mtl.src.backend.torch_engine import synchronize_replicas
     from keras_mtl.src.backend.torch_engine import test_step
     from keras_mtl.src.backend.torch_engine import train_step
 else:
@@ -46,7 +50,7 @@ else:
         )
 
     train_step = test_step = output_dependencies = _unsupported
-    prepare_distribution = _unsupported
+    check_distribution = synchronize_replicas = _unsupported
 
     def restore_on_failure(model):
         _unsupported()

@@ -336,7 +336,11 @@ def restore_on_failure(model):
         raise
 
 
-def prepare_distribution(model):
+def check_distribution(model):
+    """Nothing to refuse: `keras.distribution` runs one SPMD program."""
+
+
+def synchronize_replicas(model):
     """Nothing to do: under `keras.distribution` the step is one SPMD
     program over the global batch, and Keras places the variables."""
 

@@ -36,30 +36,31 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
                                           process_id)
 
 
-def process_index():
-    if _BACKEND == "torch":
-        import torch
+def _torch_group():
+    """`torch.distributed` while its default process group runs, else
+    None."""
+    import torch
 
-        if torch.distributed.is_initialized():
-            return torch.distributed.get_rank()
-    elif _BACKEND == "jax":
+    dist = torch.distributed
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def process_index():
+    if _BACKEND == "jax":
         import jax
 
         return jax.process_index()
-    return 0
+    group = _torch_group() if _BACKEND == "torch" else None
+    return group.get_rank() if group else 0
 
 
 def process_count():
-    if _BACKEND == "torch":
-        import torch
-
-        if torch.distributed.is_initialized():
-            return torch.distributed.get_world_size()
-    elif _BACKEND == "jax":
+    if _BACKEND == "jax":
         import jax
 
         return jax.process_count()
-    return 1
+    group = _torch_group() if _BACKEND == "torch" else None
+    return group.get_world_size() if group else 1
 
 
 def local_batch_multiple():

@@ -55,7 +55,7 @@ class _Replicas:
         return gathered, local
 
 
-def prepare_distribution(model):
+def check_distribution(model):
     """Refuses a `tf.distribute` strategy the step cannot run exactly."""
     strategy = model.distribute_strategy
     name = type(strategy).__name__
@@ -284,6 +284,10 @@ def output_dependencies(model, outputs):
 def restore_on_failure(model):
     """TensorFlow keeps the variables' values in place: nothing to do."""
     yield
+
+
+def synchronize_replicas(model):
+    """Nothing to do: a strategy keeps its replicas' variables mirrored."""
 
 
 def jit(fn):

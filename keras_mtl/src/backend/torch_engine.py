@@ -28,22 +28,15 @@ import operator
 import keras
 import torch
 
+from keras_mtl.src.backend import processes
 from keras_mtl.src.models.feature_split import split_at
-
-
-def world_size():
-    """The number of ranks of the default process group (1 without one)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 class _Replicas:
     """The ranks of the default `torch.distributed` process group."""
 
     def __init__(self):
-        self.count = world_size()
+        self.count = processes.process_count()
 
     def sum(self, values):
         """All-reduces `values`, one call per dtype."""
@@ -93,10 +86,14 @@ def _summed_updates(metrics, replicas):
         variable.assign(start + delta)
 
 
-def prepare_distribution(model):
-    """Initial weights: every rank starts from rank 0's variables (model,
+def check_distribution(model):
+    """Nothing to refuse: any process group of `keras_mtl.distribute`."""
+
+
+def synchronize_replicas(model):
+    """Before training: every rank starts from rank 0's variables (model,
     optimizer, balancer), as DistributedDataParallel would broadcast them."""
-    if world_size() == 1:
+    if processes.process_count() == 1:
         return
     variables = list(model.variables)
     if model.optimizer is not None:

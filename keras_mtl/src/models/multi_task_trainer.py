@@ -473,10 +473,14 @@ class MultiTaskTrainer:
 
     # -------------------------------------------------------- fit wiring
 
-    def _prepare(self, x, y, sample_weight, validation_data=None):
-        """Checks the first batch of every input before Keras traces a step
-        and finds the shared variables of a subclassed model."""
+    def _prepare(self, x, y, sample_weight, validation_data=None,
+                 training=False):
+        """Checks the distribution set-up and the first batch of every input
+        before Keras traces a step, and finds the shared variables of a
+        subclassed model; before `fit` trains, synchronises the replicas
+        (once per `fit`, not per `train_on_batch`)."""
         self._check_compiled()
+        backend.check_distribution(self)
         x, y, sample_weight, batch = first_batch.peek(x, y, sample_weight)
         if batch is not None:
             self._check_batch(batch, "x", x)
@@ -486,7 +490,8 @@ class MultiTaskTrainer:
             if val_batch is not None:
                 self._check_batch(val_batch, "validation_data",
                                   validation_data)
-        backend.prepare_distribution(self)
+        if training:
+            backend.synchronize_replicas(self)
         return x, y, sample_weight, validation_data
 
     def _check_batch(self, batch, argument, data):
@@ -531,7 +536,7 @@ class MultiTaskTrainer:
             callbacks=None, validation_split=0.0, validation_data=None,
             sample_weight=None, **kwargs):
         x, y, sample_weight, validation_data = self._prepare(
-            x, y, sample_weight, validation_data)
+            x, y, sample_weight, validation_data, training=True)
         with backend.restore_on_failure(self):
             return super().fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
