@@ -32,6 +32,8 @@ VARIANTS = {
 
 
 def build(name, num_tasks):
+    if name in ("krum", "trimmed_mean") and num_tasks < 3:
+        pytest.skip("needs 3 tasks (test_new_rules.py checks the error)")
     if name == "constant":
         return aggregators.Constant([1.0 + 0.5 * i for i in range(num_tasks)])
     if name in VARIANTS:

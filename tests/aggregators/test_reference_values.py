@@ -40,7 +40,37 @@ MORE_CASES = [
     (keras_mtl.aggregators.CAGrad(c=0.5, rescale=0), [0.1835, 1.2041, 1.2041]),
     # LibMTL's default rescale divides by 1 + c^2.
     (keras_mtl.aggregators.CAGrad(c=0.5), [0.1468, 0.9633, 0.9633]),
+    (keras_mtl.aggregators.AlignedMTL(), [0.2133, 0.9673, 0.9673]),
+    (keras_mtl.aggregators.ConFIG(), [0.1588, 2.0706, 2.0706]),
+    (keras_mtl.aggregators.DualProj(), [0.5563, 1.1109, 1.1109]),
+    # TorchJD's NashMTL stops after 20 convex programmes; the exact fixed
+    # point (float64 root finder, max_norm 1) agrees to 1e-4 here.
+    (keras_mtl.aggregators.NashMTL(), [0.0542, 0.7061, 0.7061]),
 ]
+
+
+def _float64_cases():
+    # Rules TorchJD lacks: expected directions from the float64 solutions
+    # of their defining problems (tests/aggregators/float64_references.py).
+    from tests.aggregators import float64_references as ref
+
+    jacobian = J_BASE.astype("float64")
+    return [
+        (keras_mtl.aggregators.FairGrad(alpha=1.0), ref.fairgrad(jacobian)),
+        (keras_mtl.aggregators.FairGrad(alpha=2.0),
+         ref.fairgrad(jacobian, alpha=2.0)),
+        (keras_mtl.aggregators.CAGrad(c=0.9, rescale=0),
+         ref.cagrad(jacobian, c=0.9)),
+        (keras_mtl.aggregators.PCGrad(shuffle=False),
+         ref.pcgrad_in_order(jacobian)),
+    ]
+
+
+@pytest.mark.parametrize("aggregator, direction", _float64_cases(),
+                         ids=lambda c: repr(c)[:40])
+def test_float64_reference_values(aggregator, direction):
+    np.testing.assert_allclose(
+        to_numpy(aggregator(J_BASE)), direction, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("aggregator, direction", MORE_CASES,

@@ -4,6 +4,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.arg_checks import check_choice
 from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
+from keras_mtl.src.aggregators.jacobi_eigh import jacobi_eigh
 from keras_mtl.src.api_export import keras_mtl_export
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -18,14 +19,22 @@ class AlignedMTL(Weighting):
     preference vector `p` (mean weights `1/T`, as TorchJD). The aligned
     gradient system then has condition number 1. `sigma` is the square root
     of the smallest (`"min"`, default of the official code), median
-    (`"median"`) or mean (`"rmse"`) non-zero eigenvalue. Uses `eigh` (the
+    (`"median"`) or mean (`"rmse"`) non-zero eigenvalue. The Gramian is
+    eigendecomposed by Jacobi's method (`jacobi_eigh`), which keeps every
+    eigenvalue to float32's relative precision when the gradients' norms
+    span many orders of magnitude (`eigh` loses the small ones; the
     reference code's removed `torch.symeig` crashes on current PyTorch).
-    Eigenvalues below `rtol * max` are treated as zero. Cost: Gramian.
-    Deterministic.
+    An eigenvalue counts as zero when it is below `rtol` times the squared
+    norms of the gradients its eigenvector combines (a scale-free rank
+    test). Cost: Gramian. Deterministic.
+
+    State keys: `solver_residual`, the largest relative off-diagonal entry
+    left by the Jacobi sweeps.
 
     Args:
         scale_mode: `"min"`, `"median"` or `"rmse"`.
-        rtol: relative threshold under which eigenvalues count as zero.
+        rtol: relative threshold under which eigenvalues count as zero
+            (see above).
 
     Example:
 
@@ -37,6 +46,11 @@ class AlignedMTL(Weighting):
         Learning", CVPR 2023.
     """
 
+    diagnostics = ("solver_residual",)
+
+    def initial_state(self, num_tasks, num_params=None):
+        return {"solver_residual": ops.zeros(())}
+
     def __init__(self, scale_mode="min", rtol=1e-6, name=None):
         super().__init__(name=name)
         self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
@@ -44,9 +58,11 @@ class AlignedMTL(Weighting):
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
-        eigenvalues, vectors = ops.eigh(gramian)
-        cutoff = ops.maximum(self.rtol * ops.max(eigenvalues), 1e-30)
-        keep = eigenvalues > cutoff
+        eigenvalues, vectors, residual = jacobi_eigh(gramian)
+        # Scale-free rank test: each eigenvalue against the squared norms of
+        # the gradients its eigenvector combines.
+        local = ops.matmul(ops.diagonal(gramian), vectors * vectors)
+        keep = eigenvalues > ops.maximum(self.rtol * local, 1e-30)
         keep_f = ops.cast(keep, "float32")
         rank = ops.sum(keep_f)
         safe = ops.where(keep, eigenvalues, 1.0)
@@ -70,7 +86,8 @@ class AlignedMTL(Weighting):
         preference = ops.full((num_tasks,), 1.0 / num_tasks)
         weights = ops.sqrt(ops.maximum(scale, 0.0)) * ops.matmul(
             balance, preference)
-        return ops.where(finite, weights, float("nan")), state
+        weights = ops.where(finite, weights, float("nan"))
+        return weights, {"solver_residual": residual}
 
     def get_config(self):
         return {

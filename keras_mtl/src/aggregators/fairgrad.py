@@ -17,7 +17,9 @@ class FairGrad(Weighting):
     weights, `alpha = 1` is proportional fairness (the Nash-MTL condition)
     and larger `alpha` favours the worst task. Solved on the device by damped
     Newton steps (`fair_weights_solver.py`), logged as `solver_residual`.
-    Zero gradients get weight 0. Cost: Gramian. Deterministic.
+    Zero gradients get weight 0. Each solve starts from the previous step's
+    weights (state key `weights`), which are close when the gradients change
+    little. Cost: Gramian. Deterministic.
 
     Args:
         alpha: fairness parameter, > 0 (LibMTL default 1.0).
@@ -41,11 +43,13 @@ class FairGrad(Weighting):
         self.max_iters = check_count("max_iters", max_iters)
 
     def initial_state(self, num_tasks, num_params=None):
-        return {"solver_residual": ops.zeros(())}
+        return {"weights": ops.zeros((num_tasks,)),
+                "solver_residual": ops.zeros(())}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        weights, error = fair_weights(gramian, self.alpha, self.max_iters)
-        return weights, {"solver_residual": error}
+        weights, error = fair_weights(gramian, self.alpha, self.max_iters,
+                                      initial=state["weights"])
+        return weights, {"weights": weights, "solver_residual": error}
 
     def get_config(self):
         return {

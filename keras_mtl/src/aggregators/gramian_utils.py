@@ -8,6 +8,26 @@ def gradient_norms(gramian):
     return ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
 
 
+def cosine_gramian(gramian):
+    """Returns `(finite, norms, cosines)` for a `(T, T)` Gramian.
+
+    `cosines = N^-1 G N^-1` with `N = diag(norms)` is the Gramian of the unit
+    task gradients. Its conditioning does not depend on the gradients'
+    scales, so solvers that work on it (with weights scaled by the norms)
+    stay accurate in float32 when the norms span many orders of magnitude.
+    Rows and columns of zero gradients are those of the identity. `finite`
+    says whether `G` had only finite entries (it is zeroed otherwise, see
+    `zero_if_non_finite`).
+    """
+    finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
+    norms = gradient_norms(gramian)
+    inverse = ops.divide_no_nan(1.0, norms)
+    cosines = gramian * inverse[:, None] * inverse[None, :]
+    missing = ops.cast(norms <= 0.0, "float32")
+    cosines = cosines + ops.diag(missing)
+    return finite, norms, cosines
+
+
 def divide_by_trace(gramian):
     """`G / trace(G)`; `G` itself when the trace is 0 (then `G = 0`)."""
     trace = ops.trace(gramian)

@@ -1,8 +1,7 @@
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
-from keras_mtl.src.aggregators.gramian_utils import divide_by_trace
-from keras_mtl.src.aggregators.gramian_utils import gradient_norms
+from keras_mtl.src.aggregators.gramian_utils import cosine_gramian
 from keras_mtl.src.aggregators.gramian_utils import psd_pinv
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -13,9 +12,13 @@ class IMTLG(Weighting):
 
     Finds the combination `d = sum_i w_i g_i`, `sum_i w_i = 1`, whose
     projections onto every unit task gradient `u_i = g_i / ||g_i||` are equal.
-    Computed from the Gramian as in TorchJD: `v = pinv(G) sqrt(diag G)`,
-    `w = v / sum(v)`, which also handles linearly dependent gradients (the
-    paper's closed form inverts a matrix that is then singular). Weights are
+    With `C` the Gramian of the unit gradients, `z = pinv(C) 1` gives
+    `u_i . (sum_j z_j u_j) = 1` for every task, so `w = (z / ||g||) /
+    sum(z / ||g||)`; the pseudo-inverse also handles linearly dependent
+    gradients (the paper's closed form inverts a matrix that is then
+    singular). TorchJD computes the same `pinv(G) sqrt(diag G)` on the
+    Gramian itself, which loses float32 accuracy when the gradients' norms
+    differ by orders of magnitude; `C` does not depend on them. Weights are
     0 when `sum(v) <= 0` (all gradients zero). Cost: Gramian. Deterministic.
 
     Example:
@@ -29,9 +32,12 @@ class IMTLG(Weighting):
     """
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        gramian = divide_by_trace(ops.cast(gramian, "float32"))
-        v = ops.matmul(psd_pinv(gramian), gradient_norms(gramian))
+        finite, norms, cosines = cosine_gramian(gramian)
+        valid = ops.cast(norms > 0.0, "float32")
+        z = ops.matmul(psd_pinv(cosines * valid[:, None] * valid[None, :]),
+                       valid)
+        v = ops.divide_no_nan(z, norms)
         total = ops.sum(v)
-        positive = total > 1e-12
+        positive = total > 0.0
         weights = ops.where(positive, v / ops.where(positive, total, 1.0), 0.0)
-        return weights, state
+        return ops.where(finite, weights, float("nan")), state

@@ -23,7 +23,8 @@ class NashMTL(Weighting):
     clipping the gradient. Zero gradients get weight 0. Cost: Gramian.
     Deterministic.
 
-    State keys: `weights` (last weights), `step`, `solver_residual`.
+    State keys: `weights` (last weights, where the next solve starts: a warm
+    start), `step`, `solver_residual`.
 
     Args:
         update_weights_every: recompute the weights every this many steps.
@@ -54,7 +55,7 @@ class NashMTL(Weighting):
 
     def initial_state(self, num_tasks, num_params=None):
         return {
-            "weights": ops.ones((num_tasks,)),
+            "weights": ops.zeros((num_tasks,)),
             "step": ops.zeros(()),
             "solver_residual": ops.zeros(()),
         }
@@ -63,7 +64,8 @@ class NashMTL(Weighting):
         gramian = ops.cast(gramian, "float32")
         frobenius = ops.sqrt(ops.sum(gramian * gramian))
         normalized = gramian / ops.where(frobenius > 0, frobenius, 1.0)
-        fresh, error = fair_weights(normalized, 1.0, self.max_iters)
+        fresh, error = fair_weights(
+            normalized, 1.0, self.max_iters, initial=state["weights"])
         update = ops.mod(state["step"], self.update_weights_every) == 0
         weights = ops.where(update, fresh, state["weights"])
         direction_norm = ops.sqrt(

@@ -7,6 +7,8 @@ from keras_mtl.src.aggregators.aligned_mtl import AlignedMTL
 from keras_mtl.src.aggregators.cagrad import CAGrad
 from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.aggregators.cosmos import COSMOS
+from keras_mtl.src.aggregators.cr_mogm import CRMOGM
 from keras_mtl.src.aggregators.db_mtl import DBMTL
 from keras_mtl.src.aggregators.dualproj import DualProj
 from keras_mtl.src.aggregators.dynamic_weight_average import (
@@ -21,15 +23,18 @@ from keras_mtl.src.aggregators.gradnorm import GradNorm
 from keras_mtl.src.aggregators.gradvac import GradVac
 from keras_mtl.src.aggregators.imtl_g import IMTLG
 from keras_mtl.src.aggregators.imtl_l import IMTLL
+from keras_mtl.src.aggregators.krum import Krum
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.moco import MoCo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcgrad import PCGrad
+from keras_mtl.src.aggregators.penalty_boundary_intersection import PBI
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
 from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
+from keras_mtl.src.aggregators.trimmed_mean import TrimmedMean
 from keras_mtl.src.aggregators.uncertainty_weighting import UncertaintyWeighting
 from keras_mtl.src.aggregators.upgrad import UPGrad
 from keras_mtl.src.api_export import keras_mtl_export
@@ -62,6 +67,11 @@ ALL_AGGREGATORS = {
     "db_mtl": DBMTL,
     "excess_mtl": ExcessMTL,
     "moco": MoCo,
+    "krum": Krum,
+    "trimmed_mean": TrimmedMean,
+    "cr_mogm": CRMOGM,
+    "cosmos": COSMOS,
+    "pbi": PBI,
 }
 
 

@@ -50,6 +50,7 @@ from keras.src.saving.keras_saveable import KerasSaveable  # noqa: E402
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
 from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
 from keras_mtl.src.models.replicas import SINGLE
@@ -143,7 +144,7 @@ class Balancer(KerasSaveable):
                  metrics=None, weighted_metrics=None,
                  gradient_mode="parameters", features=None,
                  weight_task_specific=False, vectorize=False,
-                 non_finite="skip"):
+                 non_finite="skip", aggregation_groups=None):
         self.task_names = tuple(task_names)
         if gradient_mode not in GRADIENT_MODES:
             raise ValueError(
@@ -172,6 +173,8 @@ class Balancer(KerasSaveable):
         self.aggregator = registry.get(
             "sum" if aggregator is None else aggregator)
         self.gradient_mode = gradient_mode
+        self.aggregation_groups = aggregation_groups_lib.normalize(
+            aggregation_groups)
         self._check_aggregator()
         self.features = features
         self.weight_task_specific = bool(weight_task_specific)
@@ -190,7 +193,10 @@ class Balancer(KerasSaveable):
         self.trackers = self._build_trackers(losses, metrics, weighted_metrics)
         self.built = False
         self.num_params = None
+        self.num_groups = 1
+        self.group_of = {}
         self.state = {}
+        self._state_keys = [{}]
         self.parameters = {}
         self.seed_generator = None
         self.epoch = None
@@ -239,6 +245,17 @@ class Balancer(KerasSaveable):
                 "(requires_jacobian=False). Received: aggregator="
                 f"{aggregator!r}"
             )
+        if self.aggregation_groups is not None and (
+                self.gradient_mode != "parameters"
+                or not aggregator.requires_jacobian
+                or aggregator.gramian_layer is not None):
+            raise ValueError(
+                "`aggregation_groups` splits the per-task gradients of the "
+                "shared variables: it needs gradient_mode='parameters' and a "
+                "rule that reads the gradients of all of them. Received: "
+                f"aggregator={aggregator!r}, gradient_mode="
+                f"{self.gradient_mode!r}, aggregation_groups="
+                f"{self.aggregation_groups!r}")
         if aggregator.tracks_gradients and self.gradient_mode != "parameters":
             raise ValueError(
                 f"{type(aggregator).__name__} keeps per-parameter state "
@@ -303,15 +320,27 @@ class Balancer(KerasSaveable):
         aggregator = self.aggregator
         num_tasks = len(self.task_names)
         parameters = aggregator.initial_parameters(num_tasks)
-        num_params = None
+        shared = list(shared_variables)
+        groups = aggregation_groups_lib.resolve(
+            self.aggregation_groups, shared)
+        self.group_of = {id(shared[i]): g for g, members in enumerate(groups)
+                         for i in members}
+        self.num_groups = len(groups)
+        self.num_params = None
         if aggregator.tracks_gradients:
-            num_params = sum(math.prod(v.shape) for v in shared_variables)
-        self.num_params = num_params
-        initial = aggregator.initial_state(num_tasks, num_params)
-        self.state = {
-            k: _variable(v, False, f"aggregator_state_{k}")
-            for k, v in initial.items()
-        }
+            self.num_params = sum(math.prod(v.shape) for v in shared)
+        self.state = {}
+        self._state_keys = []
+        for g, members in enumerate(groups):
+            num_params = None
+            if aggregator.tracks_gradients:
+                num_params = sum(math.prod(shared[i].shape) for i in members)
+            initial = aggregator.initial_state(num_tasks, num_params)
+            keys = {k: _group_key(g, k) for k in initial}
+            self._state_keys.append(keys)
+            self.state.update({
+                keys[k]: _variable(v, False, f"aggregator_state_{keys[k]}")
+                for k, v in initial.items()})
         self.parameters = {
             k: _variable(v, True, f"aggregator_{k}")
             for k, v in parameters.items()
@@ -346,6 +375,7 @@ class Balancer(KerasSaveable):
             registry.serialize(other.aggregator)
             == registry.serialize(self.aggregator)
             and other.task_names == self.task_names
+            and other.aggregation_groups == self.aggregation_groups
         )
         mine, theirs = self.named_variables(), other.named_variables()
         if not same or set(mine) != set(theirs) or any(
@@ -395,6 +425,7 @@ class Balancer(KerasSaveable):
             "weight_task_specific": self.weight_task_specific,
             "vectorize": self.vectorize,
             "non_finite": self.non_finite,
+            "aggregation_groups": self.aggregation_groups,
         }
 
     # ------------------------------------------------------------ the plan
@@ -540,9 +571,11 @@ class Balancer(KerasSaveable):
 
     # ------------------------------------------------ step: aggregation
 
-    def _read_state(self):
-        """The aggregator's state plus the read-only inputs it declared."""
-        state = {k: v.value for k, v in self.state.items()}
+    def _read_state(self, group=0):
+        """The aggregator's state (of one group of shared variables) plus
+        the read-only inputs it declared."""
+        state = {k: self.state[full].value
+                 for k, full in self._state_keys[group].items()}
         state.update({k: v.value for k, v in self.parameters.items()})
         if self.aggregator.uses_epoch:
             state["epoch"] = self.epoch.value
@@ -556,8 +589,11 @@ class Balancer(KerasSaveable):
     def _pending(self, value):
         self._step.pending = value
 
-    def _keep_pending(self, state):
-        self._pending = {k: state[k] for k in self.state}
+    def _keep_pending(self, state, group=0):
+        kept = {full: state[k] for k, full in self._state_keys[group].items()}
+        if group:
+            kept = {**(self._pending or {}), **kept}
+        self._pending = kept
 
     def objective(self, losses, weights, replicas=SINGLE, scale=None):
         """The scalar a loss-only step differentiates: the weighted sum of
@@ -608,6 +644,28 @@ class Balancer(KerasSaveable):
             `(directions, weights)`: one `(*shape)` tensor per entry of
             `jacobians`, and the `(T,)` task weights.
         """
+        if self.num_groups > 1:
+            return self._combine_groups(jacobians, losses)
+        return self._combine(jacobians, losses, norm_index, flat)
+
+    def _combine_groups(self, jacobians, losses):
+        """`combine` once per group of shared variables, each with its own
+        state; the weights returned are the groups' mean."""
+        directions = [None] * len(jacobians)
+        all_weights = []
+        positions = {}
+        for i, v in enumerate(self._plan.shared):
+            positions.setdefault(self.group_of[id(v)], []).append(i)
+        for group, members in sorted(positions.items()):
+            found, weights = self._combine(
+                [jacobians[i] for i in members], losses, group=group)
+            for i, direction in zip(members, found):
+                directions[i] = direction
+            all_weights.append(weights)
+        return directions, ops.mean(ops.stack(all_weights), axis=0)
+
+    def _combine(self, jacobians, losses, norm_index=None, flat=None,
+                 group=0):
         num_tasks = len(self.task_names)
         losses = ops.stop_gradient(losses)
         if flat is None:
@@ -619,7 +677,7 @@ class Balancer(KerasSaveable):
         else:
             sizes = [math.prod(j.shape[1:]) for j in jacobians]
             flats = ops.split(flat, _offsets(sizes), axis=1)
-        state = self._read_state()
+        state = self._read_state(group)
         if isinstance(self.aggregator, Weighting):
             gramians = [f @ ops.transpose(f) for f in flats]
             if norm_index is not None:
@@ -642,7 +700,7 @@ class Balancer(KerasSaveable):
                 ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
                 for p, j in zip(pieces, jacobians)
             ]
-        self._keep_pending(state)
+        self._keep_pending(state, group)
         return directions, ops.stop_gradient(weights)
 
     def coefficients(self, weights):
@@ -810,6 +868,11 @@ class Balancer(KerasSaveable):
             else:
                 logs[metric.name] = honest(task, result)
         return logs
+
+
+def _group_key(group, key):
+    """State key of group `group` (the first group keeps the plain keys)."""
+    return f"group{group}_{key}" if group else key
 
 
 def _offsets(sizes):

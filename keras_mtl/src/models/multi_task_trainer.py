@@ -230,6 +230,7 @@ class MultiTaskTrainer:
         weight_task_specific=False,
         vectorize=False,
         non_finite="skip",
+        aggregation_groups=None,
         run_eagerly=False,
         jit_compile="auto",
         steps_per_execution=1,
@@ -266,6 +267,14 @@ class MultiTaskTrainer:
                 `"raise"` does the same, then stops `fit` with a
                 `FloatingPointError`; `"apply"` applies such updates, as
                 plain Keras does.
+            aggregation_groups: aggregate the per-task gradients of groups
+                of shared variables separately, each group with its own
+                aggregator state: `None` (one group, default), `"layer"`
+                (one group per layer), `"variable"` (one per variable), or
+                a list of lists of variables or variable/layer paths
+                (shared variables left out form one more group). The task
+                weights logged are the groups' mean. Parameter mode, rules
+                that read the gradients.
             run_eagerly, jit_compile, steps_per_execution: as for
                 `keras.Model.compile`; `jit_compile` is saved as given.
 
@@ -279,6 +288,7 @@ class MultiTaskTrainer:
             gradient_mode=gradient_mode,
             features=features, weight_task_specific=weight_task_specific,
             vectorize=vectorize, non_finite=non_finite,
+            aggregation_groups=aggregation_groups,
         )
         if gradient_mode == "features":
             self.features_layer(features)  # Fail early on a bad layer name.

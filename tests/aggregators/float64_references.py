@@ -1,0 +1,196 @@
+"""Float64 solutions of each balancing rule's defining problem.
+
+Written independently of `keras_mtl`'s solvers: quadratic programmes over the
+simplex or a box are solved with SciPy's NNLS (Lawson-Hanson active set, exact
+up to rounding), fixed points with SciPy's root finder, spectral rules from a
+float64 SVD of the Jacobian itself (never from its squared Gramian). Each
+function takes a float64 `(T, P)` Jacobian and returns the `(P,)` direction.
+"""
+
+import numpy as np
+from scipy import optimize
+
+
+def _nnls(matrix, target):
+    solution, _ = optimize.nnls(matrix, target, maxiter=50 * matrix.shape[1])
+    return solution
+
+
+def min_norm_point(points):
+    """`argmin_{w in simplex} ||w @ points||` by NNLS.
+
+    `min_{u >= 0} ||points^T u||^2 + (1^T u - 1)^2` is minimised by a
+    positive multiple of the simplex solution.
+    """
+    num = points.shape[0]
+    matrix = np.vstack([points.T, np.ones((1, num))])
+    target = np.zeros(matrix.shape[0])
+    target[-1] = 1.0
+    u = _nnls(matrix, target)
+    return u / u.sum()
+
+
+def mgda(jacobian):
+    return min_norm_point(jacobian) @ jacobian
+
+
+def dual_cone_weights(jacobian, lower, reg_eps=1e-4, norm_eps=1e-4):
+    """`argmin_{v >= lower} v^T (G / tr G + reg I) v` (UPGrad, DualProj).
+
+    With `A = [J / sqrt(tr G); sqrt(reg) I]`, `v = lower + z` where `z >= 0`
+    minimises `||A z + A lower||`: an NNLS problem.
+    """
+    num = jacobian.shape[0]
+    trace = np.sum(jacobian**2)
+    scaled = jacobian / np.sqrt(trace) if trace >= norm_eps else 0 * jacobian
+    matrix = np.hstack([scaled, np.sqrt(reg_eps) * np.eye(num)]).T
+    return lower + _nnls(matrix, -matrix @ lower)
+
+
+def upgrad(jacobian):
+    num = jacobian.shape[0]
+    weights = np.mean(
+        [dual_cone_weights(jacobian, row) for row in np.eye(num)], axis=0)
+    return weights @ jacobian
+
+
+def dualproj(jacobian):
+    num = jacobian.shape[0]
+    return dual_cone_weights(jacobian, np.full(num, 1.0 / num)) @ jacobian
+
+
+def unit_rows(jacobian):
+    norms = np.linalg.norm(jacobian, axis=1)
+    return jacobian / norms[:, None], norms
+
+
+def imtl_g(jacobian):
+    """Equal projections `u_i . d` with `d = sum_i w_i g_i`, `sum w = 1`."""
+    units, norms = unit_rows(jacobian)
+    # d = units^T z with units @ d = 1: the least-squares z of that system.
+    z = np.linalg.lstsq(units @ units.T, np.ones(len(norms)), rcond=None)[0]
+    weights = z / norms
+    return weights @ jacobian / weights.sum()
+
+
+def config(jacobian):
+    units, _ = unit_rows(jacobian)
+    # The least-norm d with equal cosine 1 to every task.
+    direction = np.linalg.lstsq(units, np.ones(len(units)), rcond=None)[0]
+    direction /= np.linalg.norm(direction)
+    return np.sum(jacobian @ direction) * direction
+
+
+def aligned_mtl(jacobian):
+    """`sigma_min * W U^T 1 / T` from the SVD `J = U diag(s) W^T`."""
+    left, singular, right_t = np.linalg.svd(jacobian, full_matrices=False)
+    num = jacobian.shape[0]
+    return singular.min() * right_t.T @ left.T @ np.full(num, 1.0 / num)
+
+
+def cagrad(jacobian, c=0.5):
+    """`g0 + c ||g0|| g_w / ||g_w||` for the dual minimiser `w`."""
+    mean = jacobian.mean(axis=0)
+    combo = cagrad_dual_weights(jacobian, c) @ jacobian
+    return mean + c * np.linalg.norm(mean) * combo / np.linalg.norm(combo)
+
+
+def cagrad_dual_weights(jacobian, c=0.5):
+    """The dual is `min_{w in simplex} g_w . g0 + r ||g_w||`, `r = c ||g0||`.
+    With `||g_w|| = min_t t / 2 + ||g_w||^2 / (2 t)`, a fixed `t` leaves the
+    minimum-norm point of the shifted gradients `g_i + (t / r) g0` (NNLS);
+    the optimal `t` is the root of `log t - log ||g_w(t)||` (SciPy's
+    `brentq`, bracketed by the smallest hull norm and the largest gradient
+    norm). Minimising the dual value itself over `t` is less accurate: it is
+    flat at the optimum.
+    """
+    mean = jacobian.mean(axis=0)
+    radius = c * np.linalg.norm(mean)
+
+    def dual_weights(log_t):
+        return min_norm_point(jacobian + np.exp(log_t) / radius * mean)
+
+    def optimality(log_t):
+        return log_t - np.log(np.linalg.norm(dual_weights(log_t) @ jacobian))
+
+    low = np.log(np.linalg.norm(mgda(jacobian)))
+    high = np.log(np.linalg.norm(jacobian, axis=1).max())
+    log_t = optimize.brentq(optimality, low, high, xtol=1e-14, rtol=1e-15)
+    return dual_weights(log_t)
+
+
+def cagrad_dual_value(jacobian, weights, c=0.5):
+    """The dual objective at `weights`, to check `cagrad` independently."""
+    mean = jacobian.mean(axis=0)
+    combo = weights @ jacobian
+    return combo @ mean + c * np.linalg.norm(mean) * np.linalg.norm(combo)
+
+
+def fair_weights(jacobian, alpha):
+    """The positive root of `G w = w^(-1/alpha)` (Nash-MTL: alpha = 1).
+
+    In `z = ||g_i|| w_i` the equation reads `C z = z^(-1/a) n^(1/a - 1)`
+    with the cosine matrix `C`; solved on `log z` by SciPy's hybrid method.
+    """
+    units, norms = unit_rows(jacobian)
+    cosines = units @ units.T
+    right = norms ** (1.0 / alpha - 1.0)
+
+    def equations(log_z):
+        z = np.exp(log_z)
+        return cosines @ z - z ** (-1.0 / alpha) * right
+
+    solution = optimize.root(equations, np.zeros(len(norms)), method="hybr",
+                             options={"xtol": 1e-14})
+    z = np.exp(solution.x)
+    residual = np.max(np.abs(equations(solution.x)) / (cosines @ z))
+    assert residual < 1e-9, residual
+    return z / norms
+
+
+def nash_mtl(jacobian):
+    return fair_weights(jacobian, 1.0) @ jacobian
+
+
+def fairgrad(jacobian, alpha=1.0):
+    return fair_weights(jacobian, alpha) @ jacobian
+
+
+def pcgrad_in_order(jacobian):
+    """PCGrad with each task visiting the others in index order."""
+    total = np.zeros(jacobian.shape[1])
+    for i, row in enumerate(jacobian):
+        projected = row.copy()
+        for j, other in enumerate(jacobian):
+            dot = projected @ other
+            if j != i and dot < 0:
+                projected -= dot / (other @ other) * other
+        total += projected
+    return total
+
+
+def mean(jacobian):
+    return jacobian.mean(axis=0)
+
+
+def total(jacobian):
+    return jacobian.sum(axis=0)
+
+
+def cosine(a, b):
+    a = np.asarray(a, "float64")
+    b = np.asarray(b, "float64")
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def graded_jacobian(num_tasks, num_params=40, low=-3.0, high=3.0,
+                    conflicting=False, seed=0):
+    """Float32 Jacobian whose row norms are `logspace(low, high, T)`
+    (shuffled); `conflicting` makes the rows' pairwise cosines negative."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((num_tasks, num_params))
+    if conflicting:
+        rows -= 0.9 * rows.mean(axis=0)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    norms = rng.permutation(np.logspace(low, high, num_tasks))
+    return (rows * norms[:, None]).astype("float32")
