@@ -28,6 +28,7 @@ from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.aggregators.moco import MoCo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
+from keras_mtl.src.aggregators.pcd import PCD
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.penalty_boundary_intersection import PBI
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting

@@ -169,6 +169,33 @@ def pcgrad_in_order(jacobian):
     return total
 
 
+def pcd(jacobian, tau=0.02, eps=1e-8):
+    """First step of PCD (the moving average is then `||g||^2`): the dual
+    `min_{mu >= 0} 1/2 ||g~_0 + sum_j mu_j g~_j||^2 - tau sum_j mu_j
+    ||g~_j||^2` by NNLS after completing the square, rescaled to `||g_0||`.
+    """
+    scaled = jacobian / np.sqrt(np.sum(jacobian**2, axis=1) + eps)[:, None]
+    others = scaled[1:].T
+    gram = others.T @ others
+    linear = others.T @ scaled[0] - tau * np.diag(gram)
+    factor = np.linalg.cholesky(gram)
+    mu = _nnls(factor.T, -np.linalg.solve(factor, linear))
+    direction = scaled[0] + mu @ scaled[1:]
+    return direction * np.linalg.norm(jacobian[0]) / np.linalg.norm(direction)
+
+
+def krum(jacobian, n_byzantine=1, n_selected=2):
+    num = len(jacobian)
+    distances = np.sum((jacobian[:, None] - jacobian[None]) ** 2, axis=-1)
+    scores = np.sort(distances, axis=1)[:, 1:num - n_byzantine - 1].sum(1)
+    return jacobian[np.argsort(scores)[:n_selected]].mean(axis=0)
+
+
+def trimmed_mean(jacobian, trim_number=1):
+    num = len(jacobian)
+    return np.sort(jacobian, axis=0)[trim_number:num - trim_number].mean(0)
+
+
 def mean(jacobian):
     return jacobian.mean(axis=0)
 

@@ -159,3 +159,53 @@ def test_cosmos_samples_a_preference_from_the_simplex_each_step():
                                     seed=2)[1])
     assert np.all(first >= 0) and abs(first.sum() - 1.0) < 1e-5
     assert not np.allclose(first, second)
+
+
+@pytest.mark.parametrize("jacobian, tau, expected", [
+    # TorchJD's test_pcd.py reference values.
+    ([[1.0, 0.0], [-3.0, 0.0]], 0.02, [-1.0, 0.0]),
+    ([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]], 0.5,
+     [1.0, 0.0, 0.0]),
+    ([[1.0, 1.0], [0.0, 1.0], [0.0, -2.0]], 0.02, [1.0, 1.0]),
+])
+def test_pcd_reference_values(jacobian, tau, expected):
+    # The first case's direction is 2% of the primary gradient before its
+    # rescaling: float32 cancellation limits it to about 1e-4.
+    direction = aggregators.PCD(tau=tau)(np.array(jacobian, "float32"))
+    np.testing.assert_allclose(to_numpy(direction), expected, atol=5e-4)
+
+
+def test_pcd_matches_the_two_task_closed_form():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        jacobian = rng.normal(size=(2, 6)) * [[1.0], [30.0]]
+        units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
+        mu = max(0.0, (0.3 - units[0] @ units[1]))
+        expected = units[0] + mu * units[1]
+        expected *= np.linalg.norm(jacobian[0]) / np.linalg.norm(expected)
+        direction = to_numpy(aggregators.PCD(tau=0.3)(
+            jacobian.astype("float32")))
+        np.testing.assert_allclose(direction, expected, rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_pcd_qp_against_nnls_with_many_tasks():
+    # The dual's solution against SciPy's NNLS on the same box QP.
+    from scipy import optimize
+
+    rng = np.random.default_rng(4)
+    jacobian = rng.normal(size=(5, 12))
+    units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
+    tau = 0.2
+    # The dual min_{mu >= 0} 1/2 ||u_0 + U^T mu||^2 - tau sum mu_j, written
+    # as least squares by completing the square with a Cholesky factor.
+    others = units[1:].T
+    gram = others.T @ others
+    linear = others.T @ units[0] - tau * np.ones(4)
+    # 1/2 mu^T gram mu + linear^T mu = 1/2 ||L^T mu + L^-1 linear||^2 + c.
+    chol = np.linalg.cholesky(gram)
+    mu, _ = optimize.nnls(chol.T, -np.linalg.solve(chol, linear))
+    expected = units[0] + mu @ units[1:]
+    expected *= np.linalg.norm(jacobian[0]) / np.linalg.norm(expected)
+    direction = to_numpy(aggregators.PCD(tau=tau)(jacobian.astype("float32")))
+    np.testing.assert_allclose(direction, expected, rtol=1e-4, atol=1e-5)

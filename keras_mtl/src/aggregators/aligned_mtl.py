@@ -4,7 +4,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.arg_checks import check_choice
 from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
-from keras_mtl.src.aggregators.jacobi_eigh import jacobi_eigh
+from keras_mtl.src.aggregators.jacobi_eigh import accurate_eigh
 from keras_mtl.src.api_export import keras_mtl_export
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -20,7 +20,8 @@ class AlignedMTL(Weighting):
     gradient system then has condition number 1. `sigma` is the square root
     of the smallest (`"min"`, default of the official code), median
     (`"median"`) or mean (`"rmse"`) non-zero eigenvalue. The Gramian is
-    eigendecomposed by Jacobi's method (`jacobi_eigh`), which keeps every
+    eigendecomposed by `eigh` when its condition number is below 1e3, and
+    otherwise by Jacobi's method (`jacobi_eigh`), which keeps every
     eigenvalue to float32's relative precision when the gradients' norms
     span many orders of magnitude (`eigh` loses the small ones; the
     reference code's removed `torch.symeig` crashes on current PyTorch).
@@ -58,7 +59,7 @@ class AlignedMTL(Weighting):
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
-        eigenvalues, vectors, residual = jacobi_eigh(gramian)
+        eigenvalues, vectors, residual = accurate_eigh(gramian)
         # Scale-free rank test: each eigenvalue against the squared norms of
         # the gradients its eigenvector combines.
         local = ops.matmul(ops.diagonal(gramian), vectors * vectors)

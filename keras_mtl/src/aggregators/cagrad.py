@@ -51,7 +51,7 @@ class CAGrad(Weighting):
         Learning", NeurIPS 2021.
     """
 
-    def __init__(self, c=0.5, rescale=1, max_iters=30, tolerance=1e-6,
+    def __init__(self, c=0.5, rescale=1, max_iters=30, tolerance=1e-4,
                  name=None):
         super().__init__(name=name)
         self.c = check_non_negative("c", c)

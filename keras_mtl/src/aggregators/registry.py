@@ -28,6 +28,7 @@ from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.moco import MoCo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
+from keras_mtl.src.aggregators.pcd import PCD
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.penalty_boundary_intersection import PBI
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
@@ -72,6 +73,7 @@ ALL_AGGREGATORS = {
     "cr_mogm": CRMOGM,
     "cosmos": COSMOS,
     "pbi": PBI,
+    "pcd": PCD,
 }
 
 
