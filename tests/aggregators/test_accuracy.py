@@ -124,16 +124,3 @@ def test_krum_selects_as_the_float64_definition():
         np.testing.assert_allclose(
             direction, ref.krum(jacobian.astype("float64")), rtol=1e-5,
             atol=1e-6 * np.abs(jacobian).max())
-
-
-def test_min_norm_warm_start_from_the_solution_stops_at_once():
-    from keras_mtl.aggregators import min_norm_weights
-
-    jacobian = ref.graded_jacobian(8, conflicting=True, seed=6)
-    gramian = jacobian @ jacobian.T
-    weights, _, cold = min_norm_weights(gramian)
-    again, _, warm = min_norm_weights(gramian, initial=weights)
-    assert int(to_numpy(warm)) == 1 < int(to_numpy(cold))
-    np.testing.assert_allclose(to_numpy(again), to_numpy(weights), atol=1e-6)
-    _, _, fallback = min_norm_weights(gramian, initial=np.zeros(8, "float32"))
-    assert int(to_numpy(fallback)) == int(to_numpy(cold))

@@ -15,7 +15,7 @@ from tests.helpers import degenerate_jacobian
 from tests.helpers import to_numpy
 
 NAMES = sorted(aggregators.ALL_AGGREGATORS)
-RANDOMISED = {"pcgrad", "gradvac", "graddrop", "rlw"}
+RANDOMISED = {"pcgrad", "gradvac", "graddrop", "rlw", "cosmos"}
 
 
 def build(name, num_tasks):

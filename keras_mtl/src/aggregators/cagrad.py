@@ -117,11 +117,11 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
     radius = ops.where(radius > 0.0, radius, 1.0)
     _, norms, cosines = cosine_gramian(gramian)
 
-    def evaluate(log_t, start=None):
+    def evaluate(log_t):
         shift = ops.exp(log_t) / radius
         shifted = (gramian + shift * (linear[:, None] + linear[None, :])
                    + shift * shift * mean_norm_sq)
-        w, _, _ = min_norm_weights(shifted, norms > 0.0, initial=start)
+        w, _, _ = min_norm_weights(shifted, norms > 0.0)
         scaled = w * norms
         norm = ops.sqrt(ops.relu(ops.sum(scaled * ops.matmul(cosines, scaled))))
         return log_t - ops.log(ops.maximum(norm, 1e-30)), w, norm
@@ -142,8 +142,7 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
 
     def body(step, low, f_low, high, f_high, side, w, norm, value):
         u = (low * f_high - high * f_low) / (f_high - f_low)
-        # Nearby t have nearby supports: each solve starts from the last.
-        value, w, norm = evaluate(u, w)
+        value, w, norm = evaluate(u)
         upper = value > 0.0
         # Illinois: halve the kept end's value when it is kept twice.
         f_low_kept = ops.where(side > 0.5, 0.5 * f_low, f_low)

@@ -52,8 +52,10 @@ class COSMOS(Weighting):
 
     def _preference(self, num_tasks, seed):
         if self.preference is None:
-            draws = keras.random.gamma((num_tasks,), alpha=1.0,
-                                       seed=seed_from(seed))
+            # Flat Dirichlet: normalised exponential draws (XLA compiles
+            # uniform draws on every backend, not gamma ones).
+            uniform = keras.random.uniform((num_tasks,), seed=seed_from(seed))
+            draws = -ops.log1p(-uniform)
             return draws / ops.sum(draws)
         if len(self.preference) != num_tasks:
             raise ValueError(

@@ -38,8 +38,7 @@ _RIDGE = 1e-7
 _ZERO = 1e-2
 
 
-def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
-                     initial=None):
+def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
     """Wolfe's minimum-norm point of the simplex under the metric `G`.
 
     Args:
@@ -50,10 +49,6 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
         max_iters: maximum number of iterations.
         tolerance: stop when no task violates optimality by more than this
             (the scale-free test above).
-        initial: optional `(T,)` weights to start from (a warm start, e.g.
-            the solution of a nearby problem): their support becomes the
-            first active set. Without a usable valid entry, the solver
-            starts from the smallest gradient.
 
     Returns:
         `(weights, gap, iterations)`: the `(T,)` weights on the simplex (all
@@ -130,15 +125,6 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
     start_corral = one_hot(
         ops.argmax(a[0] - excluded[0]), positions)[None, :] * any_valid
     start = start_corral / ops.maximum(ops.sum(a * start_corral), 1e-30)
-    if initial is not None:
-        guess = ops.cast(initial, "float32")[None, :] * norms[None, :] * valid_f
-        guess = ops.where(ops.isfinite(guess), ops.relu(guess), 0.0)
-        total = ops.sum(a * guess)
-        usable = total > 0.0
-        start_corral = ops.where(
-            usable, ops.cast(guess > 0.0, "float32"), start_corral)
-        start = ops.where(usable, guess / ops.where(usable, total, 1.0),
-                          start)
     iterations, z, _, _ = ops.while_loop(
         cond,
         body,
