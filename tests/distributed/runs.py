@@ -25,9 +25,6 @@ CASES = (
     ("mgda", "parameters"),
     ("mgda", "features"),
     ("pcgrad", "parameters"),
-    ("pcgrad", "features"),
-    ("upgrad", "parameters"),
-    ("upgrad", "features"),
     ("nash_mtl", "parameters"),
     ("gradvac", "parameters"),
     ("famo", "parameters"),
@@ -36,17 +33,14 @@ CASES = (
 
 # JAX's engine has no replica code of its own (the step is one SPMD program
 # over the global batch): its multi-process test checks the plumbing
-# (processes, sharded input, saving) on one mode per rule: each case is a
-# compilation.
+# (processes, sharded input, saving) on a loss-only rule, a Gramian rule in
+# each mode, and a stateful rule; each case is a compilation.
 SPMD_CASES = (
     ("sum", "parameters"),
     ("mgda", "features"),
     ("pcgrad", "parameters"),
-    ("upgrad", "parameters"),
     ("nash_mtl", "parameters"),
-    ("gradvac", "parameters"),
     ("famo", "parameters"),
-    ("uncertainty_weighting", "parameters"),
 )
 
 

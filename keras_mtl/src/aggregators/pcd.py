@@ -54,7 +54,7 @@ class PCD(Weighting):
     diagnostics = ("solver_residual",)
 
     def __init__(self, tau=0.02, beta=0.999, eps=1e-8, primary=0,
-                 max_sweeps=1000, name=None):
+                 max_sweeps=500, name=None):
         super().__init__(name=name)
         self.tau = check_non_negative("tau", tau)
         self.beta = check_fraction("beta", beta, include_one=False)
