@@ -42,7 +42,7 @@ SIZES = (2, 3, 5, 8, 16, 32)
 # JAX runs `ops.while_loop` compiled even eagerly: one mode covers both.
 # keras_mtl runs PyTorch eagerly.
 MODES = {"jax": {"compiled": (2, 5, 16, 32)}, "torch": {"eager": SIZES}}.get(
-    BACKEND, {"eager": SIZES, "compiled": (3, 32)})
+    BACKEND, {"eager": (2, 5, 16, 32), "compiled": (3, 32)})
 
 
 def _directions(make, sizes, compiled):
