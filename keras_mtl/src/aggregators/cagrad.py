@@ -69,10 +69,8 @@ class CAGrad(Weighting):
         mean = ops.full((num_tasks,), 1.0 / num_tasks)
         if self.c == 0.0 or num_tasks == 1:
             return mean, {**state, "solver_gap": ops.zeros(())}
-        w, combined_norm, gap = conflict_averse_dual(
+        w, combined_norm, radius, gap = conflict_averse_dual(
             gramian, self.c, self.max_iters, self.tolerance)
-        radius = self.c * ops.sqrt(ops.relu(
-            ops.sum(mean * ops.matmul(gramian, mean))))
         weights = mean + ops.divide_no_nan(radius, combined_norm) * w
         if self.rescale == 1:
             weights = weights / (1.0 + self.c**2)
@@ -104,8 +102,9 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
     evaluations.
 
     Returns:
-        `(w, norm, residual)`: the dual weights, `||g_w||`, and the last
-        `|log t - log ||g_w(t)|||` (0 at the optimum).
+        `(w, norm, radius, residual)`: the dual weights, `||g_w||`,
+        `r = c ||g_0||`, and the last `|log t - log ||g_w(t)|||` (0 at the
+        optimum).
     """
     num_tasks = gramian.shape[0]
     mean = ops.full((num_tasks,), 1.0 / num_tasks)
@@ -114,11 +113,11 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
     # A zero mean gradient has no radius (the direction is then 0): any
     # positive stand-in keeps the arithmetic finite.
     radius = c * ops.sqrt(mean_norm_sq)
-    radius = ops.where(radius > 0.0, radius, 1.0)
+    safe_radius = ops.where(radius > 0.0, radius, 1.0)
     _, norms, cosines = cosine_gramian(gramian)
 
     def evaluate(log_t):
-        shift = ops.exp(log_t) / radius
+        shift = ops.exp(log_t) / safe_radius
         shifted = (gramian + shift * (linear[:, None] + linear[None, :])
                    + shift * shift * mean_norm_sq)
         w, _, _ = min_norm_weights(shifted, norms > 0.0)
@@ -161,4 +160,4 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
         cond, body,
         (ops.convert_to_tensor(0, "int32"), low, f_low, high, f_high,
          ops.zeros(()), w_low, n_low, start_value))
-    return result[6], result[7], abs(result[8])
+    return result[6], result[7], radius, abs(result[8])

@@ -28,12 +28,6 @@ def cosine_gramian(gramian):
     return finite, norms, cosines
 
 
-def divide_by_trace(gramian):
-    """`G / trace(G)`; `G` itself when the trace is 0 (then `G = 0`)."""
-    trace = ops.trace(gramian)
-    return gramian / ops.where(trace > 0, trace, 1.0)
-
-
 def normalize_gramian(gramian, eps=1e-4):
     """`G / trace(G)`: the Gramian of the Frobenius-normalised Jacobian.
 
@@ -74,17 +68,3 @@ def psd_pinv(matrix, rtol=1e-6):
     inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
     pinv = (eigenvectors * inverse[None, :]) @ ops.transpose(eigenvectors)
     return ops.where(finite, pinv, float("nan"))
-
-
-def project_onto_simplex(v):
-    """Euclidean projection of each row of `v` onto the probability simplex."""
-    num = v.shape[-1]
-    u = ops.flip(ops.sort(v, axis=-1), axis=-1)
-    cumulative = ops.cumsum(u, axis=-1) - 1.0
-    index = ops.arange(1, num + 1, dtype=v.dtype)
-    positive = u - cumulative / index > 0
-    rho = ops.sum(ops.cast(positive, v.dtype), axis=-1, keepdims=True)
-    theta = ops.take_along_axis(
-        cumulative, ops.cast(rho, "int32") - 1, axis=-1
-    ) / rho
-    return ops.maximum(v - theta, 0.0)

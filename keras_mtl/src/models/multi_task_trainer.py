@@ -9,6 +9,7 @@ from keras import ops
 from keras_mtl.src import backend
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
 from keras_mtl.src.models import first_batch
 from keras_mtl.src.models.balancer import Balancer
 from keras_mtl.src.models.balancer import sum_losses
@@ -293,7 +294,9 @@ class MultiTaskTrainer:
         if gradient_mode == "features":
             self.features_layer(features)  # Fail early on a bad layer name.
         if self._shared_known():
-            self.shared_variable_ids()  # Fail early on bad variables.
+            # Fail early on bad variables or groups.
+            aggregation_groups_lib.resolve(
+                balancer.aggregation_groups, self.shared_variables)
         previous = self.balancer
         super().compile(
             optimizer=optimizer,
