@@ -27,6 +27,7 @@ from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.aggregators.moco import MoCo
+from keras_mtl.src.aggregators.modo import MoDo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcd import PCD
 from keras_mtl.src.aggregators.pcgrad import PCGrad
@@ -37,6 +38,7 @@ from keras_mtl.src.aggregators.registry import deserialize
 from keras_mtl.src.aggregators.registry import get
 from keras_mtl.src.aggregators.registry import serialize
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
+from keras_mtl.src.aggregators.sdmgrad import SDMGrad
 from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
 from keras_mtl.src.aggregators.trimmed_mean import TrimmedMean

@@ -221,3 +221,36 @@ def graded_jacobian(num_tasks, num_params=40, low=-3.0, high=3.0,
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     norms = rng.permutation(np.logspace(low, high, num_tasks))
     return (rows * norms[:, None]).astype("float32")
+
+
+def simplex_projection(v):
+    """Euclidean projection onto the simplex: `max(v - theta, 0)` with
+    `theta` the root of `sum(max(v - theta, 0)) = 1` (Brent's method)."""
+    excess = lambda theta: np.maximum(v - theta, 0.0).sum() - 1.0  # noqa
+    theta = optimize.brentq(excess, v.min() - 1.0, v.max(), xtol=1e-15,
+                            rtol=1e-15)
+    return np.maximum(v - theta, 0.0)
+
+
+def modo_weights(cross, weights, gamma=0.1, rho=0.1):
+    """One MoDo step on the task weights, for the cross-batch matrix
+    `cross = J_1 J_2^T`."""
+    return simplex_projection(weights - gamma * (cross @ weights
+                                                 + rho * weights))
+
+
+def sdmgrad_weights(cross, weights, lr=10.0, momentum=0.5, iterations=20,
+                    direction_weight=0.3, preference=None):
+    """SDMGrad's inner loop: `(new weights, direction weights)`."""
+    num = len(weights)
+    preference = (np.full(num, 1.0 / num) if preference is None
+                  else np.asarray(preference, "float64"))
+    scale = np.mean(np.sqrt(np.maximum(np.diag(cross), 0.0)))
+    cross = cross / (scale**2 + 1e-8)
+    velocity = np.zeros(num)
+    for _ in range(iterations):
+        velocity = momentum * velocity + cross @ (
+            weights + direction_weight * preference)
+        weights = simplex_projection(weights - lr * velocity)
+    return weights, (weights + direction_weight * preference) / (
+        1.0 + direction_weight)

@@ -26,19 +26,23 @@ def build(name, num_tasks):
     return aggregators.get(name)
 
 
-def random_problem(num_tasks=4, num_params=9, seed=0):
+def random_problem(num_tasks=4, num_params=9, seed=0, splits=1):
+    """A Jacobian (with `splits` part-major rows per task) and losses."""
     rng = np.random.default_rng(seed)
-    jacobian = rng.normal(size=(num_tasks, num_params)).astype("float32")
+    jacobian = rng.normal(
+        size=(num_tasks * splits, num_params)).astype("float32")
     losses = rng.uniform(0.1, 2.0, size=(num_tasks,)).astype("float32")
     return jacobian, losses
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_finiteness_and_config(name):
-    jacobian, losses = random_problem()
     agg = build(name, 4)
+    splits = agg.batch_splits
+    jacobian, losses = random_problem(splits=splits)
     direction, weights, state = agg.aggregate(jacobian, losses)
-    assert tuple(direction.shape) == (9,) and tuple(weights.shape) == (4,)
+    assert tuple(direction.shape) == (9,)
+    assert tuple(weights.shape) == (4 * splits,)
     assert np.all(np.isfinite(to_numpy(direction)))
     assert set(state) == set(agg.initial_state(4, 9))
     if isinstance(agg, aggregators.Weighting):
@@ -56,8 +60,8 @@ def test_shapes_finiteness_and_config(name):
 def test_compiled_equals_eager(name):
     if BACKEND == "torch":
         pytest.skip("keras_mtl runs PyTorch eagerly.")
-    jacobian, losses = random_problem(5, 7, seed=3)
     agg = build(name, 5)
+    jacobian, losses = random_problem(5, 7, seed=3, splits=agg.batch_splits)
 
     def run(jac, loss_values):
         direction, weights, _ = agg.aggregate(jac, loss_values, seed=11)
@@ -81,6 +85,8 @@ def test_degenerate_inputs_give_finite_results(name, case):
     jacobian, g = degenerate_jacobian(case)
     losses = np.linspace(0.5, 1.5, len(jacobian)).astype("float32")
     agg = build(name, len(jacobian))
+    # Rules reading several batches see the same gradients in every part.
+    jacobian = np.tile(jacobian, (agg.batch_splits, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         direction, weights, _ = agg.aggregate(jacobian, losses)

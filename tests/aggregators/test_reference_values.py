@@ -79,3 +79,27 @@ def test_more_reference_values(aggregator, direction):
     np.testing.assert_allclose(
         to_numpy(aggregator(J_BASE)), direction, atol=2e-4
     )
+
+
+def _cross_batch_cases():
+    # Rules reading two batches, J_BASE in both: `J_1 J_2^T = G`. One step
+    # from uniform weights by the float64 recurrences.
+    from tests.aggregators import float64_references as ref
+
+    jacobian = J_BASE.astype("float64")
+    gramian = jacobian @ jacobian.T
+    uniform = np.full(2, 0.5)
+    _, sdmgrad = ref.sdmgrad_weights(gramian, uniform)
+    return [
+        (keras_mtl.aggregators.MoDo(num_batches=2),
+         ref.modo_weights(gramian, uniform) @ jacobian),
+        (keras_mtl.aggregators.SDMGrad(num_batches=2), sdmgrad @ jacobian),
+    ]
+
+
+@pytest.mark.parametrize("aggregator, direction", _cross_batch_cases(),
+                         ids=lambda c: repr(c)[:40])
+def test_cross_batch_reference_values(aggregator, direction):
+    np.testing.assert_allclose(
+        to_numpy(aggregator(np.tile(J_BASE, (2, 1)))), direction,
+        rtol=1e-4, atol=2e-4)

@@ -20,6 +20,17 @@ def _check_jacobian(jacobian):
         )
 
 
+def _num_tasks(jacobian, splits):
+    """The number of tasks of a Jacobian with `splits` rows per task."""
+    rows = jacobian.shape[0]
+    if rows % splits:
+        raise ValueError(
+            f"This rule reads {splits} independent batches: the Jacobian needs "
+            f"{splits} rows per task (part-major). Received: "
+            f"jacobian.shape={tuple(jacobian.shape)}")
+    return rows // splits
+
+
 def _check_losses(losses, num_tasks):
     if losses is not None and tuple(losses.shape) != (num_tasks,):
         raise ValueError(
@@ -65,6 +76,14 @@ class Aggregator:
     per-parameter state, O(T * num_params): `initial_state` needs
     `num_params`, the Jacobian's width, which must stay the same from step to
     step (they work on parameter gradients, not on feature gradients).
+
+    Rules with `batch_splits = k > 1` (MoDo, SDMGrad) need the task gradients
+    of `k` independent batches. `MultiTaskModel` splits every batch into `k`
+    interleaved parts (sample `i` in part `i mod k`) and differentiates each
+    task's loss on each part: the Jacobian has `k * T` rows, part-major (row
+    `s * T + t` is task `t` on part `s`), and the rule returns `k * T` row
+    weights. That costs `k * T` backward passes per step instead of `T`
+    (still one forward pass).
     """
 
     requires_jacobian = True
@@ -72,6 +91,7 @@ class Aggregator:
     uses_epoch = False
     requires_losses_after_step = False
     tracks_gradients = False
+    batch_splits = 1
     diagnostics = ()
 
     def __init__(self, name=None):
@@ -171,7 +191,7 @@ class Weighting(Aggregator):
     def aggregate(self, jacobian, losses=None, state=None, seed=None):
         jacobian = ops.convert_to_tensor(jacobian)
         _check_jacobian(jacobian)
-        num_tasks = jacobian.shape[0]
+        num_tasks = _num_tasks(jacobian, self.batch_splits)
         if losses is not None:
             losses = ops.convert_to_tensor(losses, dtype=jacobian.dtype)
         _check_losses(losses, num_tasks)

@@ -46,3 +46,15 @@ def check_choice(name, value, choices):
             f"`{name}` must be one of {choices}. Received: {name}={value!r}"
         )
     return value
+
+
+def check_preference(value):
+    """A preference vector as a list of floats >= 0, or None."""
+    if value is None:
+        return None
+    preference = [float(v) for v in value]
+    if not preference or min(preference) < 0.0:
+        raise ValueError(
+            "`preference` must be a non-empty list of values >= 0. "
+            f"Received: preference={value}")
+    return preference

@@ -5,6 +5,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import seed_from
 from keras_mtl.src.aggregators.arg_checks import check_non_negative
+from keras_mtl.src.aggregators.arg_checks import check_preference
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -42,13 +43,7 @@ class COSMOS(Weighting):
     def __init__(self, cosine_weight=1.0, preference=None, name=None):
         super().__init__(name=name)
         self.cosine_weight = check_non_negative("cosine_weight", cosine_weight)
-        if preference is not None:
-            preference = [float(v) for v in preference]
-            if not preference or min(preference) < 0.0:
-                raise ValueError(
-                    "`preference` must be a non-empty list of values >= 0. "
-                    f"Received: preference={preference}")
-        self.preference = preference
+        self.preference = check_preference(preference)
 
     def _preference(self, num_tasks, seed):
         if self.preference is None:

@@ -27,12 +27,14 @@ from keras_mtl.src.aggregators.krum import Krum
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.moco import MoCo
+from keras_mtl.src.aggregators.modo import MoDo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcd import PCD
 from keras_mtl.src.aggregators.pcgrad import PCGrad
 from keras_mtl.src.aggregators.penalty_boundary_intersection import PBI
 from keras_mtl.src.aggregators.random_loss_weighting import RandomLossWeighting
 from keras_mtl.src.aggregators.scale_invariant import ScaleInvariant
+from keras_mtl.src.aggregators.sdmgrad import SDMGrad
 from keras_mtl.src.aggregators.stch import STCH
 from keras_mtl.src.aggregators.sum import Sum
 from keras_mtl.src.aggregators.trimmed_mean import TrimmedMean
@@ -74,6 +76,8 @@ ALL_AGGREGATORS = {
     "cosmos": COSMOS,
     "pbi": PBI,
     "pcd": PCD,
+    "modo": MoDo,
+    "sdmgrad": SDMGrad,
 }
 
 

@@ -70,11 +70,12 @@ def _linearize(forward, *primals):
     return outputs, pull, aux
 
 
-def _weighted(coefficients, reg=False):
-    """`select` for `sum_t c_t L_t` (+ the regularisation loss)."""
+def _weighted(coefficients, reg=False, key="losses"):
+    """`select` for `sum_t c_t L_t` over the row losses, or the task losses
+    (`key="tasks"`), plus the regularisation loss."""
 
     def select(outputs):
-        total = jnp.stack(outputs["losses"]) @ coefficients
+        total = jnp.stack(outputs[key]) @ coefficients
         return total + outputs["reg"] if reg else total
 
     return select
@@ -112,7 +113,7 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             losses = balancer.task_losses(
                 y, y_pred, sw, model.regularization_loss(), scale=scale)
             reg = losses.reg
-            outputs = {"losses": tuple(losses.rows)}
+            outputs = {"losses": tuple(losses.rows), "tasks": losses.losses}
             if reg is not None:
                 outputs["reg"] = reg
             if plan.mode == "losses" and balancer.parameters:
@@ -135,16 +136,16 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             select = (lambda o: o["objective"] + o["reg"]) if has_reg else (
                 lambda o: o["objective"])
         else:
-            select = _weighted(weights, has_reg)
+            select = _weighted(weights, has_reg, key="tasks")
         g_shared, g_others = (balancer.unscale(g, scale=scale)
                               for g in pull(select))
     else:
         jacobians = balancer.unscale(
-            _per_task(pull, len(balancer.task_names), balancer.vectorize, 0),
+            _per_task(pull, len(losses.rows), balancer.vectorize, 0),
             scale=scale)
         g_shared, weights = balancer.combine(
             jacobians, losses.losses, plan.norm_index)
-        coefficients = balancer.coefficients(weights)
+        coefficients = balancer.coefficients(weights, losses)
         _, g_others = pull(_weighted(coefficients, has_reg))
         g_others = balancer.unscale(g_others, scale=scale)
         if has_reg:
@@ -198,7 +199,8 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
     dz = dz.astype(features.dtype)
     if scale is not None:
         dz = dz * scale.astype(dz.dtype)
-    weighted = _weighted(balancer.coefficients(weights), reg is not None)
+    weighted = _weighted(balancer.coefficients(weights, losses),
+                         reg is not None)
     g_shared, g_others, _ = (balancer.unscale(g, scale=scale) for g in pull(
         lambda o: weighted(o) + jnp.sum(o["features"] * dz)))
     grads = plan.assemble(g_shared, g_others)

@@ -149,7 +149,7 @@ def _task_gradients(model, plan, x, y, sw, replicas, scale):
     reg = losses.reg
     target = split.detached if features_mode else shared
     if balancer.vectorize:
-        jacobians = tape.jacobian(losses.losses, target,
+        jacobians = tape.jacobian(losses.row_losses, target,
                                   unconnected_gradients=ZERO)
     else:
         rows = [tape.gradient(r, target, unconnected_gradients=ZERO)
@@ -181,7 +181,8 @@ def _task_gradients(model, plan, x, y, sw, replicas, scale):
                 tape.gradient(reg, shared, unconnected_gradients=ZERO),
                 replicas, scale)
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
-    targets, cotangents = [losses.losses], [balancer.coefficients(weights)]
+    targets = [losses.row_losses]
+    cotangents = [balancer.coefficients(weights, losses)]
     if reg is not None:
         targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
     g_others = balancer.unscale(tape.gradient(

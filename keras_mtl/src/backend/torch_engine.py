@@ -134,14 +134,14 @@ def _task_gradients(model, plan, losses, split, shared, others, replicas,
     """Features mode (`split` holds the features and their detached copy),
     or one batched call for all tasks (`vectorize`)."""
     balancer = model.balancer
-    num_tasks = len(balancer.task_names)
+    num_rows = len(losses.rows)
     features_mode = plan.mode == "features"
     target = [split.detached] if features_mode else shared
     reg = losses.reg
     if balancer.vectorize:
-        eye = torch.eye(num_tasks, dtype=losses.losses.dtype,
-                        device=losses.losses.device)
-        jacobians = _grad(losses.losses, target, grad_outputs=eye,
+        eye = torch.eye(num_rows, dtype=losses.row_losses.dtype,
+                        device=losses.row_losses.device)
+        jacobians = _grad(losses.row_losses, target, grad_outputs=eye,
                           retain_graph=True, batched=True)
     else:
         per_task = [_grad(row, target, retain_graph=True)
@@ -159,7 +159,8 @@ def _task_gradients(model, plan, losses, split, shared, others, replicas,
         directions, weights = balancer.combine(
             jacobians, losses.losses,
             None if features_mode else plan.norm_index)
-    outputs, cotangents = [losses.losses], [balancer.coefficients(weights)]
+    outputs = [losses.row_losses]
+    cotangents = [balancer.coefficients(weights, losses)]
     if reg is not None:
         outputs.append(reg)
         cotangents.append(torch.ones_like(reg))
@@ -267,10 +268,10 @@ def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
     further pass over the heads is needed. Regularisation adds one more call.
     """
     task_losses, reg = losses.rows, losses.reg
-    num_tasks = len(task_losses)
+    num_rows = len(task_losses)
     sizes = [v.numel() for v in shared]
     flat = torch.empty(
-        (num_tasks, sum(sizes)), dtype=torch.float32,
+        (num_rows, sum(sizes)), dtype=torch.float32,
         device=losses.losses.device
     )
     task_others = []
@@ -297,16 +298,15 @@ def _per_task_step(balancer, losses, shared, others, norm_index, replicas,
         heads = reduced[1: 1 + len(heads)]
         g_reg = reduced[1 + len(heads):]
         task_others = [heads[t * len(others): (t + 1) * len(others)]
-                       for t in range(num_tasks)]
+                       for t in range(num_rows)]
         jacobians = [
-            piece.view(num_tasks, *v.shape)
+            piece.view(num_rows, *v.shape)
             for piece, v in zip(torch.split(flat, sizes, dim=1), shared)
         ]
         directions, weights = balancer.combine(
             jacobians, losses.losses, norm_index, flat=flat)
-        coefficients = balancer.coefficients(weights)
-        # Otherwise every coefficient is 1.
-        scale_heads = balancer.weight_task_specific
+        coefficients = balancer.coefficients(weights, losses)
+        scale_heads = not balancer.unit_coefficients
         g_others = []
         for k, v in enumerate(others):
             terms = [

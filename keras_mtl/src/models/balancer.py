@@ -63,14 +63,20 @@ class TaskLosses(NamedTuple):
     """One batch's task losses.
 
     Attributes:
-        rows: list of the `T` scalar task losses (differentiate one of them
-            to get that task's gradient through its own head only).
-        losses: the same, stacked: `(T,)`.
+        rows: list of the scalar losses to differentiate one by one (to get
+            one gradient through its own head only): the `T` task losses,
+            or, for a rule that reads `k` independent batches, the `k * T`
+            losses of each task on each part of the batch, part-major.
+        losses: the `(T,)` task losses of the whole batch.
         counts: `(T,)` total weight of each task's labelled samples (in
             this replica's shard).
         labelled: `{task: (clean_labels, weights, sample_weight)}` for the
             metrics.
         reg: the regularisation and `add_loss` total, or None.
+        row_losses: `rows`, stacked.
+        shares: with parts, `(k * T,)` each part's share of its task's
+            labelled weight (`losses[t] = sum_s shares[s, t] rows[s, t]`);
+            else None.
     """
 
     rows: list
@@ -78,14 +84,16 @@ class TaskLosses(NamedTuple):
     counts: object
     labelled: dict
     reg: object = None
+    row_losses: object = None
+    shares: object = None
 
     def stop_gradient(self):
         """The same losses, cut from the autodiff graph."""
-        return TaskLosses([ops.stop_gradient(r) for r in self.rows],
-                          ops.stop_gradient(self.losses), self.counts,
-                          self.labelled,
-                          None if self.reg is None
-                          else ops.stop_gradient(self.reg))
+        cut = ops.stop_gradient
+        return self._replace(
+            rows=[cut(r) for r in self.rows], losses=cut(self.losses),
+            row_losses=cut(self.row_losses),
+            reg=None if self.reg is None else cut(self.reg))
 
 
 class _Trackers:
@@ -256,6 +264,12 @@ class Balancer(KerasSaveable):
                 f"aggregator={aggregator!r}, gradient_mode="
                 f"{self.gradient_mode!r}, aggregation_groups="
                 f"{self.aggregation_groups!r}")
+        if aggregator.batch_splits > 1 and self.gradient_mode != "parameters":
+            raise ValueError(
+                f"{type(aggregator).__name__} compares the gradients of "
+                "independent parts of the batch, which share no feature "
+                "rows: it needs gradient_mode='parameters'. Received: "
+                f"gradient_mode={self.gradient_mode!r}")
         if aggregator.tracks_gradients and self.gradient_mode != "parameters":
             raise ValueError(
                 f"{type(aggregator).__name__} keeps per-parameter state "
@@ -517,31 +531,33 @@ class Balancer(KerasSaveable):
         loss. Regularisation counts once: `1 / count` of it per replica.
         """
         y, sample_weight = self.targets(y, sample_weight)
+        parts = self.batch_splits
         totals, counts, labelled = [], [], {}
         for task in self.task_names:
             fn, sparse = self.loss_functions[task]
             total, count, clean, weights = task_loss_lib.masked_task_loss(
-                task, fn, sparse, y[task], y_pred[task], sample_weight[task]
-            )
+                task, fn, sparse, y[task], y_pred[task], sample_weight[task],
+                parts)
             totals.append(total)
             counts.append(count)
             labelled[task] = (clean, weights, sample_weight[task])
-        counts = ops.stack(counts)
+        # One entry per row, part-major (`(k, T)` flattened).
+        totals = ops.reshape(ops.stack(totals, axis=-1), (-1,))
+        counts = ops.reshape(ops.stack(counts, axis=-1), (-1,))
+        num_rows = len(self.task_names) * parts
         parallel = replicas.count > 1
         global_counts, values = counts, None
         if parallel:
             # One all-reduce: the counts, the sums and the regularisation.
-            local = [counts, ops.stack(totals)]
+            local = [counts, totals]
             if reg is not None:
                 local.append(ops.reshape(reg, (1,)))
             local = ops.stop_gradient(ops.concatenate(local))
             (summed,) = replicas.sum([local])
-            num_tasks = len(totals)
-            global_counts = summed[:num_tasks]
-            values = summed[num_tasks: 2 * num_tasks]
-        safe = ops.where(global_counts > 0.0, global_counts,
-                         ops.ones_like(global_counts))
-        rows = [total / safe[i] for i, total in enumerate(totals)]
+            global_counts = summed[:num_rows]
+            values = summed[num_rows: 2 * num_rows]
+        safe = _positive(global_counts)
+        rows = [totals[i] / safe[i] for i in range(num_rows)]
         if parallel or scale is not None:
             if parallel:
                 values = values / safe
@@ -554,7 +570,20 @@ class Balancer(KerasSaveable):
                 n = replicas.count
                 total_reg = summed[-1] if parallel else reg
                 reg = _spread(reg, total_reg / n, factor / n)
-        return TaskLosses(rows, ops.stack(rows), counts, labelled, reg)
+        row_losses = ops.stack(rows)
+        if parts == 1:
+            return TaskLosses(rows, row_losses, counts, labelled, reg,
+                              row_losses)
+        # The whole batch's loss of a task: its parts' losses, each weighted
+        # by the part's share of the task's labelled weight.
+        by_part = ops.reshape(global_counts, (parts, -1))
+        shares = ops.reshape(by_part / _positive(ops.sum(by_part, axis=0)),
+                             (-1,))
+        losses = ops.sum(ops.reshape(row_losses * shares, (parts, -1)),
+                         axis=0)
+        task_counts = ops.sum(ops.reshape(counts, (parts, -1)), axis=0)
+        return TaskLosses(rows, losses, task_counts, labelled, reg,
+                          row_losses, shares)
 
     def unscale(self, grads, replicas=SINGLE, scale=None):
         """The global gradients from this replica's (see `task_losses`):
@@ -631,18 +660,19 @@ class Balancer(KerasSaveable):
         """Aggregates per-task gradients.
 
         Args:
-            jacobians: list of `(T, *shape)` tensors (one per shared
-                variable, or one for the features tensor).
+            jacobians: list of `(R, *shape)` tensors (one per shared
+                variable, or one for the features tensor), one row per
+                entry of `TaskLosses.rows` (`R = T`, or `k * T` with parts).
             losses: `(T,)` task losses.
             norm_index: positions in `jacobians` of the aggregator's
                 `gramian_layer` (the plan's `norm_index`), or `None`.
-            flat: optional `(T, P)` float32 matrix of which `jacobians` are
+            flat: optional `(R, P)` float32 matrix of which `jacobians` are
                 views, side by side (the PyTorch engine writes the gradients
                 into one); Jacobian rules then read it without a copy.
 
         Returns:
             `(directions, weights)`: one `(*shape)` tensor per entry of
-            `jacobians`, and the `(T,)` task weights.
+            `jacobians`, and the `(R,)` row weights.
         """
         if self.num_groups > 1:
             return self._combine_groups(jacobians, losses)
@@ -670,7 +700,7 @@ class Balancer(KerasSaveable):
         losses = ops.stop_gradient(losses)
         if flat is None:
             flats = [
-                ops.reshape(ops.cast(j, "float32"), (num_tasks, -1))
+                ops.reshape(ops.cast(j, "float32"), (j.shape[0], -1))
                 for j in jacobians
             ]
             sizes = [f.shape[1] for f in flats]
@@ -703,11 +733,30 @@ class Balancer(KerasSaveable):
         self._keep_pending(state, group)
         return directions, ops.stop_gradient(weights)
 
-    def coefficients(self, weights):
-        """Cotangents of the task losses for the non-shared variables."""
+    @property
+    def batch_splits(self):
+        """Parts per batch: more than 1 for a rule that reads independent
+        batches (see `Aggregator.batch_splits`)."""
+        aggregator = self.aggregator
+        return aggregator.batch_splits if aggregator.requires_jacobian else 1
+
+    def coefficients(self, weights, losses):
+        """Cotangents of the row losses (`losses.rows`) for the non-shared
+        variables: the row weights, or each task's plain gradient."""
         if self.weight_task_specific:
             return weights
+        if losses.shares is not None:
+            return ops.stop_gradient(losses.shares)
         return ops.ones((len(self.task_names),), "float32")
+
+    @property
+    def unit_coefficients(self):
+        """Whether `coefficients` is always 1 (then they need no product)."""
+        return not self.weight_task_specific and self.batch_splits == 1
+
+    def task_weights(self, weights):
+        """The `(T,)` task weights of the `(k * T,)` row weights."""
+        return ops.sum(ops.reshape(weights, (self.batch_splits, -1)), axis=0)
 
     # ------------------------------------------- step: finish and commit
 
@@ -804,7 +853,8 @@ class Balancer(KerasSaveable):
             y_pred: `{task: predictions}`.
             total: the logged total loss.
             batch_size: number of samples (weight of `total`).
-            weights: the `(T,)` task weights of a training step, else None.
+            weights: the row weights of a training step (see
+                `task_weights`), else None.
             ok: the finiteness check of a training step, or None.
             replicas: the data-parallel replicas of the step.
         """
@@ -812,7 +862,7 @@ class Balancer(KerasSaveable):
         t.loss.update_state(total, sample_weight=batch_size)
         t.task_loss.update_state(losses.losses, sample_weight=losses.counts)
         if weights is not None:
-            t.task_weight.update_state(weights)
+            t.task_weight.update_state(self.task_weights(weights))
             if t.diagnostics is not None:
                 state = {k: v.value for k, v in self.state.items()}
                 t.diagnostics.update_state(ops.stack([
@@ -868,6 +918,11 @@ class Balancer(KerasSaveable):
             else:
                 logs[metric.name] = honest(task, result)
         return logs
+
+
+def _positive(counts):
+    """`counts` with 1 where it is 0 (a safe divisor)."""
+    return ops.where(counts > 0.0, counts, ops.ones_like(counts))
 
 
 def _group_key(group, key):

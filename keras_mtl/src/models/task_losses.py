@@ -132,7 +132,8 @@ def _to_rank(values, rank, reduce):
     return values
 
 
-def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
+def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight,
+                     parts=1):
     """Returns `(total, count, clean_labels, weights)` for one task.
 
     `total` is the weighted sum of the per-sample losses of the labelled
@@ -140,7 +141,8 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     `total / count`; a data-parallel step divides by the count of the whole
     global batch), `clean_labels` the labels with NaN replaced by 0, and
     `weights` the per-sample weights with 0 where a label is missing (for the
-    metrics).
+    metrics). With `parts > 1`, `total` and `count` are `(parts,)` vectors,
+    one entry per part of the batch (see `part_indicator`).
     """
     y_true = ops.convert_to_tensor(y_true)
     check_shapes(task, y_true, y_pred, sparse)
@@ -172,8 +174,29 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight):
     # the sum and out of its gradient. Its constants are tensors made on the
     # device: a Python scalar would be a host-to-device copy on a GPU.
     zeros = ops.zeros_like(per_sample)
-    total = ops.sum(ops.where(weights > 0.0, per_sample, zeros) * weights)
-    return total, count, clean, weights
+    terms = ops.where(weights > 0.0, per_sample, zeros) * weights
+    if parts == 1:
+        return ops.sum(terms), count, clean, weights
+    indicator = part_indicator(ops.shape(per_sample)[0], parts)
+    axes = tuple(range(1, rank))
+    if axes:
+        terms, weights_per_sample = ops.sum(terms, axes), ops.sum(weights,
+                                                                  axes)
+    else:
+        weights_per_sample = weights
+    return (ops.matmul(terms, indicator),
+            ops.matmul(weights_per_sample, indicator), clean, weights)
+
+
+def part_indicator(batch_size, parts):
+    """`(batch_size, parts)` float32 indicator of the part each sample
+    belongs to: sample `i` is in part `i mod parts`. Parts differ in size by
+    at most one sample (a batch smaller than `parts` leaves some empty).
+    Interleaving keeps the parts of a data-parallel step those of one device
+    when each replica's batch holds a multiple of `parts` samples."""
+    part = ops.arange(batch_size, dtype="int32") % parts
+    return ops.cast(part[:, None] == ops.arange(parts, dtype="int32")[None],
+                    "float32")
 
 
 ACCURACY_NAMES = ("accuracy", "acc")
