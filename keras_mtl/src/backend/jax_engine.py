@@ -113,9 +113,13 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             losses = balancer.task_losses(
                 y, y_pred, sw, model.regularization_loss(), scale=scale)
             reg = losses.reg
-            outputs = {"losses": tuple(losses.rows), "tasks": losses.losses}
+            outputs = {"losses": tuple(losses.rows)}
             if reg is not None:
                 outputs["reg"] = reg
+            if plan.mode == "losses":
+                # Only here: another output over every head would make
+                # each task's row pull run through all of them.
+                outputs["tasks"] = losses.losses
             if plan.mode == "losses" and balancer.parameters:
                 outputs["objective"] = balancer.objective(
                     losses.losses, None, scale=scale)

@@ -541,15 +541,19 @@ class Balancer(KerasSaveable):
             totals.append(total)
             counts.append(count)
             labelled[task] = (clean, weights, sample_weight[task])
-        # One entry per row, part-major (`(k, T)` flattened).
-        totals = ops.reshape(ops.stack(totals, axis=-1), (-1,))
+        # One entry per row, part-major (`(k, T)` flattened). Each row
+        # stays a function of its own task's total only: a stacked vector
+        # would carry zeros back through every other head.
+        num_tasks = len(self.task_names)
+        totals = [totals[t] if parts == 1 else totals[t][s]
+                  for s in range(parts) for t in range(num_tasks)]
         counts = ops.reshape(ops.stack(counts, axis=-1), (-1,))
-        num_rows = len(self.task_names) * parts
+        num_rows = num_tasks * parts
         parallel = replicas.count > 1
         global_counts, values = counts, None
         if parallel:
             # One all-reduce: the counts, the sums and the regularisation.
-            local = [counts, totals]
+            local = [counts, ops.stack(totals)]
             if reg is not None:
                 local.append(ops.reshape(reg, (1,)))
             local = ops.stop_gradient(ops.concatenate(local))
@@ -755,7 +759,10 @@ class Balancer(KerasSaveable):
         return not self.weight_task_specific and self.batch_splits == 1
 
     def task_weights(self, weights):
-        """The `(T,)` task weights of the `(k * T,)` row weights."""
+        """The `(T,)` task weights of the `(k * T,)` row weights (a
+        loss-only step's weights are already per task)."""
+        if weights.shape[0] == len(self.task_names):
+            return weights
         return ops.sum(ops.reshape(weights, (self.batch_splits, -1)), axis=0)
 
     # ------------------------------------------- step: finish and commit
