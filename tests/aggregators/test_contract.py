@@ -79,8 +79,13 @@ def test_compiled_equals_eager(name):
         )
 
 
+# Zero, single-task and zero-row Jacobians are in test_degenerate_inputs.py.
+CONTRACT_CASES = [c for c in DEGENERATE_CASES
+                  if c not in ("zeros", "one_task", "one_zero_row")]
+
+
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("case", DEGENERATE_CASES)
+@pytest.mark.parametrize("case", CONTRACT_CASES)
 def test_degenerate_inputs_give_finite_results(name, case):
     jacobian, g = degenerate_jacobian(case)
     losses = np.linspace(0.5, 1.5, len(jacobian)).astype("float32")
@@ -94,8 +99,6 @@ def test_degenerate_inputs_give_finite_results(name, case):
     assert not [w for w in caught if "softmax" in str(w.message)]
     direction, weights = to_numpy(direction), to_numpy(weights)
     assert np.all(np.isfinite(direction)) and np.all(np.isfinite(weights))
-    if case == "zeros":
-        np.testing.assert_allclose(direction, 0.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["rlw", "pcgrad"])

@@ -701,10 +701,11 @@ class Balancer(KerasSaveable):
     def _combine(self, jacobians, losses, norm_index=None, flat=None,
                  group=0):
         num_tasks = len(self.task_names)
+        num_rows = num_tasks * self.batch_splits
         losses = ops.stop_gradient(losses)
         if flat is None:
             flats = [
-                ops.reshape(ops.cast(j, "float32"), (j.shape[0], -1))
+                ops.reshape(ops.cast(j, "float32"), (num_rows, -1))
                 for j in jacobians
             ]
             sizes = [f.shape[1] for f in flats]
