@@ -25,26 +25,42 @@ def _expected_direction(parts, task_weights):
     return task_weights @ (parts[0] + parts[1]) / 2.0
 
 
+def _follow(agg, parts, step, steps, weights_atol, rtol, atol):
+    """Runs `agg` for `steps` calls on the part-major Jacobian of `parts`
+    against the float64 recurrence `step(cross, weights) -> (new weights,
+    applied weights)`, from uniform weights; `atol` is relative to the
+    largest entry. Returns the last expected weights, row weights and
+    state."""
+    num_tasks, width = parts.shape[1:]
+    jacobian = parts.reshape(-1, width).astype("float32")
+    expected, state = np.full(num_tasks, 1.0 / num_tasks), None
+    for _ in range(steps):
+        expected, applied = step(parts[0] @ parts[1].T, expected)
+        direction, row_weights, state = agg.aggregate(jacobian, state=state)
+        np.testing.assert_allclose(to_numpy(state["weights"]), expected,
+                                   atol=weights_atol)
+        np.testing.assert_allclose(
+            to_numpy(direction), _expected_direction(parts, applied),
+            rtol=rtol, atol=atol * np.abs(parts).max())
+    return expected, row_weights, state
+
+
 @pytest.mark.parametrize("num_batches", [2, 3])
 @pytest.mark.parametrize("scales", [None, [1e-2, 1.0, 1e2, 3.0]])
 def test_modo_follows_its_recurrence(num_batches, scales):
     parts = _parts(4, num_batches, seed=1, scales=scales)
     gamma = 0.1 if scales is None else 1e-5
     agg = aggregators.MoDo(gamma=gamma, rho=0.1, num_batches=num_batches)
-    jacobian = parts.reshape(-1, 12).astype("float32")
-    expected = np.full(4, 0.25)
-    state = None
-    for _ in range(3):
-        expected = ref.modo_weights(parts[0] @ parts[1].T, expected,
-                                    gamma=gamma)
-        direction, weights, state = agg.aggregate(jacobian, state=state)
-        np.testing.assert_allclose(to_numpy(state["weights"]), expected,
-                                   atol=2e-5)
-        np.testing.assert_allclose(
-            to_numpy(direction), _expected_direction(parts, expected),
-            rtol=1e-4, atol=1e-3 * np.abs(parts).max())
-        task_weights = to_numpy(weights).reshape(num_batches, 4).sum(0)
-        np.testing.assert_allclose(task_weights, expected, atol=2e-5)
+
+    def step(cross, weights):
+        weights = ref.modo_weights(cross, weights, gamma=gamma)
+        return weights, weights
+
+    expected, row_weights, _ = _follow(agg, parts, step, steps=3,
+                                       weights_atol=2e-5, rtol=1e-4,
+                                       atol=1e-3)
+    task_weights = to_numpy(row_weights).reshape(num_batches, 4).sum(0)
+    np.testing.assert_allclose(task_weights, expected, atol=2e-5)
 
 
 def test_modo_uses_the_cross_batch_matrix_not_a_gramian():
@@ -86,20 +102,15 @@ def test_sdmgrad_torchjd_values():
 def test_sdmgrad_follows_its_recurrence(num_batches, kwargs):
     parts = _parts(4, num_batches, seed=2, scales=[1e-2, 1.0, 1e2, 3.0])
     agg = aggregators.SDMGrad(num_batches=num_batches, **kwargs)
-    jacobian = parts.reshape(-1, 12).astype("float32")
     options = {"lr": kwargs.get("lr", 10.0),
                "momentum": kwargs.get("momentum", 0.5),
                "preference": kwargs.get("preference")}
-    weights, state = np.full(4, 0.25), None
-    for _ in range(2):
-        weights, applied = ref.sdmgrad_weights(parts[0] @ parts[1].T,
-                                               weights, **options)
-        direction, _, state = agg.aggregate(jacobian, state=state)
-        np.testing.assert_allclose(to_numpy(state["weights"]), weights,
-                                   atol=1e-4)
-        np.testing.assert_allclose(
-            to_numpy(direction), _expected_direction(parts, applied),
-            rtol=1e-3, atol=1e-4 * np.abs(parts).max())
+
+    def step(cross, weights):
+        return ref.sdmgrad_weights(cross, weights, **options)
+
+    _, _, state = _follow(agg, parts, step, steps=2, weights_atol=1e-4,
+                          rtol=1e-3, atol=1e-4)
     assert np.isfinite(to_numpy(state["solver_residual"]))
 
 

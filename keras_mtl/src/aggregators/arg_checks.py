@@ -4,6 +4,8 @@ Each check raises a `ValueError` naming the argument and the value received,
 and returns the value converted to the type the rule stores.
 """
 
+from keras import ops
+
 
 def check_positive(name, value):
     """`value` as a float, which must be > 0."""
@@ -58,3 +60,15 @@ def check_preference(value):
             "`preference` must be a non-empty list of values >= 0. "
             f"Received: preference={value}")
     return preference
+
+
+def preference_for(preference, num_tasks):
+    """A stored preference (see `check_preference`) as a float32 tensor for
+    `num_tasks` tasks, or None; raises if its length differs."""
+    if preference is None:
+        return None
+    if len(preference) != num_tasks:
+        raise ValueError(
+            f"`preference` has {len(preference)} entries for {num_tasks} "
+            f"tasks. Received: preference={preference}")
+    return ops.convert_to_tensor(preference, "float32")

@@ -6,6 +6,7 @@ from keras_mtl.src.aggregators.aggregator import require_losses
 from keras_mtl.src.aggregators.aggregator import seed_from
 from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.arg_checks import check_preference
+from keras_mtl.src.aggregators.arg_checks import preference_for
 from keras_mtl.src.api_export import keras_mtl_export
 
 
@@ -52,11 +53,7 @@ class COSMOS(Weighting):
             uniform = keras.random.uniform((num_tasks,), seed=seed_from(seed))
             draws = -ops.log1p(-uniform)
             return draws / ops.sum(draws)
-        if len(self.preference) != num_tasks:
-            raise ValueError(
-                f"`preference` has {len(self.preference)} entries for "
-                f"{num_tasks} tasks. Received: preference={self.preference}")
-        return ops.convert_to_tensor(self.preference, "float32")
+        return preference_for(self.preference, num_tasks)
 
     def scalarized(self, losses, seed=None):
         """The COSMOS objective of a `(T,)` loss vector."""

@@ -7,6 +7,7 @@ from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.aggregators.arg_checks import check_preference
+from keras_mtl.src.aggregators.arg_checks import preference_for
 from keras_mtl.src.aggregators.solver_ops import project_onto_simplex
 from keras_mtl.src.api_export import keras_mtl_export
 
@@ -83,17 +84,10 @@ class SDMGrad(Weighting):
         return {"weights": ops.full((num_tasks,), 1.0 / num_tasks),
                 "solver_residual": ops.zeros(())}
 
-    def _preference(self, num_tasks):
-        if self.preference is None:
-            return ops.full((num_tasks,), 1.0 / num_tasks)
-        if len(self.preference) != num_tasks:
-            raise ValueError(
-                f"`preference` has {len(self.preference)} entries for "
-                f"{num_tasks} tasks. Received: preference={self.preference}")
-        return ops.convert_to_tensor(self.preference, "float32")
-
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        preference = self._preference(num_tasks)
+        preference = preference_for(self.preference, num_tasks)
+        if preference is None:
+            preference = ops.full((num_tasks,), 1.0 / num_tasks)
         cross = cross_batch.cross_matrix(gramian, num_tasks)
         scale = ops.mean(ops.sqrt(ops.relu(ops.diagonal(cross))))
         cross = cross / (scale**2 + 1e-8)
