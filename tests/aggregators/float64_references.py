@@ -254,3 +254,57 @@ def sdmgrad_weights(cross, weights, lr=10.0, momentum=0.5, iterations=20,
         weights = simplex_projection(weights - lr * velocity)
     return weights, (weights + direction_weight * preference) / (
         1.0 + direction_weight)
+
+
+def softmax(alpha):
+    e = np.exp(alpha - np.max(alpha))
+    return e / e.sum()
+
+
+def adam(alpha, gradient, m, v, step, lr, beta_1=0.9, beta_2=0.999,
+         eps=1e-8):
+    """One PyTorch-style Adam step; returns `(alpha, m, v, step)`."""
+    step = step + 1
+    m = beta_1 * m + (1 - beta_1) * gradient
+    v = beta_2 * v + (1 - beta_2) * gradient ** 2
+    m_hat, v_hat = m / (1 - beta_1 ** step), v / (1 - beta_2 ** step)
+    return alpha - lr * m_hat / (np.sqrt(v_hat) + eps), m, v, step
+
+
+def auto_lambda_hypergradient(losses, gradient, theta, alpha, eta,
+                              outer=None):
+    """LibMTL's Auto-Lambda hypergradient of `alpha`.
+
+    `losses(theta)` gives the `(2T,)` part-major row losses and
+    `gradient(theta, c)` the gradient of `c @ rows`.
+    """
+    w = softmax(alpha)
+    num_tasks = len(alpha)
+    outer = np.ones(num_tasks) if outer is None else outer
+    zeros = np.zeros(num_tasks)
+    virtual = theta - eta * gradient(theta, np.concatenate([w, zeros]))
+    v = gradient(virtual, np.concatenate([zeros, outer]))
+    eps = 0.01 / np.linalg.norm(v)
+    plus = losses(theta + eps * v)[:num_tasks]
+    minus = losses(theta - eps * v)[:num_tasks]
+    d = (plus - minus) / (2 * eps)
+    jacobian = np.diag(w) - np.outer(w, w)
+    return -eta * jacobian.T @ d
+
+
+def moml_hypergradient(gradient, theta, alpha, inner_lr):
+    """LibMTL's MOML hypergradient: per-task hypergradients, unit-scaled,
+    combined by their minimum-norm point (an NNLS solve)."""
+    w = softmax(alpha)
+    num_tasks = len(alpha)
+    eye = np.eye(num_tasks)
+    zeros = np.zeros((num_tasks, num_tasks))
+    inner = np.stack([gradient(theta, c)
+                      for c in np.concatenate([eye, zeros], axis=1)])
+    virtual = theta - inner_lr * w @ inner
+    outer = np.stack([gradient(virtual, c)
+                      for c in np.concatenate([zeros, eye], axis=1)])
+    jacobian = np.diag(w) - np.outer(w, w)
+    per_task = -inner_lr * outer @ inner.T @ jacobian
+    per_task = per_task / np.linalg.norm(per_task, axis=1, keepdims=True)
+    return min_norm_point(per_task) @ per_task

@@ -84,6 +84,13 @@ class Aggregator:
     `s * T + t` is task `t` on part `s`), and the rule returns `k * T` row
     weights. That costs `k * T` backward passes per step instead of `T`
     (still one forward pass).
+
+    Rules with `bilevel = True` (Auto-Lambda, MOML) learn their state from a
+    virtual step of the model: before each step `MultiTaskModel` calls
+    `meta_update(probe, state)` with a `Probe` (`models/probe.py`) that
+    evaluates, and differentiates, the task losses of the batch's two
+    interleaved parts at any values of the trainable variables; the step
+    itself then reads the new state.
     """
 
     requires_jacobian = True
@@ -92,6 +99,7 @@ class Aggregator:
     requires_losses_after_step = False
     tracks_gradients = False
     batch_splits = 1
+    bilevel = False
     diagnostics = ()
 
     def __init__(self, name=None):
@@ -124,6 +132,12 @@ class Aggregator:
         """Returns the new state once the step's effect on the losses is
         known; only called when `requires_losses_after_step` is True."""
         del losses_before, losses_after
+        return state
+
+    def meta_update(self, probe, state):
+        """Returns the new state learnt from a virtual step (see
+        `models/probe.py`); only called when `bilevel` is True."""
+        del probe
         return state
 
     def parameters_from(self, state, num_tasks):

@@ -4,6 +4,7 @@ import keras
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
 from keras_mtl.src.aggregators.aligned_mtl import AlignedMTL
+from keras_mtl.src.aggregators.auto_lambda import AutoLambda
 from keras_mtl.src.aggregators.cagrad import CAGrad
 from keras_mtl.src.aggregators.con_fig import ConFIG
 from keras_mtl.src.aggregators.constant import Constant
@@ -27,6 +28,7 @@ from keras_mtl.src.aggregators.krum import Krum
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.moco import MoCo
+from keras_mtl.src.aggregators.moml import MOML
 from keras_mtl.src.aggregators.modo import MoDo
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcd import PCD
@@ -78,6 +80,8 @@ ALL_AGGREGATORS = {
     "pcd": PCD,
     "modo": MoDo,
     "sdmgrad": SDMGrad,
+    "auto_lambda": AutoLambda,
+    "moml": MOML,
 }
 
 

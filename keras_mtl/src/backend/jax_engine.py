@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import keras
 
 from keras_mtl.src.models.feature_split import split_at
+from keras_mtl.src.models.probe import PARTS
+from keras_mtl.src.models.probe import Probe
 
 
 def _scope(model, trainable, non_trainable, metrics=None, losses=False):
@@ -211,6 +213,37 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
     return grads, _Step(losses, y_pred, reg, weights)
 
 
+def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate):
+    """The `Probe` of a bilevel rule: the forward pass as a function of the
+    trainable values, differentiated with `jax.vjp`."""
+    balancer = model.balancer
+    index = plan.shared_index + plan.others_index
+
+    def rows_at(values):
+        with _scope(model, _replace(tv, index, values), ntv):
+            return balancer.task_losses(
+                y, model(x, training=True), sw, None, scale=scale,
+                parts=PARTS).row_losses
+
+    def evaluate(values, cotangents):
+        if cotangents is None:
+            return rows_at(values), None
+        rows, vjp = jax.vjp(rows_at, values)
+        grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)
+        return rows, balancer.unscale(grads, scale=scale)
+
+    return Probe(len(balancer.task_names), plan.shared + plan.others,
+                 evaluate, learning_rate)
+
+
+def _learning_rate(optimizer, ov):
+    """The optimizer's current learning rate in the state `ov`."""
+    mapping = list(zip(optimizer.variables, ov))
+    with keras.StatelessScope(state_mapping=mapping):
+        return jnp.asarray(
+            keras.ops.convert_to_tensor(optimizer.learning_rate))
+
+
 def _iterations(optimizer, ov):
     """The optimizer's (applied) step count in the state `ov`."""
     mapping = list(zip(optimizer.variables, ov))
@@ -244,6 +277,10 @@ def train_step(model, state, data):
     plan = model.gradient_plan()
     scale = _loss_scale(balancer, optimizer, ov)
     with _scope(model, tv, ntv, mv) as scope:
+        if balancer.bilevel:
+            balancer.meta_update(_probe(
+                model, plan, tv, ntv, x, y, sw, scale,
+                _learning_rate(optimizer, ov)))
         gradients = (_feature_gradients if plan.mode == "features"
                      else _parameter_gradients)
         grads, step = gradients(model, plan, tv, ntv, x, y, sw, scale)

@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 
 from keras_mtl.src.models.feature_split import split_at
+from keras_mtl.src.models.probe import PARTS
+from keras_mtl.src.models.probe import Probe
 
 ZERO = tf.UnconnectedGradients.ZERO
 
@@ -226,12 +228,41 @@ def _apply(optimizer, grads, variables, ok, replicas, scaled):
     replicas.context.merge_call(cross_replica, args=(grads, ok))
 
 
+def _probe(model, plan, x, y, sw, replicas, scale):
+    """The `Probe` of a bilevel rule: forward (and backward) passes at other
+    values of the trainable variables, read through a `StatelessScope`."""
+    balancer = model.balancer
+    variables = plan.shared + plan.others
+
+    def evaluate(values, cotangents):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(values)
+            with keras.StatelessScope(
+                    state_mapping=list(zip(variables, values))):
+                rows = balancer.task_losses(
+                    y, model(x, training=True), sw, None, replicas, scale,
+                    parts=PARTS).row_losses
+        if cotangents is None:
+            return tf.stop_gradient(rows), None
+        per_row = [tape.gradient(rows, values, output_gradients=cotangents[i],
+                                 unconnected_gradients=ZERO)
+                   for i in range(cotangents.shape[0])]
+        grads = [tf.stack(g) for g in zip(*per_row)]
+        return (tf.stop_gradient(rows),
+                balancer.unscale(grads, replicas, scale))
+
+    return Probe(len(balancer.task_names), variables, evaluate,
+                 model.optimizer.learning_rate)
+
+
 def train_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
     plan = model.gradient_plan()
     replicas = _Replicas()
     scale = balancer.loss_scale(optimizer)
+    if balancer.bilevel:
+        balancer.meta_update(_probe(model, plan, x, y, sw, replicas, scale))
     gradients = (_weighted_loss_gradients if plan.mode == "losses"
                  else _task_gradients)
     g_shared, g_others, losses, y_pred, weights = gradients(

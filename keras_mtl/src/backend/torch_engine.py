@@ -30,6 +30,8 @@ import torch
 
 from keras_mtl.src.backend import processes
 from keras_mtl.src.models.feature_split import split_at
+from keras_mtl.src.models.probe import PARTS
+from keras_mtl.src.models.probe import Probe
 
 
 class _Replicas:
@@ -184,12 +186,44 @@ def _task_gradients(model, plan, losses, split, shared, others, replicas,
     return g_shared, g_others, weights
 
 
+def _probe(model, plan, x, y, sw, replicas, scale):
+    """The `Probe` of a bilevel rule: forward (and backward) passes at other
+    values of the trainable variables, read through a `StatelessScope`."""
+    balancer = model.balancer
+    variables = plan.shared + plan.others
+
+    def evaluate(values, cotangents):
+        differentiate = cotangents is not None
+        if differentiate:
+            values = [v.detach().requires_grad_(True) for v in values]
+        with torch.set_grad_enabled(differentiate), keras.StatelessScope(
+                state_mapping=list(zip(variables, values))):
+            rows = balancer.task_losses(
+                y, model(x, training=True), sw, None, replicas, scale,
+                parts=PARTS).row_losses
+        if not differentiate:
+            return rows, None
+        count = cotangents.shape[0]
+        per_row = [_grad(rows, values, [cotangents[i]],
+                         retain_graph=i < count - 1) for i in range(count)]
+        grads = [torch.stack(g) for g in zip(*per_row)]
+        with torch.no_grad():
+            return rows.detach(), balancer.unscale(grads, replicas, scale)
+
+    return Probe(len(balancer.task_names), variables, evaluate,
+                 model.optimizer.learning_rate)
+
+
 def train_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
     plan = model.gradient_plan()
     replicas = _Replicas()
     scale = balancer.loss_scale(optimizer)
+    if balancer.bilevel:
+        with torch.no_grad():
+            balancer.meta_update(
+                _probe(model, plan, x, y, sw, replicas, scale))
     shared = [v.value for v in plan.shared]
     others = [v.value for v in plan.others]
     split = None

@@ -510,7 +510,7 @@ class Balancer(KerasSaveable):
                 task, y[task], sample_weight[task], outputs[task], sparse)
 
     def task_losses(self, y, y_pred, sample_weight, reg=None,
-                    replicas=SINGLE, scale=None):
+                    replicas=SINGLE, scale=None, parts=None):
         """The masked task losses of one batch, as `TaskLosses`.
 
         Args:
@@ -521,6 +521,8 @@ class Balancer(KerasSaveable):
             replicas: the data-parallel replicas this step runs on (see
                 `replicas.py`).
             scale: the loss scale of a `LossScaleOptimizer`, or None.
+            parts: split the batch into this many parts (default: the
+                rule's `batch_splits`).
 
         Each task's loss is the weighted mean over the labelled samples of
         the **global** batch: the local sum divided by the count summed over
@@ -531,7 +533,7 @@ class Balancer(KerasSaveable):
         loss. Regularisation counts once: `1 / count` of it per replica.
         """
         y, sample_weight = self.targets(y, sample_weight)
-        parts = self.batch_splits
+        parts = self.batch_splits if parts is None else parts
         totals, counts, labelled = [], [], {}
         for task in self.task_names:
             fn, sparse = self.loss_functions[task]
@@ -609,6 +611,7 @@ class Balancer(KerasSaveable):
         the read-only inputs it declared."""
         state = {k: self.state[full].value
                  for k, full in self._state_keys[group].items()}
+        state.update(getattr(self._step, "meta", None) or {})
         state.update({k: v.value for k, v in self.parameters.items()})
         if self.aggregator.uses_epoch:
             state["epoch"] = self.epoch.value
@@ -644,6 +647,18 @@ class Balancer(KerasSaveable):
                               for k, p in parameters.items()}
             return self.aggregator.scalarize(losses, parameters)
         return ops.sum(weights * losses)
+
+    @property
+    def bilevel(self):
+        """Whether the rule learns from a virtual step (`meta_update`)."""
+        return self.aggregator.bilevel
+
+    def meta_update(self, probe):
+        """Runs the rule's virtual step on `probe` (see `models/probe.py`);
+        the step's weights then read the new state, which is written at
+        `commit` like any other."""
+        self._step.meta = self.aggregator.meta_update(
+            probe, self._read_state())
 
     def loss_weights(self, losses):
         """Task weights of a loss-only step. A rule that reads gradients
@@ -821,6 +836,7 @@ class Balancer(KerasSaveable):
     def commit(self, applied=None):
         """Writes the pending aggregator state: always when `applied` is
         None, else only where the optimizer applied the step."""
+        self._step.meta = None
         if self._pending is None:
             return
         for key, value in self._pending.items():
