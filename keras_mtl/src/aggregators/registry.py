@@ -28,8 +28,8 @@ from keras_mtl.src.aggregators.krum import Krum
 from keras_mtl.src.aggregators.mean import Mean
 from keras_mtl.src.aggregators.mgda import MGDA
 from keras_mtl.src.aggregators.moco import MoCo
-from keras_mtl.src.aggregators.moml import MOML
 from keras_mtl.src.aggregators.modo import MoDo
+from keras_mtl.src.aggregators.moml import MOML
 from keras_mtl.src.aggregators.nash_mtl import NashMTL
 from keras_mtl.src.aggregators.pcd import PCD
 from keras_mtl.src.aggregators.pcgrad import PCGrad
