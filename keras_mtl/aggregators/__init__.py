@@ -17,6 +17,7 @@ from keras_mtl.src.aggregators.dynamic_weight_average import (
 from keras_mtl.src.aggregators.excess_mtl import ExcessMTL
 from keras_mtl.src.aggregators.fairgrad import FairGrad
 from keras_mtl.src.aggregators.famo import FAMO
+from keras_mtl.src.aggregators.forum import FORUM
 from keras_mtl.src.aggregators.geometric_mean_loss import GeometricMeanLoss
 from keras_mtl.src.aggregators.graddrop import GradDrop
 from keras_mtl.src.aggregators.gradnorm import GradNorm

@@ -308,3 +308,55 @@ def moml_hypergradient(gradient, theta, alpha, inner_lr):
     per_task = -inner_lr * outer @ inner.T @ jacobian
     per_task = per_task / np.linalg.norm(per_task, axis=1, keepdims=True)
     return min_norm_point(per_task) @ per_task
+
+
+def forum_programme(cosines, qg, qq, pi, phi):
+    """FORUM's programme in its original `(T + 1)`-variable form, as LibMTL
+    states it for cvxpy: `min x^T M x - x_q phi ||g_q||^2` with
+    `M = [[C, <g_t, g_q>], [., ||g_q||^2]]`, `x_{:T}` on the simplex,
+    `x_q >= pi . x_{:T}` and `x_q >= 0` (SLSQP from several starts)."""
+    num = len(qg)
+    matrix = np.block([[cosines, qg[:, None]], [qg[None, :], np.array([[qq]])]])
+    linear = np.zeros(num + 1)
+    linear[-1] = -phi * qq
+    # SLSQP needs a well-scaled objective: ||g_q||^2 may be 1e6.
+    size = max(np.abs(matrix).max(), 1.0)
+    matrix, linear = matrix / size, linear / size
+    constraints = [
+        {"type": "eq", "fun": lambda x: x[:num].sum() - 1.0,
+         "jac": lambda x: np.r_[np.ones(num), 0.0]},
+        {"type": "ineq", "fun": lambda x: x[-1] - pi @ x[:num],
+         "jac": lambda x: np.r_[-pi, 1.0]},
+    ]
+    rng = np.random.default_rng(0)
+    best = None
+    starts = [np.r_[np.eye(num)[k], max(pi[k], 0.0)] for k in range(num)]
+    starts += [np.r_[rng.dirichlet(np.ones(num)), 1.0] for _ in range(4)]
+    for start in starts:
+        found = optimize.minimize(
+            lambda x: x @ matrix @ x + linear @ x, start,
+            jac=lambda x: 2 * matrix @ x + linear,
+            bounds=[(0, None)] * (num + 1), constraints=constraints,
+            method="SLSQP", options={"ftol": 1e-16, "maxiter": 2000})
+        if best is None or found.fun < best.fun:
+            best = found
+    return best.x[:num]
+
+
+def forum(jacobian, inner_decrease, alpha, phi=0.1, epoch=0, lambdas=None):
+    """LibMTL's FORUM update from a part-major `(2T, P)` Jacobian: returns
+    `(direction, alpha_gradient, lambdas)`."""
+    num = len(alpha)
+    w = softmax(alpha)
+    outer = jacobian[num:]
+    unit = outer / np.linalg.norm(outer, axis=1, keepdims=True)
+    alpha_part = (np.diag(w) - np.outer(w, w)) @ inner_decrease
+    omega_part = w @ jacobian[:num]
+    qq = omega_part @ omega_part + alpha_part @ alpha_part + 1e-8
+    qg = unit @ omega_part
+    pi = phi - qg / qq
+    x = forum_programme(unit @ unit.T, qg, qq, pi, phi)
+    lambdas = np.zeros(num) if lambdas is None else lambdas
+    lambdas = lambdas + (epoch + 1) ** -0.75 * (x - lambdas)
+    nu = max(lambdas @ pi, 0.0)
+    return lambdas @ unit + nu * omega_part, nu * alpha_part, lambdas

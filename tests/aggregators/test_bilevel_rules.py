@@ -135,3 +135,53 @@ def test_arguments_are_checked():
         keras_mtl.aggregators.MOML(learning_rate=-1.0)
     with pytest.raises(ValueError, match="inner_lr"):
         keras_mtl.aggregators.MOML(inner_lr=0.0)
+
+
+def _forum_case(num_tasks, scale, seed):
+    rng = np.random.default_rng(seed)
+    jacobian = rng.normal(size=(2 * num_tasks, 11))
+    jacobian *= np.logspace(-np.log10(scale), np.log10(scale),
+                            2 * num_tasks)[rng.permutation(2 * num_tasks),
+                                           None]
+    decrease = rng.normal(size=num_tasks) * scale
+    alpha = rng.normal(size=num_tasks) * 0.3
+    return jacobian, decrease, alpha
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 5, 8])
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forum_step_matches_the_original_programme(num_tasks, scale, seed):
+    jacobian, decrease, alpha = _forum_case(num_tasks, scale, seed)
+    agg = keras_mtl.aggregators.FORUM()
+    state = {**agg.initial_state(num_tasks),
+             "alpha": ops.convert_to_tensor(alpha, "float32"),
+             "inner_decrease": ops.convert_to_tensor(decrease, "float32"),
+             "epoch": ops.convert_to_tensor(1.0)}
+    lambdas = np.random.default_rng(seed).dirichlet(np.ones(num_tasks))
+    state["lambdas"] = ops.convert_to_tensor(lambdas, "float32")
+    direction, _, new = agg.aggregate(jacobian.astype("float32"), None,
+                                      state)
+    expected, alpha_gradient, expected_lambdas = ref.forum(
+        jacobian, decrease, alpha, epoch=1, lambdas=lambdas)
+    assert ref.cosine(to_numpy(direction), expected) > 0.9999
+    np.testing.assert_allclose(to_numpy(direction), expected, rtol=2e-3,
+                               atol=2e-3 * np.linalg.norm(expected))
+    np.testing.assert_allclose(to_numpy(new["lambdas"]), expected_lambdas,
+                               atol=2e-4)
+    step, *_ = ref.adam(alpha, alpha_gradient, 0.0, 0.0, 0, 1e-3)
+    np.testing.assert_allclose(to_numpy(new["alpha"]), step, atol=2e-6)
+    assert float(to_numpy(new["solver_gap"])) < 1e-4
+
+
+def test_forum_inner_steps_measure_the_inner_decrease():
+    probe, losses, gradient, theta = _quadratic(3, seed=3)
+    agg = keras_mtl.aggregators.FORUM(inner_lr=0.05, inner_steps=4)
+    state = agg.meta_update(probe, agg.initial_state(3))
+    w = np.full(3, 1.0 / 3.0)
+    point = theta
+    for _ in range(4):
+        point = point - 0.05 * gradient(point, np.r_[w, np.zeros(3)])
+    expected = losses(theta)[:3] - losses(point)[:3]
+    np.testing.assert_allclose(to_numpy(state["inner_decrease"]), expected,
+                               rtol=1e-4, atol=1e-5)

@@ -116,3 +116,49 @@ def test_bilevel_state_resumes_from_a_checkpoint(tmp_path):
                                    to_numpy(model.balancer.state[key]))
     assert float(to_numpy(loaded.balancer.state["step"])) == 4.0
     assert loaded.aggregator.learning_rate == 0.05
+
+
+TRUNK = ["trunk_1/kernel", "trunk_1/bias", "features/kernel",
+         "features/bias"]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True] if BACKEND != "torch"
+                         else [False])
+def test_one_forum_step_matches_plain_keras(jit_compile):
+    x, y = make_data(32)
+    model = mtl_model()
+    model.compile(keras.optimizers.SGD(LEARNING_RATE), loss=LOSSES,
+                  aggregator=keras_mtl.aggregators.FORUM(inner_steps=2),
+                  jit_compile=jit_compile)
+    plain = _PlainKeras(model, x, y)
+    alpha = np.full(3, 1.0 / 3.0)
+    inner = np.r_[ref.softmax(alpha), np.zeros(3)]
+    theta = plain.theta
+    for _ in range(2):
+        theta = theta - 0.1 * plain.gradient(theta, inner)
+    decrease = plain.losses(plain.theta)[:3] - plain.losses(theta)[:3]
+    parts = [per_task_gradients(model, part_x, part_y, TASKS)
+             for part_x, part_y in plain.parts]
+    jacobian = np.stack([
+        np.concatenate([parts[s][t][p].ravel() for p in TRUNK])
+        for s in range(2) for t in TASKS])
+    direction, alpha_gradient, _ = ref.forum(jacobian, decrease, alpha)
+    alpha, *_ = ref.adam(alpha, alpha_gradient, 0.0, 0.0, 0, 1e-3)
+    whole = per_task_gradients(model, x, y, TASKS)
+    start = {v.path: to_numpy(v) for v in model.trainable_variables}
+
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    moved = {v.path: to_numpy(v) - start[v.path]
+             for v in model.trainable_variables}
+    got = np.concatenate([moved[p].ravel() for p in TRUNK])
+    np.testing.assert_allclose(got, -LEARNING_RATE * direction, rtol=2e-3,
+                               atol=2e-5)
+    # Each head takes its own task's gradient on the whole batch.
+    for task in TASKS:
+        for name in ("kernel", "bias"):
+            path = f"head_{task}/{name}"
+            np.testing.assert_allclose(
+                moved[path], -LEARNING_RATE * whole[task][path], rtol=2e-3,
+                atol=2e-5)
+    np.testing.assert_allclose(to_numpy(model.balancer.state["alpha"]),
+                               alpha, atol=2e-6)
