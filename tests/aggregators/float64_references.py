@@ -360,3 +360,27 @@ def forum(jacobian, inner_decrease, alpha, phi=0.1, epoch=0, lambdas=None):
     lambdas = lambdas + (epoch + 1) ** -0.75 * (x - lambdas)
     nu = max(lambdas @ pi, 0.0)
     return lambdas @ unit + nu * omega_part, nu * alpha_part, lambdas
+
+
+def simplex_qp(quadratic, linear, plane=None):
+    """`argmin 1/2 w^T Q w + l^T w` over the simplex (and `plane . w = 0`):
+    the best SLSQP solution from every vertex or crossing and random
+    starts."""
+    num = len(linear)
+    constraints = [{"type": "eq", "fun": lambda w: w.sum() - 1.0}]
+    if plane is not None:
+        constraints.append({"type": "eq", "fun": lambda w: plane @ w})
+    rng = np.random.default_rng(0)
+    starts = [rng.dirichlet(np.ones(num)) for _ in range(6)]
+    starts += list(np.eye(num))
+    best = None
+    for start in starts:
+        found = optimize.minimize(
+            lambda w: 0.5 * w @ quadratic @ w + linear @ w, start,
+            jac=lambda w: quadratic @ w + linear, bounds=[(0, None)] * num,
+            constraints=constraints, method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 1000})
+        feasible = plane is None or abs(plane @ found.x) < 1e-9
+        if feasible and (best is None or found.fun < best.fun):
+            best = found
+    return best.x, best.fun

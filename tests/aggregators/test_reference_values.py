@@ -18,6 +18,10 @@ CASES = [
         [2.2222, 1.5789],
     ),
     (keras_mtl.aggregators.Constant([1.0, 0.5]), [-1.0, 1.5, 1.5], [1.0, 0.5]),
+    # Bilevel rules before their first virtual step: softmax of equal
+    # logits (LibMTL's start).
+    (keras_mtl.aggregators.AutoLambda(), [1.0, 1.0, 1.0], [0.5, 0.5]),
+    (keras_mtl.aggregators.MOML(), [1.0, 1.0, 1.0], [0.5, 0.5]),
 ]
 
 
@@ -94,6 +98,10 @@ def _cross_batch_cases():
         (keras_mtl.aggregators.MoDo(num_batches=2),
          ref.modo_weights(gramian, uniform) @ jacobian),
         (keras_mtl.aggregators.SDMGrad(num_batches=2), sdmgrad @ jacobian),
+        # Before any virtual step (no inner decrease), FORUM's programme on
+        # the unit outer gradients and g_q = the mean inner gradient.
+        (keras_mtl.aggregators.FORUM(),
+         ref.forum(np.tile(jacobian, (2, 1)), np.zeros(2), np.zeros(2))[0]),
     ]
 
 

@@ -29,11 +29,23 @@ CASES = (
     ("famo", "parameters"),
     ("uncertainty_weighting", "parameters"),
     ("modo", "parameters"),
+    ("auto_lambda", "parameters"),
+    ("forum", "parameters"),
 )
 
-# Rules built with other arguments than their defaults: MoDo on two parts,
-# as every replica's batch of 8 splits into the same parts as one device's.
-VARIANTS = {"modo": lambda: keras_mtl.aggregators.MoDo(num_batches=2)}
+# Rules that split each batch into parts: every replica's batch of 8 splits
+# into the same parts as one device's (given batches of the full size).
+SPLIT_RULES = ("modo", "auto_lambda", "forum")
+
+# Rules built with other arguments than their defaults: MoDo on two parts;
+# Auto-Lambda and FORUM with a visible learning rate for their weights.
+VARIANTS = {
+    "modo": lambda: keras_mtl.aggregators.MoDo(num_batches=2),
+    "auto_lambda": lambda: keras_mtl.aggregators.AutoLambda(
+        learning_rate=0.05),
+    "forum": lambda: keras_mtl.aggregators.FORUM(inner_steps=2,
+                                                 learning_rate=0.05),
+}
 
 # JAX's engine has no replica code of its own (the step is one SPMD program
 # over the global batch): its multi-process test checks the plumbing

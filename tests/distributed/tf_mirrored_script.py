@@ -24,11 +24,11 @@ def main(cases):
     # 61 samples: the last global batch splits 7 + 6 over the replicas.
     data = runs.problem(61)
     failures = []
-    # MoDo's parts are those of one device only where each replica's batch
+    # Batch parts are those of one device only where each replica's batch
     # holds a multiple of them (no uneven last batch).
     even = runs.problem(64)
     for case in cases:
-        case_data = even if case[0] == "modo" else data
+        case_data = even if case[0] in runs.SPLIT_RULES else data
         single = runs.snapshot(*runs.train(case, case_data))
         multi = runs.snapshot(*runs.train(case, case_data,
                                           strategy.scope()))

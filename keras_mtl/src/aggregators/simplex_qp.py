@@ -23,7 +23,7 @@ from keras import ops
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.aggregators.solver_ops import ratio_test
 
-# Ridge on Q_SS, relative to Q's largest diagonal entry: keeps the system
+# Ridge on Q_SS (Q is scaled to a largest entry of 1): keeps the system
 # solvable when the support's columns of Q are linearly dependent.
 _RIDGE = 1e-7
 
@@ -44,20 +44,24 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         `(weights, gap, feasible)`: the `(T,)` minimiser, the largest
         (relative) violation of optimality left (0 at the optimum), and
         whether the feasible set is non-empty (with `plane`: `p` has
-        entries of both signs, or a zero entry).
+        entries of both signs, or a zero entry). Weights and gap are NaN
+        when an input has a non-finite entry.
     """
     num = quadratic.shape[0]
     q = ops.cast(quadratic, "float32")
     lin = ops.reshape(ops.cast(linear, "float32"), (1, num))
+    has_plane = plane is not None
+    p = (ops.reshape(ops.cast(plane, "float32"), (1, num)) if has_plane
+         else ops.zeros((1, num)))
+    finite = (ops.all(ops.isfinite(q)) & ops.all(ops.isfinite(lin))
+              & ops.all(ops.isfinite(p)))
+    q, lin, p = (ops.where(finite, t, ops.zeros_like(t)) for t in (q, lin, p))
     scale = ops.maximum(ops.max(ops.abs(q)), ops.max(ops.abs(lin)))
     scale = ops.maximum(scale, 1e-30)
     q, lin = q / scale, lin / scale
     eye = ops.eye(num)
-    ridged = q + _RIDGE * ops.max(ops.diagonal(q)) * eye
+    ridged = q + _RIDGE * eye
     positions = ops.arange(num)
-    has_plane = plane is not None
-    p = (ops.reshape(ops.cast(plane, "float32"), (1, num)) if has_plane
-         else ops.zeros((1, num)))
     extra = 2 if has_plane else 1
     size = num + extra
     # Rows num.. of the bordered system: the sum and (optionally) the plane.
@@ -70,8 +74,11 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         block = ridged * inside + eye * (1.0 - support)
         border = constraints * support  # (extra, T)
         top = ops.concatenate([block, ops.transpose(border)], axis=1)
+        # -eps on the multipliers' block makes the system quasi-definite,
+        # hence invertible for any support (a support of one coordinate
+        # cannot meet two equalities).
         bottom = ops.concatenate(
-            [border, ops.zeros((extra, extra))], axis=1)
+            [border, -_RIDGE * ops.eye(extra)], axis=1)
         system = ops.concatenate([top, bottom], axis=0)
         rhs = ops.concatenate(
             [ops.transpose(-lin * support), rhs_tail], axis=0)
@@ -132,4 +139,7 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
          ops.zeros((1, extra)), ~feasible_set),
     )
     gap = ops.relu(-ops.min(violations(w, multipliers)))
-    return w[0], ops.where(feasible_set, gap, 0.0), feasible_set
+    nan = float("nan")
+    return (ops.where(finite, w[0], nan),
+            ops.where(finite, ops.where(feasible_set, gap, 0.0), nan),
+            feasible_set)
