@@ -9,10 +9,14 @@ from tests.aggregators import float64_references as ref
 from tests.helpers import to_numpy
 
 
+def _tensor(a):
+    return None if a is None else ops.convert_to_tensor(
+        np.asarray(a, "float32"))
+
+
 def _solve(quadratic, linear, plane=None):
-    t = (lambda a: None if a is None
-         else ops.convert_to_tensor(np.asarray(a, "float32")))
-    w, gap, feasible = simplex_qp(t(quadratic), t(linear), t(plane))
+    w, gap, feasible = simplex_qp(_tensor(quadratic), _tensor(linear),
+                                  _tensor(plane))
     return to_numpy(w).astype("float64"), float(to_numpy(gap)), bool(
         to_numpy(feasible))
 
