@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 
+import numpy as np
+
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 
@@ -84,3 +86,16 @@ def test_distributed_training_runs_on_the_selected_backend(capsys):
             keras.distribution.set_distribution(None)
     assert "test task_1_loss" in capsys.readouterr().out
     assert all(v == v for v in results.values())  # No NaN.
+
+
+def test_auxiliary_learning_example_compares_the_bilevel_rules(capsys):
+    results = load("auxiliary_learning").main(
+        epochs=3, num_samples=800, primary_labels=200, seeds=1,
+        names=("sum", "auto_lambda", "forum"))
+    out = capsys.readouterr().out
+    assert "Test MSE of the primary task (200 labels" in out
+    assert sorted(results) == ["auto_lambda", "forum", "sum"]
+    for name, (score, weights) in results.items():
+        assert np.isfinite(score) and len(weights) == 4, name
+    # The softmax weights of Auto-Lambda stay a convex combination.
+    assert abs(sum(results["auto_lambda"][1]) - 1.0) < 1e-4
