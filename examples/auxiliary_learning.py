@@ -2,9 +2,10 @@
 
 A primary regression task has few labels; three auxiliary tasks are fully
 labelled: one closely related to the primary (weight vectors with cosine
-0.9), two unrelated (orthogonal weight vectors). The question the bilevel rules answer is how much each auxiliary task
-should count. They learn the weights `softmax(alpha)` from a virtual step on
-half of each batch, judged on the other half: Auto-Lambda with
+0.9), two unrelated (orthogonal weight vectors). The bilevel rules decide
+how much each auxiliary task should count: they learn the weights
+`softmax(alpha)` from a virtual step on half of each batch, judged on the
+other half: Auto-Lambda with
 `primary=[0]` (only the primary task's loss is the outer objective), MOML
 and FORUM (every task's loss). They are compared with equal weights (`sum`)
 and with training on the primary labels only (`loss_weights`), on the test
