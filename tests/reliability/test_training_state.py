@@ -270,3 +270,23 @@ def test_a_refused_compile_changes_nothing():
                       gradient_mode="features", features="features")
     assert model.optimizer is optimizer and model.balancer is balancer
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("aggregator", ["mgda", "modo"])
+def test_a_skipped_step_leaves_the_logged_weights_finite(aggregator):
+    # The second batch holds an inf: its weights (NaN) are not averaged
+    # into the epoch's logged weights, which are the first batch's.
+    x, y = make_data(32)
+    x_bad = x.copy()
+    x_bad[20, 0] = np.inf
+    first = compiled(aggregator)
+    logs = first.fit(x[:16], {t: v[:16] for t, v in y.items()},
+                     batch_size=16, epochs=1, shuffle=False,
+                     verbose=0).history
+    model = compiled(aggregator)
+    history = model.fit(x_bad, y, batch_size=16, epochs=1, shuffle=False,
+                        verbose=0).history
+    assert history["skipped_steps"] == [1.0]
+    for task in ("reg", "cls", "bin"):
+        np.testing.assert_allclose(history[f"{task}_weight"],
+                                   logs[f"{task}_weight"], rtol=1e-5)

@@ -878,7 +878,8 @@ class Balancer(KerasSaveable):
             total: the logged total loss.
             batch_size: number of samples (weight of `total`).
             weights: the row weights of a training step (see
-                `task_weights`), else None.
+                `task_weights`), else None; those of a step that `ok`
+                marks as skipped are not averaged in.
             ok: the finiteness check of a training step, or None.
             replicas: the data-parallel replicas of the step.
         """
@@ -886,7 +887,14 @@ class Balancer(KerasSaveable):
         t.loss.update_state(total, sample_weight=batch_size)
         t.task_loss.update_state(losses.losses, sample_weight=losses.counts)
         if weights is not None:
-            t.task_weight.update_state(self.task_weights(weights))
+            task_weights = self.task_weights(weights)
+            # A skipped step's weights (NaN from a non-finite Gramian) stay
+            # out of the epoch's mean; `skipped_steps` counts the step.
+            counted = None if ok is None else ops.cast(ok, "float32")
+            if counted is not None:
+                task_weights = ops.where(ok, task_weights, 0.0)
+                counted = ops.broadcast_to(counted, task_weights.shape)
+            t.task_weight.update_state(task_weights, sample_weight=counted)
             if t.diagnostics is not None:
                 state = {k: v.value for k, v in self.state.items()}
                 t.diagnostics.update_state(ops.stack([
