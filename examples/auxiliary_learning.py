@@ -6,10 +6,10 @@ labelled: one closely related to the primary (weight vectors with cosine
 how much each auxiliary task should count: they learn the weights
 `softmax(alpha)` from a virtual step on half of each batch, judged on the
 other half: Auto-Lambda with `primary=[0]` (only the primary task's loss
-is the outer objective), MOML and FORUM (every task's loss). They are compared with equal weights (`sum`)
-and with training on the primary labels only (`loss_weights`), on the test
-MSE of the primary task. Missing primary labels are NaN, which
-`MultiTaskModel` leaves out of the loss.
+is the outer objective), MOML and FORUM (every task's loss). They are
+compared with equal weights (`sum`) and with training on the primary labels
+only (`loss_weights`), on the test MSE of the primary task. Missing primary
+labels are NaN, which `MultiTaskModel` leaves out of the loss.
 
     KERAS_BACKEND=jax python examples/auxiliary_learning.py
 
