@@ -14,8 +14,8 @@ from tests.helpers import to_numpy
 
 
 def _quadratic(num_tasks, num_params=7, scale=1.0, seed=0):
-    """Row losses `1/2 (theta - c_r)^T A_r (theta - c_r)` (2T rows), in
-    float64 (NumPy) and as a `Probe` (keras.ops, float32)."""
+    """Row losses `1/2 (theta - c_r)^T A_r (theta - c_r)` (2T rows, T per
+    half), in float64 (NumPy) and as a `Probe` (keras.ops, float32)."""
     rng = np.random.default_rng(seed)
     rows = 2 * num_tasks
     factors = rng.normal(size=(rows, num_params, num_params))
@@ -34,12 +34,13 @@ def _quadratic(num_tasks, num_params=7, scale=1.0, seed=0):
     a = ops.convert_to_tensor(curvature, "float32")
     cs = ops.convert_to_tensor(centres, "float32")
 
-    def evaluate(values, cotangents):
-        d = values[0][None] - cs
-        slopes = ops.einsum("rpq,rq->rp", a, d)
-        rows_ = 0.5 * ops.sum(d * slopes, axis=1)
+    def evaluate(values, cotangents, half):
+        rows = slice(half * num_tasks, (half + 1) * num_tasks)
+        d = values[0][None] - cs[rows]
+        slopes = ops.einsum("rpq,rq->rp", a[rows], d)
+        losses_ = 0.5 * ops.sum(d * slopes, axis=1)
         grads = None if cotangents is None else [cotangents @ slopes]
-        return rows_, grads
+        return losses_, grads
 
     variable = keras.Variable(theta.astype("float32"))
     probe = Probe(num_tasks, [variable], evaluate, 0.3)
@@ -113,8 +114,8 @@ def test_zero_outer_gradient_keeps_weights(name):
     # Every loss at its minimum: the hypergradient is 0, not NaN.
     num_tasks = 2
 
-    def evaluate(values, cotangents):
-        rows = ops.zeros((2 * num_tasks,))
+    def evaluate(values, cotangents, half):
+        rows = ops.zeros((num_tasks,))
         grads = None if cotangents is None else [
             ops.zeros((cotangents.shape[0], 3))]
         return rows, grads

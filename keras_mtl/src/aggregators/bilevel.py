@@ -25,14 +25,6 @@ def softmax_vjp(weights, vector):
         vector - ops.sum(weights * vector, axis=-1, keepdims=True))
 
 
-def part_cotangents(num_tasks, part, weights):
-    """`(n, 2T)` cotangents that select part `part` of the part-major rows,
-    weighted by the `(n, T)` `weights`."""
-    zeros = ops.zeros_like(weights)
-    pieces = [weights, zeros] if part == 0 else [zeros, weights]
-    return ops.concatenate(pieces, axis=-1)
-
-
 class BilevelWeighting(Weighting):
     """A loss weighting `softmax(alpha)` whose logits learn from a virtual
     step (`meta_update`), with Adam at `learning_rate`.

@@ -5,7 +5,6 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.aggregators.arg_checks import check_count
 from keras_mtl.src.aggregators.arg_checks import check_positive
-from keras_mtl.src.aggregators.bilevel import part_cotangents
 from keras_mtl.src.aggregators.bilevel import softmax_vjp
 from keras_mtl.src.aggregators.simplex_qp import simplex_qp
 from keras_mtl.src.api_export import keras_mtl_export
@@ -44,8 +43,9 @@ class FORUM(Weighting):
     on the whole batch (or `d`'s row weights with
     `weight_task_specific=True`). LibMTL zeroes `lambda` at each call of
     its `train`; here it persists across `fit` calls, like all state. Cost
-    per step: `inner_steps + 2` forward and `inner_steps + 2 T` backward
-    passes over the batch. Deterministic. Needs `gradient_mode=
+    per step: `inner_steps + 1` forward and `inner_steps` backward passes
+    over half the batch, plus one forward and `2 T` backward passes over
+    the batch. Deterministic. Needs `gradient_mode=
     "parameters"`; shuffle the data and use an even batch size.
 
     State keys: `alpha`, `adam_m`, `adam_v`, `step`, `lambdas`,
@@ -93,20 +93,18 @@ class FORUM(Weighting):
 
     def meta_update(self, probe, state):
         """The inner losses' decrease over `inner_steps` virtual steps."""
-        num_tasks = probe.num_tasks
         weights = softmax_over_tasks(ops.cast(state["alpha"], "float32"))
-        inner = part_cotangents(num_tasks, 0, weights[None])
+        inner = weights[None]
         theta = probe.values
         start = None
         diverged = ops.convert_to_tensor(False)
         for _ in range(self.inner_steps):
-            rows, gradient = probe.gradients(theta, inner)
-            losses = rows[:num_tasks]
+            losses, gradient = probe.gradients(theta, inner, 0)
             start = losses if start is None else start
             diverged = diverged | (ops.sum(weights * losses) > _DIVERGED)
             theta = ops.where(diverged, theta,
                               theta - self.inner_lr * gradient[0])
-        end = probe.losses(theta)[:num_tasks]
+        end = probe.losses(theta, 0)
         return {**state, "inner_decrease": start - end}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import keras
 
 from keras_mtl.src.models.feature_split import split_at
-from keras_mtl.src.models.probe import PARTS
 from keras_mtl.src.models.probe import Probe
+from keras_mtl.src.models.probe import half_of
 
 
 def _scope(model, trainable, non_trainable, metrics=None, losses=False):
@@ -219,13 +219,15 @@ def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate):
     balancer = model.balancer
     index = plan.shared_index + plan.others_index
 
-    def rows_at(values):
-        with _scope(model, _replace(tv, index, values), ntv):
-            return balancer.task_losses(
-                y, model(x, training=True), sw, None, scale=scale,
-                parts=PARTS).row_losses
+    def evaluate(values, cotangents, half):
+        x_h, y_h, sw_h = half_of((x, y, sw), half)
 
-    def evaluate(values, cotangents):
+        def rows_at(values):
+            with _scope(model, _replace(tv, index, values), ntv):
+                return balancer.task_losses(
+                    y_h, model(x_h, training=True), sw_h, None, scale=scale,
+                    parts=1).row_losses
+
         if cotangents is None:
             return rows_at(values), None
         rows, vjp = jax.vjp(rows_at, values)

@@ -21,8 +21,8 @@ import keras
 import tensorflow as tf
 
 from keras_mtl.src.models.feature_split import split_at
-from keras_mtl.src.models.probe import PARTS
 from keras_mtl.src.models.probe import Probe
+from keras_mtl.src.models.probe import half_of
 
 ZERO = tf.UnconnectedGradients.ZERO
 
@@ -234,14 +234,15 @@ def _probe(model, plan, x, y, sw, replicas, scale):
     balancer = model.balancer
     variables = plan.shared + plan.others
 
-    def evaluate(values, cotangents):
+    def evaluate(values, cotangents, half):
+        x_h, y_h, sw_h = half_of((x, y, sw), half)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(values)
             with keras.StatelessScope(
                     state_mapping=list(zip(variables, values))):
                 rows = balancer.task_losses(
-                    y, model(x, training=True), sw, None, replicas, scale,
-                    parts=PARTS).row_losses
+                    y_h, model(x_h, training=True), sw_h, None, replicas,
+                    scale, parts=1).row_losses
         if cotangents is None:
             return tf.stop_gradient(rows), None
         per_row = [tape.gradient(rows, values, output_gradients=cotangents[i],

@@ -30,8 +30,8 @@ import torch
 
 from keras_mtl.src.backend import processes
 from keras_mtl.src.models.feature_split import split_at
-from keras_mtl.src.models.probe import PARTS
 from keras_mtl.src.models.probe import Probe
+from keras_mtl.src.models.probe import half_of
 
 
 class _Replicas:
@@ -192,15 +192,16 @@ def _probe(model, plan, x, y, sw, replicas, scale):
     balancer = model.balancer
     variables = plan.shared + plan.others
 
-    def evaluate(values, cotangents):
+    def evaluate(values, cotangents, half):
         differentiate = cotangents is not None
         if differentiate:
             values = [v.detach().requires_grad_(True) for v in values]
+        x_h, y_h, sw_h = half_of((x, y, sw), half)
         with torch.set_grad_enabled(differentiate), keras.StatelessScope(
                 state_mapping=list(zip(variables, values))):
             rows = balancer.task_losses(
-                y, model(x, training=True), sw, None, replicas, scale,
-                parts=PARTS).row_losses
+                y_h, model(x_h, training=True), sw_h, None, replicas, scale,
+                parts=1).row_losses
         if not differentiate:
             return rows, None
         count = cotangents.shape[0]

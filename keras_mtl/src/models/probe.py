@@ -9,30 +9,41 @@ model's forward pass (and backward pass) at any flat vector of the same size
 without changing a variable. Each backend engine supplies the evaluation
 (`keras_mtl/src/backend/`); the flattening lives here.
 
-The losses are the batch's two interleaved parts (sample `i` in part
-`i mod 2`), part-major: entries `0 .. T-1` are the tasks on part 0 (the inner
-batch of the virtual step), entries `T .. 2T-1` on part 1 (the outer batch).
+The batch is split into two interleaved halves (sample `i` in half
+`i mod 2`): half 0 is the inner batch of the virtual step, half 1 the outer
+batch. Each evaluation runs the model on one half only (as LibMTL draws two
+half-size batches), so its `T` task losses are those of that half.
 """
 
 import math
 
+import keras
 from keras import ops
 
-PARTS = 2
+HALVES = 2
+
+
+def half_of(data, half):
+    """Samples `half`, `half + 2`, ... of every tensor in `data` (None
+    entries stay None)."""
+    return keras.tree.map_structure(
+        lambda t: None if t is None else t[half::HALVES], data)
 
 
 class Probe:
-    """Evaluates the part-major task losses at flat trainable values.
+    """Evaluates the task losses of one half of the batch at flat
+    trainable values.
 
     Args:
         num_tasks: `T`.
         variables: the trainable variables of the step, in the order of the
             flat vectors.
-        evaluate: `evaluate(values, cotangents)`, from the engine: `values`
-            is a list of tensors, one per variable; returns the `(2T,)` row
-            losses at `values` and, when `cotangents` (an `(n, 2T)` tensor)
-            is not None, the list of `(n, *shape)` gradients of
-            `cotangents @ rows` (else None). No variable is changed.
+        evaluate: `evaluate(values, cotangents, half)`, from the engine:
+            `values` is a list of tensors, one per variable, and `half` is 0
+            or 1; returns the `(T,)` task losses of that half at `values`
+            and, when `cotangents` (an `(n, T)` tensor) is not None, the list
+            of `(n, *shape)` gradients of `cotangents @ losses` (else None).
+            No variable is changed.
         learning_rate: the optimizer's current learning rate (a scalar).
 
     Attributes:
@@ -61,19 +72,21 @@ class Probe:
             pieces = [flat][: len(self.sizes)]
         return [ops.reshape(p, s) for p, s in zip(pieces, self.shapes)]
 
-    def losses(self, values):
-        """The `(2T,)` row losses at the flat `values`."""
-        rows, _ = self._evaluate(self._unflatten(values), None)
-        return ops.cast(rows, "float32")
+    def losses(self, values, half):
+        """The `(T,)` task losses of half `half` (0 or 1) at the flat
+        `values`."""
+        losses, _ = self._evaluate(self._unflatten(values), None, half)
+        return ops.cast(losses, "float32")
 
-    def gradients(self, values, cotangents):
-        """`(rows, grads)` at the flat `values`: the `(2T,)` row losses and
-        the `(n, P)` gradients of `cotangents @ rows` for an `(n, 2T)`
-        `cotangents`."""
+    def gradients(self, values, cotangents, half):
+        """`(losses, grads)` of half `half` at the flat `values`: the `(T,)`
+        task losses and the `(n, P)` gradients of `cotangents @ losses` for
+        an `(n, T)` `cotangents`."""
         cotangents = ops.cast(cotangents, "float32")
-        rows, grads = self._evaluate(self._unflatten(values), cotangents)
+        losses, grads = self._evaluate(self._unflatten(values), cotangents,
+                                       half)
         count = cotangents.shape[0]
-        return ops.cast(rows, "float32"), self._flatten(grads, (count,))
+        return ops.cast(losses, "float32"), self._flatten(grads, (count,))
 
 
 def _offsets(sizes):
