@@ -71,7 +71,7 @@ def test_auto_lambda_primary_tasks_and_inner_lr():
     np.testing.assert_allclose(to_numpy(got), expected, rtol=2e-2,
                                atol=2e-3 * np.abs(expected).max())
     with pytest.raises(ValueError, match="primary"):
-        agg.meta_update(_quadratic(2)[0], agg.initial_state(2))
+        agg.initial_state(2)
 
 
 @pytest.mark.parametrize("num_tasks", [2, 3, 5])

@@ -162,3 +162,13 @@ def test_one_forum_step_matches_plain_keras(jit_compile):
                 atol=2e-5)
     np.testing.assert_allclose(to_numpy(model.balancer.state["alpha"]),
                                alpha, atol=2e-6)
+
+
+def test_a_primary_task_out_of_range_is_refused_at_compile():
+    model = mtl_model()
+    with pytest.raises(ValueError, match="primary"):
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator=keras_mtl.aggregators.AutoLambda(
+                          primary=[3]))
+    assert model.optimizer is None or not model.optimizer.built
+

@@ -63,13 +63,17 @@ class AutoLambda(BilevelWeighting):
                     f">= 0. Received: primary={primary!r}")
         self.primary = primary
 
-    def _outer_weights(self, num_tasks):
-        if self.primary is None:
-            return ops.ones((1, num_tasks))
-        if self.primary[-1] >= num_tasks:
+    def initial_state(self, num_tasks, num_params=None):
+        # Called by `compile`: a bad `primary` is refused before training.
+        if self.primary is not None and self.primary[-1] >= num_tasks:
             raise ValueError(
                 f"`primary` names task {self.primary[-1]}, but there are "
                 f"{num_tasks} tasks. Received: primary={self.primary!r}")
+        return super().initial_state(num_tasks, num_params)
+
+    def _outer_weights(self, num_tasks):
+        if self.primary is None:
+            return ops.ones((1, num_tasks))
         mask = [1.0 if t in self.primary else 0.0 for t in range(num_tasks)]
         return ops.convert_to_tensor([mask], "float32")
 
