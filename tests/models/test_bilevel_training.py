@@ -172,3 +172,14 @@ def test_a_primary_task_out_of_range_is_refused_at_compile():
                           primary=[3]))
     assert model.optimizer is None or not model.optimizer.built
 
+
+def test_forum_refuses_aggregation_groups_and_features_mode():
+    model = mtl_model()
+    with pytest.raises(ValueError, match="aggregation_groups"):
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator="forum", aggregation_groups="layer")
+    with pytest.raises(ValueError, match="gradient_mode"):
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator="forum", gradient_mode="features",
+                      features="features")
+

@@ -264,6 +264,12 @@ class Balancer(KerasSaveable):
                 f"aggregator={aggregator!r}, gradient_mode="
                 f"{self.gradient_mode!r}, aggregation_groups="
                 f"{self.aggregation_groups!r}")
+        if aggregator.bilevel and self.aggregation_groups is not None:
+            raise ValueError(
+                f"{type(aggregator).__name__} learns one set of task weights "
+                "from a virtual step of the whole model; it cannot keep one "
+                "per group of variables. Received: aggregation_groups="
+                f"{self.aggregation_groups!r}")
         if aggregator.batch_splits > 1 and self.gradient_mode != "parameters":
             raise ValueError(
                 f"{type(aggregator).__name__} compares the gradients of "
