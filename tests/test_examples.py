@@ -90,7 +90,7 @@ def test_distributed_training_runs_on_the_selected_backend(capsys):
 
 def test_auxiliary_learning_example_compares_the_bilevel_rules(capsys):
     results = load("auxiliary_learning").main(
-        epochs=3, num_samples=800, primary_labels=200, seeds=1,
+        epochs=2, num_samples=600, primary_labels=200, seeds=1,
         names=("sum", "auto_lambda", "forum"))
     out = capsys.readouterr().out
     assert "Test MSE of the primary task (200 labels" in out

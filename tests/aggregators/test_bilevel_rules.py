@@ -10,6 +10,7 @@ from keras import ops
 import keras_mtl
 from keras_mtl.src.models.probe import Probe
 from tests.aggregators import float64_references as ref
+from tests.helpers import BACKEND
 from tests.helpers import to_numpy
 
 
@@ -149,9 +150,14 @@ def _forum_case(num_tasks, scale, seed):
     return jacobian, decrease, alpha
 
 
+# Three random problems per size on PyTorch; one on JAX and TensorFlow,
+# where each eager call of the solver loops compiles (CI time).
+SEEDS = [0, 1, 2] if BACKEND == "torch" else [0]
+
+
 @pytest.mark.parametrize("num_tasks", [2, 3, 5, 8])
 @pytest.mark.parametrize("scale", [1.0, 1e3])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_forum_step_matches_the_original_programme(num_tasks, scale, seed):
     jacobian, decrease, alpha = _forum_case(num_tasks, scale, seed)
     agg = keras_mtl.aggregators.FORUM()

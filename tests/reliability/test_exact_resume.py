@@ -36,7 +36,11 @@ def _keeps_state(name):
 
 RANDOMISED = ("pcgrad", "gradvac", "graddrop", "rlw", "cosmos")
 # Rules that keep nothing resume like "sum" (the optimizer's state only).
-STATEFUL = ["sum"] + [n for n in sorted(ALL_AGGREGATORS) if _keeps_state(n)]
+# MOML keeps the same state as Auto-Lambda (`BilevelWeighting`): on JAX,
+# where each case compiles three steps, it is left to the other backends.
+STATEFUL = ["sum"] + [
+    n for n in sorted(ALL_AGGREGATORS) if _keeps_state(n)
+    and not (n == "moml" and keras.config.backend() == "jax")]
 
 
 @pytest.mark.parametrize("name", STATEFUL)
