@@ -289,7 +289,9 @@ def test_graddrop_leak_blends_the_dropped_and_the_plain_sum():
         rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+# Each example compiles the root search on JAX: fewer there (CI time).
+@settings(max_examples=4 if keras.config.backend() == "jax" else 10,
+          deadline=None, derandomize=True)
 @given(jacobians())
 def test_cagrad_reports_a_small_duality_gap(jacobian):
     _, weights, state = CAGRAD_STEP(jacobian)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
@@ -53,7 +54,12 @@ def run(tmp_path, script, name, kill):
     return process, backup, out
 
 
-@pytest.mark.parametrize("aggregator", ["pcgrad", "dwa"])
+# PCGrad (random draws) and DWA (epoch state); on JAX, where each process
+# compiles its steps, DWA only (CI time).
+KILLED = ["dwa"] if keras.config.backend() == "jax" else ["pcgrad", "dwa"]
+
+
+@pytest.mark.parametrize("aggregator", KILLED)
 def test_killed_training_resumes_to_the_same_weights(tmp_path, aggregator):
     root = os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
