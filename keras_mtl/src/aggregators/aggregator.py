@@ -134,6 +134,12 @@ class Aggregator:
         del losses_before, losses_after
         return state
 
+    def check_tasks(self, num_tasks):
+        """Raises a `ValueError` if the rule's arguments do not fit
+        `num_tasks` tasks (a task index out of range, a weight per task);
+        `compile` calls it before it changes the model."""
+        del num_tasks
+
     def meta_update(self, probe, state):
         """Returns the new state learnt from a virtual step (see
         `models/probe.py`); only called when `bilevel` is True."""

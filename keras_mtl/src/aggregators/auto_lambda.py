@@ -63,12 +63,14 @@ class AutoLambda(BilevelWeighting):
                     f">= 0. Received: primary={primary!r}")
         self.primary = primary
 
-    def initial_state(self, num_tasks, num_params=None):
-        # Called by `compile`: a bad `primary` is refused before training.
+    def check_tasks(self, num_tasks):
         if self.primary is not None and self.primary[-1] >= num_tasks:
             raise ValueError(
                 f"`primary` names task {self.primary[-1]}, but there are "
                 f"{num_tasks} tasks. Received: primary={self.primary!r}")
+
+    def initial_state(self, num_tasks, num_params=None):
+        self.check_tasks(num_tasks)
         return super().initial_state(num_tasks, num_params)
 
     def _outer_weights(self, num_tasks):

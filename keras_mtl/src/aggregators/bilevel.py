@@ -1,5 +1,5 @@
 """Task weights learnt by a virtual step: the common part of the bilevel
-rules (Auto-Lambda, MOML).
+rules (Auto-Lambda, MOML; FORUM shares the logits and their Adam state).
 
 The task weights are `softmax(alpha)` over `T` logits (LibMTL starts them at
 `1 / T`). Each training step, `meta_update` computes a hypergradient of
@@ -56,17 +56,20 @@ class BilevelWeighting(Weighting):
         keep (a solver's residual)."""
         raise NotImplementedError
 
+    def step_alpha(self, state, gradient):
+        """`state` after one Adam step on `alpha` along `gradient`."""
+        alpha, m, v, step = adam_step(
+            ops.cast(state["alpha"], "float32"), gradient, state["adam_m"],
+            state["adam_v"], state["step"], self.learning_rate)
+        return {**state, "alpha": alpha, "adam_m": m, "adam_v": v,
+                "step": step}
+
     def meta_update(self, probe, state):
         """One Adam step on `alpha` along `hypergradient`; returns the new
         state."""
-        alpha = ops.cast(state["alpha"], "float32")
-        gradient, logged = self.hypergradient(
-            probe, softmax_over_tasks(alpha))
-        alpha, m, v, step = adam_step(
-            alpha, gradient, state["adam_m"], state["adam_v"], state["step"],
-            self.learning_rate)
-        return {**state, **logged, "alpha": alpha, "adam_m": m, "adam_v": v,
-                "step": step}
+        weights = softmax_over_tasks(ops.cast(state["alpha"], "float32"))
+        gradient, logged = self.hypergradient(probe, weights)
+        return self.step_alpha({**state, **logged}, gradient)
 
     def get_config(self):
         return {**super().get_config(), "learning_rate": self.learning_rate}

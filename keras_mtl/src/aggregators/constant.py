@@ -43,12 +43,15 @@ class Constant(Weighting):
             )
         self.weights = weights
 
-    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+    def check_tasks(self, num_tasks):
         if num_tasks != len(self.weights):
             raise ValueError(
                 f"Constant has {len(self.weights)} weights but there are "
                 f"{num_tasks} tasks. Received: weights={self.weights}"
             )
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        self.check_tasks(num_tasks)
         return ops.convert_to_tensor(self.weights, "float32"), state
 
     def get_config(self):

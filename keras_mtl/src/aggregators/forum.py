@@ -1,10 +1,9 @@
 from keras import ops
 
-from keras_mtl.src.aggregators.adam_step import adam_step
-from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.aggregators.arg_checks import check_count
 from keras_mtl.src.aggregators.arg_checks import check_positive
+from keras_mtl.src.aggregators.bilevel import BilevelWeighting
 from keras_mtl.src.aggregators.bilevel import softmax_vjp
 from keras_mtl.src.aggregators.simplex_qp import simplex_qp
 from keras_mtl.src.api_export import keras_mtl_export
@@ -16,7 +15,7 @@ _EPS = 1e-8
 
 
 @keras_mtl_export("keras_mtl.aggregators.FORUM")
-class FORUM(Weighting):
+class FORUM(BilevelWeighting):
     """FORUM: a first-order multi-gradient method for multi-objective
     bilevel learning of the task weights.
 
@@ -69,27 +68,22 @@ class FORUM(Weighting):
         LibMTL's `Trainer.train_bilevel`.
     """
 
-    bilevel = True
+    requires_jacobian = True
     uses_epoch = True
     batch_splits = 2
     diagnostics = ("solver_gap",)
 
     def __init__(self, phi=0.1, inner_lr=0.1, inner_steps=5,
                  learning_rate=1e-3, name=None):
-        super().__init__(name=name)
+        super().__init__(learning_rate=learning_rate, name=name)
         self.phi = check_positive("phi", phi)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_count("inner_steps", inner_steps)
-        self.learning_rate = check_positive("learning_rate", learning_rate)
 
     def initial_state(self, num_tasks, num_params=None):
         zeros = ops.zeros((num_tasks,))
-        return {
-            "alpha": ops.full((num_tasks,), 1.0 / num_tasks),
-            "adam_m": zeros, "adam_v": zeros, "step": ops.zeros(()),
-            "lambdas": zeros, "inner_decrease": zeros,
-            "solver_gap": ops.zeros(()),
-        }
+        return {**super().initial_state(num_tasks), "lambdas": zeros,
+                "inner_decrease": zeros, "solver_gap": ops.zeros(())}
 
     def meta_update(self, probe, state):
         """The inner losses' decrease over `inner_steps` virtual steps."""
@@ -128,19 +122,14 @@ class FORUM(Weighting):
                          -0.75)
         buffer = state["lambdas"] + rate * (lambdas - state["lambdas"])
         nu = ops.relu(ops.sum(buffer * pi))
-        alpha, m, v, step = adam_step(
-            state["alpha"], nu * alpha_part, state["adam_m"],
-            state["adam_v"], state["step"], self.learning_rate)
         row_weights = ops.concatenate([nu * weights, buffer * inverse])
-        return row_weights, {
-            **state, "alpha": alpha, "adam_m": m, "adam_v": v, "step": step,
-            "lambdas": buffer, "solver_gap": gap,
-        }
+        return row_weights, self.step_alpha(
+            {**state, "lambdas": buffer, "solver_gap": gap},
+            nu * alpha_part)
 
     def get_config(self):
         return {**super().get_config(), "phi": self.phi,
-                "inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
-                "learning_rate": self.learning_rate}
+                "inner_lr": self.inner_lr, "inner_steps": self.inner_steps}
 
 
 def _forum_qp(cosines, qg, qq, pi, phi):

@@ -29,7 +29,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.gramian_utils import cosine_gramian
 from keras_mtl.src.aggregators.solver_ops import one_hot
-from keras_mtl.src.aggregators.solver_ops import ratio_test
+from keras_mtl.src.aggregators.solver_ops import shrink_support
 
 # Ridge on the cosine matrix (unit diagonal) of the tasks in the active set:
 # keeps the solve finite when two gradients are parallel.
@@ -108,12 +108,7 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
         improving = ops.min(slack) < -tolerance
         entering = one_hot(ops.argmin(slack[0]), positions)[None, :]
         grown = corral + ops.cast(improving, "float32") * entering
-        ratios = ratio_test(z, (z - y) * corral)
-        ratio = ops.minimum(1.0, ops.min(ratios))
-        moved = z + ratio * (y - z)
-        blocking = one_hot(ops.argmin(ratios[0]), positions)[None, :]
-        kept = corral * (1.0 - blocking) * ops.cast(moved > 0.0, "float32")
-        moved = moved * kept
+        moved, kept = shrink_support(z, y, corral, positions)
         new_z = ops.where(feasible, y, moved / ops.sum(a * moved))
         new_corral = ops.where(feasible, grown, kept)
         return step + 1, new_z, new_corral, (feasible & ~improving) | ~usable

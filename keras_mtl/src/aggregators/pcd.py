@@ -66,11 +66,14 @@ class PCD(Weighting):
         return {"second_moments": ops.zeros((num_tasks,)),
                 "step": ops.zeros(()), "solver_residual": ops.zeros(())}
 
-    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+    def check_tasks(self, num_tasks):
         if self.primary >= num_tasks:
             raise ValueError(
                 f"PCD(primary={self.primary}) needs more than {self.primary} "
                 f"tasks. Received: num_tasks={num_tasks}")
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        self.check_tasks(num_tasks)
         gramian = ops.cast(gramian, "float32")
         squared = ops.relu(ops.diagonal(gramian))
         step = state["step"] + 1.0

@@ -21,7 +21,7 @@ that callers can log it.
 from keras import ops
 
 from keras_mtl.src.aggregators.solver_ops import one_hot
-from keras_mtl.src.aggregators.solver_ops import ratio_test
+from keras_mtl.src.aggregators.solver_ops import shrink_support
 
 # Ridge on Q_SS (Q is scaled to a largest entry of 1): keeps the system
 # solvable when the support's columns of Q are linearly dependent.
@@ -100,12 +100,7 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         improving = ops.min(slack) < -tolerance
         entering = one_hot(ops.argmin(slack[0]), positions)[None, :]
         grown = support + ops.cast(improving, "float32") * entering
-        ratios = ratio_test(w, (w - y) * support)
-        ratio = ops.minimum(1.0, ops.min(ratios))
-        moved = w + ratio * (y - w)
-        blocking = one_hot(ops.argmin(ratios[0]), positions)[None, :]
-        kept = support * (1.0 - blocking) * ops.cast(moved > 0.0, "float32")
-        moved = moved * kept
+        moved, kept = shrink_support(w, y, support, positions)
         new_w = ops.where(feasible, y, moved / ops.sum(moved))
         new_support = ops.where(feasible, grown, kept)
         new_multipliers = ops.where(feasible, found, multipliers)

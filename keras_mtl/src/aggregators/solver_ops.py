@@ -22,6 +22,23 @@ def ratio_test(weights, decrease):
     return (weights + 1e-30) / abs(ops.relu(decrease))
 
 
+def shrink_support(current, target, support, positions):
+    """The active-set solvers' step when `target` (the minimiser on the
+    support) leaves the simplex: move from `current` towards it until a
+    weight of the support reaches 0, and drop that coordinate.
+
+    Returns `(moved, kept)`: the new `(1, T)` point, zero outside the kept
+    support, and the kept `(1, T)` support indicator (`positions =
+    ops.arange(T)`). The caller rescales `moved` onto its simplex.
+    """
+    ratios = ratio_test(current, (current - target) * support)
+    ratio = ops.minimum(1.0, ops.min(ratios))
+    moved = current + ratio * (target - current)
+    blocking = one_hot(ops.argmin(ratios[0]), positions)[None, :]
+    kept = support * (1.0 - blocking) * ops.cast(moved > 0.0, "float32")
+    return moved * kept, kept
+
+
 def project_onto_simplex(v):
     """Euclidean projection of `v` (last axis) onto the probability simplex
     (sort-based, exact; Duchi et al. 2008).

@@ -34,7 +34,6 @@ but not in `weights`, and `.keras` files store them under `balancer/`, which
 another aggregator simply skip.
 """
 
-import itertools
 import math
 import threading
 import warnings
@@ -55,6 +54,7 @@ from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
 from keras_mtl.src.models.replicas import SINGLE
 from keras_mtl.src.models.task_means import TaskMeans
+from keras_mtl.src.utils.split_points import split_points
 
 NON_FINITE = ("skip", "raise", "apply")
 
@@ -246,6 +246,7 @@ class Balancer(KerasSaveable):
         """Refuses a rule this balancer cannot run (before `compile`
         changes anything)."""
         aggregator = self.aggregator
+        aggregator.check_tasks(len(self.task_names))
         parameters = aggregator.initial_parameters(len(self.task_names))
         if parameters and aggregator.requires_jacobian:
             raise ValueError(
@@ -732,7 +733,7 @@ class Balancer(KerasSaveable):
             sizes = [f.shape[1] for f in flats]
         else:
             sizes = [math.prod(j.shape[1:]) for j in jacobians]
-            flats = ops.split(flat, _offsets(sizes), axis=1)
+            flats = ops.split(flat, split_points(sizes), axis=1)
         state = self._read_state(group)
         if isinstance(self.aggregator, Weighting):
             gramians = [f @ ops.transpose(f) for f in flats]
@@ -751,7 +752,7 @@ class Balancer(KerasSaveable):
             direction, weights, state = self.aggregator.aggregate(
                 jacobian, losses, state, self.seed_generator
             )
-            pieces = ops.split(direction, _offsets(sizes))
+            pieces = ops.split(direction, split_points(sizes))
             directions = [
                 ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
                 for p, j in zip(pieces, jacobians)
@@ -896,10 +897,11 @@ class Balancer(KerasSaveable):
             task_weights = self.task_weights(weights)
             # A skipped step's weights (NaN from a non-finite Gramian) stay
             # out of the epoch's mean; `skipped_steps` counts the step.
-            counted = None if ok is None else ops.cast(ok, "float32")
-            if counted is not None:
+            counted = None
+            if ok is not None:
                 task_weights = ops.where(ok, task_weights, 0.0)
-                counted = ops.broadcast_to(counted, task_weights.shape)
+                counted = ops.broadcast_to(ops.cast(ok, "float32"),
+                                           task_weights.shape)
             t.task_weight.update_state(task_weights, sample_weight=counted)
             if t.diagnostics is not None:
                 state = {k: v.value for k, v in self.state.items()}
@@ -967,7 +969,3 @@ def _group_key(group, key):
     """State key of group `group` (the first group keeps the plain keys)."""
     return f"group{group}_{key}" if group else key
 
-
-def _offsets(sizes):
-    """Split points of consecutive pieces of the given sizes."""
-    return list(itertools.accumulate(sizes))[:-1]

@@ -20,6 +20,8 @@ import math
 import keras
 from keras import ops
 
+from keras_mtl.src.utils.split_points import split_points
+
 HALVES = 2
 
 
@@ -67,7 +69,7 @@ class Probe:
 
     def _unflatten(self, flat):
         if len(self.sizes) > 1:
-            pieces = ops.split(flat, _offsets(self.sizes))
+            pieces = ops.split(flat, split_points(self.sizes))
         else:
             pieces = [flat][: len(self.sizes)]
         return [ops.reshape(p, s) for p, s in zip(pieces, self.shapes)]
@@ -88,10 +90,3 @@ class Probe:
         count = cotangents.shape[0]
         return ops.cast(losses, "float32"), self._flatten(grads, (count,))
 
-
-def _offsets(sizes):
-    out, total = [], 0
-    for size in sizes[:-1]:
-        total += size
-        out.append(total)
-    return out
