@@ -15,6 +15,16 @@ Workflow (two-stage transfer as in ScaLearn, Frohmann et al., 2024):
    combination of the frozen source adapters; only its parameters train.
    `count_transfer_parameters(backbone)` counts them.
 
+Task vectors (Ilharco et al., 2023) and aTLAS (Zhang et al., 2024):
+
+- `tau = task_vector(fine_tuned, pre_trained)` is the weight change of a
+  fine-tuned model; task vectors add, negate and scale, and
+  `task_arithmetic(model, [tau_a, tau_b], scaling_coef=0.5)` adds them to
+  a model's weights. `tau.save(path)` / `TaskVector.load(path)`.
+- `learn_task_vector_scaling(model, [tau_a, tau_b], x, y, loss=...)` learns
+  one coefficient per task vector and variable (aTLAS) with everything
+  else frozen; `TaskVectorComposition` is the model it trains.
+
 Saving and loading:
 
 - One adapter: `save_adapter(backbone, "sst2", "sst2.adapter.npz")`, then
@@ -44,5 +54,12 @@ from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
+from keras_mtl.src.transfer.task_vector import TaskVector
+from keras_mtl.src.transfer.task_vector import task_arithmetic
+from keras_mtl.src.transfer.task_vector import task_vector
+from keras_mtl.src.transfer.task_vector_composition import TaskVectorComposition
+from keras_mtl.src.transfer.task_vector_composition import (
+    learn_task_vector_scaling,
+)
 from keras_mtl.src.transfer.transfer_layout import describe_transfer
 from keras_mtl.src.transfer.transfer_layout import restore_transfer

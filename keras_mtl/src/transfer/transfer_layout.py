@@ -16,6 +16,9 @@ from keras_mtl.src.layers.add_adapter_experts import insert_adapter_experts
 from keras_mtl.src.layers.add_adapter_experts import remove_adapter_experts
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
+from keras_mtl.src.transfer.layer_paths import children
+from keras_mtl.src.transfer.layer_paths import variable_keys
+from keras_mtl.src.transfer.layer_paths import walk
 from keras_mtl.src.utils.layer_internals import sublayers
 
 FORMAT = "keras_mtl.transfer_layout"
@@ -33,64 +36,13 @@ WRAPPER_ARGUMENTS = (
 )
 
 
-def _children(layer):
-    return sublayers(layer, recursive=False)
-
-
-def _walk(model):
-    """`(path, layer)` for every sub-layer of `model`, depth first, once.
-
-    A path joins the layer names from `model` (excluded) down to the layer;
-    a layer reached twice keeps its first path.
-    """
-    seen = {id(model)}
-    found = []
-
-    def visit(layer, prefix):
-        for child in _children(layer):
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            path = prefix + child.name
-            found.append((path, child))
-            visit(child, path + "/")
-
-    visit(model, "")
-    return found
-
-
 def _is_encoder(layer):
     return backbone_walk.has_feedforward(layer)
 
 
 def _encoders(model):
     """`(path, layer)` of the transformer encoder layers, in walk order."""
-    return [(path, layer) for path, layer in _walk(model) if _is_encoder(layer)]
-
-
-def _variable_keys(model):
-    """`(key, variable)` for the sub-layers' weights, in `weights` order.
-
-    A key is the path of the layer that owns the variable, then the
-    variable's name (`#1`, `#2`, ... are appended to repeated keys). The
-    model's own variables (e.g. optimizer or aggregator state) are left out.
-    """
-    keys = {}
-    for path, layer in _walk(model):
-        inner = {id(v) for child in _children(layer) for v in child.weights}
-        for variable in layer.weights:
-            if id(variable) not in inner:
-                keys.setdefault(id(variable), f"{path}/{variable.name}")
-    counts = {}
-    ordered = []
-    for variable in model.weights:
-        key = keys.get(id(variable))
-        if key is None:
-            continue
-        count = counts.get(key, 0)
-        counts[key] = count + 1
-        ordered.append((f"{key}#{count}" if count else key, variable))
-    return ordered
+    return [(path, layer) for path, layer in walk(model) if _is_encoder(layer)]
 
 
 def _units(wrapper):
@@ -104,7 +56,7 @@ def _units(wrapper):
         for name, layer in units.items():
             named.setdefault(id(layer), []).append((kind, name, layer))
     ordered = []
-    for child in _children(wrapper):
+    for child in children(wrapper):
         ordered.extend(named.pop(id(child), []))
     for rest in named.values():
         ordered.extend(rest)
@@ -119,7 +71,7 @@ def _injection_order(encoder, positions, experts):
                      backbone_walk.FEEDFORWARD_OUTPUT):
             owners[id(backbone_walk.sublayer(encoder, slot))] = EXPERTS
     order = []
-    for child in _children(encoder):
+    for child in children(encoder):
         name = owners.get(id(child))
         if name is not None and name not in order:
             order.append(name)
@@ -240,7 +192,7 @@ def describe_transfer(model):
         "shared": _shared_layers(units),
         "trainable": {
             key: bool(variable.trainable)
-            for key, variable in _variable_keys(model)
+            for key, variable in variable_keys(model)
         },
     }
     # Plain JSON types (lists, not tuples): the layout reads back equal.
@@ -548,7 +500,7 @@ def restore_transfer(model, layout):
             for item, layer in steps:
                 _attach(encoder, item, layer)
                 done.append((encoder, item))
-        variables = _variable_keys(model)
+        variables = variable_keys(model)
         keys = [key for key, _ in variables]
         saved = list(layout["trainable"])
         if keys != saved:
