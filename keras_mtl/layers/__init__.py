@@ -10,6 +10,8 @@ from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
 from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
 from keras_mtl.src.layers.esmm_head import ESMMHead
 from keras_mtl.src.layers.gradient_reversal import GradientReversal
+from keras_mtl.src.layers.ia3_adapter import IA3Adapter
+from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.mixture_of_adapter_experts import (
     MixtureOfAdapterExperts,
 )

@@ -44,6 +44,9 @@ Saving and loading:
       rebuilt.load_weights("m.weights.h5")       # saved from `model`
 """
 
+from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
+from keras_mtl.src.transfer.adapter_configs import IA3Config
+from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_files import load_adapter
 from keras_mtl.src.transfer.adapter_files import save_adapter
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
@@ -53,6 +56,7 @@ from keras_mtl.src.transfer.add_combiner import add_combiner
 from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )
+from keras_mtl.src.transfer.merge_adapter import merge_adapter
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 from keras_mtl.src.transfer.task_vector import TaskVector
 from keras_mtl.src.transfer.task_vector import task_arithmetic

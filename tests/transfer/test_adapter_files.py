@@ -274,7 +274,22 @@ def test_bad_metadata_changes_nothing(trained, tmp_path):
             {k: v for k, v in meta.items() if k != "shapes"},
             r"missing entries \['shapes'\]",
         ),
-        "bad_factor": ({**meta, "hidden_units": -2}, "adapter arguments"),
+        "bad_factor": (
+            {**meta, "adapter_config": {
+                **meta["adapter_config"],
+                "config": {**meta["adapter_config"]["config"],
+                           "hidden_units": -2}}},
+            "adapter arguments",
+        ),
+        "unknown_kind": (
+            {**meta, "adapter_config": {"class_name": "Foo", "config": {}}},
+            "adapter arguments",
+        ),
+        "legacy_bad_factor": (
+            {**meta, "format_version": 1, "reduction_factor": 4,
+             "activation": "relu", "hidden_units": -2},
+            "adapter arguments",
+        ),
         "not_json": ("{oops", "invalid metadata"),
     }
     for name, (new_meta, pattern) in cases.items():

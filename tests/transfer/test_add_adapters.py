@@ -167,7 +167,7 @@ def test_unsupported_backbones():
         ({"task_names": []}, "non-empty list"),
         ({"task_names": ["a/b"]}, "without '/'"),
         ({"task_names": [3]}, "task_names=3"),
-        ({"task_names": ["a"], "config": "lora"}, "config='lora'"),
+        ({"task_names": ["a"], "config": "prefix"}, "config='prefix'"),
         ({"task_names": ["a"], "reduction_factor": 0}, "reduction_factor"),
     ],
 )
@@ -183,6 +183,6 @@ def test_existing_task_or_other_config_is_rejected():
     transfer.add_adapters(backbone, ["a"])
     with pytest.raises(ValueError, match=r"already has .* named \['a'\]"):
         transfer.add_adapters(backbone, ["b", "a"])
-    with pytest.raises(ValueError, match="same configuration"):
+    with pytest.raises(ValueError, match="same kind of configuration"):
         transfer.add_adapters(backbone, ["c"], config="houlsby")
     assert wrappers(backbone)[0][2].names == ["a"]

@@ -161,7 +161,21 @@ def adapt_active_combination(backbone):
     )
 
 
+def adapt_lora(backbone):
+    config = transfer.LoRAConfig(rank=2, targets=["query", "key", "value",
+                                                  "output"])
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+    transfer.set_active_adapter(backbone, "b")
+
+
+def adapt_ia3(backbone):
+    config = transfer.IA3Config(targets=list(transfer.IA3Config.TARGETS))
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+
+
 ADAPTATIONS = [
+    adapt_lora,
+    adapt_ia3,
     adapt_pfeiffer,
     adapt_houlsby,
     adapt_scalearn_plus_plus,

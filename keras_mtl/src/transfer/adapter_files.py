@@ -9,31 +9,39 @@ import keras
 import numpy as np
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
+from keras_mtl.src.transfer.adapter_configs import deserialize_config
+from keras_mtl.src.transfer.adapter_configs import serialize_config
+from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
-from keras_mtl.src.transfer.add_adapters import CONFIGS
 from keras_mtl.src.transfer.add_adapters import add_adapters
+from keras_mtl.src.transfer.add_adapters import config_of
 from keras_mtl.src.transfer.add_adapters import existing_config
-from keras_mtl.src.transfer.add_adapters import positions as placements
 from keras_mtl.src.utils.atomic_files import atomic_write
 
 FORMAT = "keras_mtl.adapter"
-FORMAT_VERSION = 1
+# Version 2 records the adapter config (any kind); version 1 files hold
+# bottleneck adapters described by `reduction_factor`, `activation` and
+# `hidden_units`, and still load.
+FORMAT_VERSION = 2
 META_KEY = "__meta__"
-# The weights of a `BottleneckAdapter`, in `adapter.weights` order.
-NUM_WEIGHTS = 4
 
 
 def _array_key(position, index):
     return f"position_{position}_weight_{index}"
 
 
-def _describe(num_encoders, dim, bottleneck):
-    return (
-        f"{num_encoders} encoder layers of hidden size {dim} "
-        f"(bottleneck {bottleneck})"
+def _describe(num_encoders, dim, config, shapes):
+    """Sizes for messages: a bottleneck's width or LoRA's rank is the last
+    dimension of the adapter's first weight."""
+    width = {"lora": "rank"}.get(config, "bottleneck")
+    size = (
+        f" ({width} {shapes[0][0][-1]})"
+        if config != "ia3" and shapes and shapes[0]
+        else ""
     )
+    return f"{num_encoders} encoder layers of hidden size {dim}{size}"
 
 
 def _to_numpy(weight):
@@ -78,19 +86,15 @@ def save_adapter(backbone, task_name, path):
     found = backbone_walk.wrappers_or_raise(backbone)
     backbone_walk.check_known(found, task_name, "task_name", ("adapters",))
     adapters = [wrapper.adapters[task_name] for _, _, wrapper in found]
-    first = adapters[0]
-    adapter_config = first.get_config()
+    encoders = backbone_walk.transformer_encoders(backbone)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task_name": task_name,
         "config": existing_config(found),
-        "reduction_factor": adapter_config["reduction_factor"],
-        "hidden_units": adapter_config["hidden_units"],
-        "activation": adapter_config["activation"],
-        "num_encoders": len(backbone_walk.transformer_encoders(backbone)),
-        "hidden_dim": int(first.down_kernel.shape[0]),
-        "bottleneck": int(first.down_kernel.shape[-1]),
+        "adapter_config": serialize_config(config_of(found, task_name)),
+        "num_encoders": len(encoders),
+        "hidden_dim": backbone_walk.hidden_dim(encoders[0]),
         "positions": [[index, position] for index, position, _ in found],
         "shapes": [[list(w.shape) for w in a.weights] for a in adapters],
     }
@@ -154,26 +158,13 @@ def _check_meta(meta, path):
             f"format_version {version!r} (this keras_mtl reads version "
             f"{FORMAT_VERSION} and below)",
         )
-    missing = [
-        key
-        for key in (
-            "config",
-            "reduction_factor",
-            "hidden_units",
-            "activation",
-            "num_encoders",
-            "hidden_dim",
-            "bottleneck",
-            "positions",
-            "shapes",
-        )
-        if key not in meta
-    ]
+    legacy = ("reduction_factor", "hidden_units", "activation")
+    required = ("config", "num_encoders", "hidden_dim", "positions",
+                "shapes") + (legacy if version < 2 else ("adapter_config",))
+    missing = [key for key in required if key not in meta]
     if missing:
         raise _invalid_meta(path, f"missing entries {missing}")
-    if meta["config"] not in CONFIGS:
-        raise _invalid_meta(path, f"unknown config {meta['config']!r}")
-    for key in ("num_encoders", "hidden_dim", "bottleneck"):
+    for key in ("num_encoders", "hidden_dim"):
         if not _is_int(meta[key]):
             raise _invalid_meta(path, f"{key}={meta[key]!r}")
     positions = meta["positions"]
@@ -229,25 +220,37 @@ def _check_layout(meta, positions, path):
         )
 
 
-def _new_adapter_targets(meta, encoders, dim, path):
-    """`(positions, shapes, dtypes)` of adapters that `add_adapters` adds."""
+def _adapter_config(meta, path):
+    """The `AdapterConfig` a file's adapters were made with."""
     try:
-        units = BottleneckAdapter(
-            reduction_factor=meta["reduction_factor"],
-            activation=meta["activation"],
-            hidden_units=meta["hidden_units"],
-            residual=False,
-        ).bottleneck_units(dim)
+        if meta["format_version"] < 2:
+            return BottleneckConfig(meta["config"], meta["reduction_factor"],
+                                    meta["activation"], meta["hidden_units"])
+        return deserialize_config(meta["adapter_config"])
     except (ValueError, TypeError) as error:
         raise _invalid_meta(path, f"adapter arguments ({error})") from error
+
+
+def _new_adapter_targets(config, encoders):
+    """`(positions, shapes, dtypes)` of the adapters that `add_adapters`
+    would add with `config` (made and built on the side, not attached)."""
     positions, shapes, dtypes = [], [], []
+    order = {slot: k for k, slot in enumerate(backbone_walk.POSITIONS)}
     for index, encoder in enumerate(encoders):
-        for attribute, _ in placements(meta["config"], encoder):
+        for slot, placement in sorted(config.sites(encoder),
+                                      key=lambda site: order[site[0]]):
+            layer = backbone_walk.sublayer(encoder, slot)
+            if isinstance(layer, AdapterWrapper):
+                layer = layer.layer
             # A new wrapper takes the dtype policy of the layer it wraps.
-            layer = getattr(encoder, attribute)
-            positions.append([index, attribute])
-            shapes.append([[dim, units], [units], [units, dim], [dim]])
-            dtypes.append([layer.dtype_policy.variable_dtype] * NUM_WEIGHTS)
+            probe = AdapterWrapper(layer, placement=placement)
+            probe.build((None, None, backbone_walk.input_dim(encoder, layer)))
+            adapter = config.make_adapter(encoder, slot, name="probe",
+                                          dtype=probe.dtype_policy)
+            probe.add_adapter("probe", adapter)
+            positions.append([index, slot])
+            shapes.append([list(w.shape) for w in adapter.weights])
+            dtypes.append([w.dtype for w in adapter.weights])
     return positions, shapes, dtypes
 
 
@@ -258,14 +261,15 @@ def _plan(backbone, task_name, meta, path):
     must be added first, and the shape and dtype of every target variable.
     """
     check_name(task_name, "task_name")
+    config = _adapter_config(meta, path)
     encoders = backbone_walk.transformer_encoders(backbone)
     dim = backbone_walk.hidden_dim(encoders[0])
+    saved = _describe(meta["num_encoders"], meta["hidden_dim"],
+                      config.name, meta["shapes"])
     if meta["hidden_dim"] != dim or meta["num_encoders"] != len(encoders):
         raise ValueError(
             f"The adapter file {os.fspath(path)!r} holds an adapter for "
-            + _describe(
-                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
-            )
+            + saved
             + f", but the backbone has {len(encoders)} encoder layers of "
             f"hidden size {dim}. Received: path={path!r}"
         )
@@ -275,17 +279,15 @@ def _plan(backbone, task_name, meta, path):
             f"{task_name!r} is a combination, not a task adapter. "
             f"Received: task_name={task_name!r}"
         )
-    if found and existing_config(found) != meta["config"]:
+    if found and existing_config(found) != config.name:
         raise ValueError(
             f"The adapter file {os.fspath(path)!r} holds a "
-            f"{meta['config']!r} adapter, but the backbone has "
+            f"{config.name!r} adapter, but the backbone has "
             f"{existing_config(found)!r} adapters. Received: path={path!r}"
         )
     add = not found or task_name not in found[0][2].adapters
     if add:
-        positions, shapes, dtypes = _new_adapter_targets(
-            meta, encoders, dim, path
-        )
+        positions, shapes, dtypes = _new_adapter_targets(config, encoders)
         if found:
             _check_layout(meta, [[i, p] for i, p, _ in found], path)
     else:
@@ -297,16 +299,14 @@ def _plan(backbone, task_name, meta, path):
     if shapes != meta["shapes"]:
         raise ValueError(
             f"The adapter file {os.fspath(path)!r} holds an adapter for "
-            + _describe(
-                meta["num_encoders"], meta["hidden_dim"], meta["bottleneck"]
-            )
+            + saved
             + f", but the backbone's {task_name!r} adapter "
             + ("would be" if add else "is")
             + " for "
-            + _describe(len(encoders), dim, shapes[0][0][-1])
+            + _describe(len(encoders), dim, config.name, shapes)
             + f". Received: path={path!r}"
         )
-    return add, shapes, dtypes
+    return add, config, shapes, dtypes
 
 
 def _check_arrays(arrays, shapes, dtypes, path):
@@ -391,18 +391,11 @@ def load_adapter(backbone, task_name, path):
     >>> fresh = keras_mtl.transfer.load_adapter(tiny_bert(), "sst2", path)
     """
     meta, arrays = _read(path)
-    add, shapes, dtypes = _plan(backbone, task_name, meta, path)
+    add, config, shapes, dtypes = _plan(backbone, task_name, meta, path)
     _check_arrays(arrays, shapes, dtypes, path)
     # Everything is checked: only now is the backbone changed.
     if add:
-        add_adapters(
-            backbone,
-            [task_name],
-            config=meta["config"],
-            reduction_factor=meta["reduction_factor"],
-            activation=meta["activation"],
-            hidden_units=meta["hidden_units"],
-        )
+        add_adapters(backbone, [task_name], config=config)
     found = backbone_walk.wrappers(backbone)
     adapters = [wrapper.adapters[task_name] for _, _, wrapper in found]
     for i, adapter in enumerate(adapters):

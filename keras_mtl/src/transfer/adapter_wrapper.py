@@ -5,7 +5,7 @@ import keras
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.utils.layer_internals import unlocked
 
-PLACEMENTS = ("post_norm", "output")
+PLACEMENTS = ("post_norm", "output", "parallel")
 
 
 def check_name(name, what):
@@ -43,7 +43,9 @@ class AdapterWrapper(keras.layers.Layer):
       residual_before_ln=True`).
     - `placement="output"` wraps a sub-layer's output (e.g. its dropout)
       and computes `d -> d + delta(d)`: the Houlsby et al. (2019)
-      placement.
+      placement, and (IA)^3's rescaling of a projection's output.
+    - `placement="parallel"` computes `x -> layer(x) + delta(x)` from the
+      wrapped layer's input: LoRA beside a projection.
 
     Here `delta(h)` is `A_t(h)` for an active task `t`, or
     `combiner([A_i(h) for i in sources], query=h)` for an active
@@ -54,8 +56,8 @@ class AdapterWrapper(keras.layers.Layer):
     Args:
         layer: the wrapped layer (a `LayerNormalization` for
             `placement="post_norm"`).
-        placement: `"post_norm"` or `"output"`, see above. Defaults to
-            `"post_norm"`.
+        placement: `"post_norm"`, `"output"` or `"parallel"`, see above.
+            Defaults to `"post_norm"`.
         adapters: dict mapping task names to adapter layers that return
             the adapter's delta (e.g.
             `keras_mtl.layers.BottleneckAdapter(residual=False)`).
@@ -157,7 +159,7 @@ class AdapterWrapper(keras.layers.Layer):
                 f"named {name!r}. Received: name={name!r}"
             )
         if self.built and not adapter.built:
-            adapter.build(self._hidden_shape)
+            adapter.build(self._adapter_shape)
         if adapter.built:
             self._remember_non_trainable(adapter)
         with unlocked(self):
@@ -180,7 +182,7 @@ class AdapterWrapper(keras.layers.Layer):
                 f"Received: sources={sources!r}"
             )
         if self.built and not combiner.built:
-            shape = self._hidden_shape
+            shape = self._delta_shape
             combiner.build([shape] * len(sources))
         if combiner.built:
             self._remember_non_trainable(combiner)
@@ -198,19 +200,27 @@ class AdapterWrapper(keras.layers.Layer):
         self.active = name
 
     def build(self, input_shape):
-        self._hidden_shape = (None,) * (len(input_shape) - 1) + (
-            input_shape[-1],
-        )
         if not self.layer.built:
             self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        # Batch and sequence axes left free; feature axes kept.
+        features = 1 if len(output_shape) == len(input_shape) else (
+            len(output_shape) - len(input_shape) + 1)
+        self._delta_shape = (None,) * (len(output_shape) - features) + tuple(
+            output_shape[-features:])
+        self._adapter_shape = (
+            (None,) * (len(input_shape) - 1) + (input_shape[-1],)
+            if self.placement == "parallel"
+            else self._delta_shape
+        )
         for adapter in self.adapters.values():
             if not adapter.built:
-                adapter.build(self._hidden_shape)
+                adapter.build(self._adapter_shape)
                 self._remember_non_trainable(adapter)
         for name, combiner in self.combiners.items():
             if not combiner.built:
                 num = len(self.combiner_sources[name])
-                combiner.build([self._hidden_shape] * num)
+                combiner.build([self._delta_shape] * num)
                 self._remember_non_trainable(combiner)
 
     def _delta(self, h, training):
@@ -234,6 +244,8 @@ class AdapterWrapper(keras.layers.Layer):
         d = self.layer(inputs, training=training)
         if self.active is None:
             return d
+        if self.placement == "parallel":
+            return d + self._delta(inputs, training)
         return d + self._delta(d, training)
 
     def compute_output_shape(self, input_shape):

@@ -1,33 +1,21 @@
-"""`add_adapters`: one bottleneck adapter per task in every encoder."""
+"""`add_adapters`: one adapter per task in every encoder."""
+
+import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.ia3_adapter import IA3Adapter
+from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer.adapter_configs import TARGETS
+from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
+from keras_mtl.src.transfer.adapter_configs import IA3Config
+from keras_mtl.src.transfer.adapter_configs import LoRAConfig
+from keras_mtl.src.transfer.adapter_configs import resolve_config
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
 from keras_mtl.src.transfer.set_active_adapter import freeze_backbone_weights
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
-
-# Published configurations (`adapters`' `SeqBnConfig` and `DoubleSeqBnConfig`,
-# see `BottleneckAdapter.pfeiffer` / `.houlsby`).
-CONFIGS = {
-    "pfeiffer": {"reduction_factor": 16, "activation": "relu"},
-    "houlsby": {"reduction_factor": 16, "activation": "swish"},
-}
-
-
-def positions(config, encoder):
-    """`(attribute, placement)` pairs wrapped in `encoder` for `config`."""
-    if config == "houlsby":
-        return [
-            ("_self_attention_dropout", "output"),
-            ("_feedforward_dropout", "output"),
-        ]
-    if encoder.normalize_first:
-        # Pre-LN blocks have no closing LayerNorm: the adapter sits on the
-        # feed-forward output, before the residual addition.
-        return [("_feedforward_dropout", "output")]
-    return [("_feedforward_layer_norm", "post_norm")]
 
 
 def task_name_list(task_names, argument="task_names"):
@@ -51,12 +39,52 @@ def task_name_list(task_names, argument="task_names"):
 
 
 def existing_config(found):
-    """The adapter configuration already present in a backbone, or None."""
+    """The name of the adapter configuration already in a backbone, or
+    None."""
     if not found:
         return None
-    if any(position == "_self_attention_dropout" for _, position, _ in found):
+    first = next(iter(found[0][2].adapters.values()))
+    if isinstance(first, LoRAAdapter):
+        return "lora"
+    if isinstance(first, IA3Adapter):
+        return "ia3"
+    if isinstance(first, BottleneckAdapter) and any(
+        position == "_self_attention_dropout" for _, position, _ in found
+    ):
         return "houlsby"
     return "pfeiffer"
+
+
+def config_of(found, task_name=None):
+    """The adapter config that made the adapters of `task_name` (default:
+    the first task) in a backbone's wrappers `found`, or None."""
+    name = existing_config(found)
+    if name is None:
+        return None
+    adapters = found[0][2].adapters
+    adapter = adapters[task_name or next(iter(adapters))]
+    arguments = adapter.get_config()
+    first_encoder = found[0][0]
+    slots = [slot for index, slot, _ in found if index == first_encoder]
+    targets = [t for t, slot in TARGETS.items() if slot in slots]
+    if name == "lora":
+        return LoRAConfig(rank=arguments["rank"], alpha=arguments["alpha"],
+                          targets=targets, dropout=arguments["dropout"])
+    if name == "ia3":
+        return IA3Config(targets=targets)
+    return BottleneckConfig(name, arguments["reduction_factor"],
+                            arguments["activation"],
+                            arguments["hidden_units"])
+
+
+def positions(config, encoders):
+    """`[(encoder_index, slot), ...]` that `config` wraps, in walk order."""
+    order = {slot: k for k, slot in enumerate(backbone_walk.POSITIONS)}
+    return [
+        (index, slot)
+        for index, encoder in enumerate(encoders)
+        for slot, _ in sorted(config.sites(encoder), key=lambda s: order[s[0]])
+    ]
 
 
 @keras_mtl_export("keras_mtl.transfer.add_adapters")
@@ -69,35 +97,42 @@ def add_adapters(
     hidden_units=None,
     freeze_backbone=True,
 ):
-    """Adds one bottleneck adapter per task to every transformer encoder.
+    """Adds one adapter per task to every transformer encoder.
 
     Walks `backbone` (a keras-hub backbone such as `BertBackbone`,
     `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`, or any
     model built from `keras_hub.layers.TransformerEncoder`), and wraps
-    sub-layers of every encoder with an `AdapterWrapper` holding one
-    `keras_mtl.layers.BottleneckAdapter` per task:
+    sub-layers of every encoder with an `AdapterWrapper` holding one adapter
+    per task. `config` chooses the method:
 
-    - `config="pfeiffer"` (Pfeiffer et al., 2021; `adapters`' `SeqBnConfig`):
-      one adapter per layer at the feed-forward output. In post-LN encoders
-      (BERT, RoBERTa, ...) the closing LayerNorm is wrapped so that
-      `s -> LN(s + A(LN(s)))`, with `s` the feed-forward output plus its
-      residual and `LN` the pre-trained LayerNorm. In pre-LN encoders
+    - `"pfeiffer"` (Pfeiffer et al., 2021; `adapters`' `SeqBnConfig`): one
+      bottleneck adapter per layer at the feed-forward output. In post-LN
+      encoders (BERT, RoBERTa, ...) the closing LayerNorm is wrapped so
+      that `s -> LN(s + A(LN(s)))`, with `s` the feed-forward output plus
+      its residual and `LN` the pre-trained LayerNorm. In pre-LN encoders
       (`normalize_first=True`) the adapter is applied to the feed-forward
       output before the residual addition, `d -> d + A(d)`.
-    - `config="houlsby"` (Houlsby et al., 2019; `DoubleSeqBnConfig`): two
-      adapters per layer, after the attention and after the feed-forward
-      sub-layer, `d -> d + A(d)` before each residual addition.
+    - `"houlsby"` (Houlsby et al., 2019; `DoubleSeqBnConfig`): two
+      bottleneck adapters per layer, after the attention and after the
+      feed-forward sub-layer, `d -> d + A(d)` before each residual addition.
+    - `"lora"` (Hu et al., 2022): `keras_mtl.layers.LoRAAdapter`s beside
+      the query and value projections, rank 8 (`LoRAConfig`).
+    - `"ia3"` (Liu et al., 2022): `keras_mtl.layers.IA3Adapter`s rescaling
+      the keys, values and feed-forward activations (`IA3Config`).
+    - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`) for
+      other sizes and targets.
 
-    The up-projections start at zero, so the backbone's outputs are
-    unchanged at initialisation. Unless `freeze_backbone=False`, every
-    variable of `backbone` that is not part of an adapter is frozen (its
-    `trainable` flag is set to `False`, variable by variable; pass the
-    backbone rather than a task model, whose head would be frozen too).
-    Backbones that reuse one encoder layer several times (ALBERT) get one
-    adapter per encoder layer object, shared like its weights. If `backbone`
-    had no adapters yet, the first task of `task_names` becomes the active
-    one (see `set_active_adapter`); otherwise the active one is kept. The
-    function can be called again to add more tasks with the same `config`.
+    Every method starts at the backbone's own function (zero up-projection,
+    zero `B`, unit scales), so outputs are unchanged at initialisation.
+    Unless `freeze_backbone=False`, every variable of `backbone` that is not
+    part of an adapter is frozen (its `trainable` flag is set to `False`,
+    variable by variable; pass the backbone rather than a task model, whose
+    head would be frozen too). Backbones that reuse one encoder layer
+    several times (ALBERT) get one adapter per encoder layer object, shared
+    like its weights. If `backbone` had no adapters yet, the first task of
+    `task_names` becomes the active one (see `set_active_adapter`);
+    otherwise the active one is kept. The function can be called again to
+    add more tasks with the same kind of configuration and positions.
 
     Compile (or re-compile) the model that uses `backbone` afterwards:
     Keras fixes the list of trainable variables at compile time.
@@ -107,11 +142,13 @@ def add_adapters(
             `keras_hub.layers.TransformerEncoder` layers.
         task_names: a task name or a list of distinct task names (strings
             without `/`).
-        config: `"pfeiffer"` or `"houlsby"`. Defaults to `"pfeiffer"`.
-        reduction_factor: bottleneck width is `hidden_dim // reduction_factor`.
-            Defaults to `None`, i.e. 16 (the value of both configurations).
-        activation: adapter activation. Defaults to `None`, i.e. `"relu"`
-            for `"pfeiffer"` and `"swish"` for `"houlsby"`.
+        config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"` or a config
+            object. Defaults to `"pfeiffer"`.
+        reduction_factor: for `"pfeiffer"`/`"houlsby"`, the bottleneck width
+            is `hidden_dim // reduction_factor`. Defaults to `None`, i.e.
+            16 (the value of both configurations).
+        activation: bottleneck adapter activation. Defaults to `None`, i.e.
+            `"relu"` for `"pfeiffer"` and `"swish"` for `"houlsby"`.
         hidden_units: optional bottleneck width that overrides
             `reduction_factor`. Defaults to `None`.
         freeze_backbone: whether to freeze every non-adapter variable of
@@ -131,64 +168,77 @@ def add_adapters(
     >>> # trainable: the 2 x 148 weights of the active "sst2" adapters
     >>> keras_mtl.transfer.count_transfer_parameters(backbone)
     296
+    >>> lora = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> _ = keras_mtl.transfer.add_adapters(
+    ...     lora, "sst2", config=keras_mtl.transfer.LoRAConfig(rank=2))
+    >>> keras_mtl.transfer.count_transfer_parameters(lora)  # 2 x 2 x 2(16+16)
+    256
 
     Reference:
         - [Pfeiffer et al., 2021](https://arxiv.org/abs/2005.00247)
         - [Houlsby et al., 2019](https://arxiv.org/abs/1902.00751)
+        - [Hu et al., 2022](https://arxiv.org/abs/2106.09685)
+        - [Liu et al., 2022](https://arxiv.org/abs/2205.05638)
     """
-    if config not in CONFIGS:
-        raise ValueError(
-            f"`config` must be one of {sorted(CONFIGS)}. "
-            f"Received: config={config!r}"
-        )
+    config = resolve_config(config, reduction_factor, activation,
+                            hidden_units)
     task_names = task_name_list(task_names)
     encoders = backbone_walk.transformer_encoders(backbone)
     found = backbone_walk.wrappers(backbone)
     present = existing_config(found)
-    if present is not None and present != config:
+    if present is not None and present != config.name:
         raise ValueError(
             f"`backbone` already has {present!r} adapters; new tasks must "
-            f"use the same configuration. Received: config={config!r}"
+            f"use the same kind of configuration. Received: config={config!r}"
         )
     if found:
+        wanted = positions(config, encoders)
+        if [(i, p) for i, p, _ in found] != wanted:
+            raise ValueError(
+                f"`backbone` has adapters at {[(i, p) for i, p, _ in found]}"
+                f"; new tasks must use the same positions. Received: "
+                f"config={config!r}"
+            )
         taken = [n for n in task_names if n in found[0][2].names]
         if taken:
             raise ValueError(
                 f"`backbone` already has adapters or combinations named "
                 f"{taken}. Received: task_names={task_names!r}"
             )
-    adapter_kwargs = {
-        "reduction_factor": CONFIGS[config]["reduction_factor"]
-        if reduction_factor is None
-        else reduction_factor,
-        "activation": CONFIGS[config]["activation"]
-        if activation is None
-        else activation,
-        "hidden_units": hidden_units,
-        "residual": False,
-    }
-    # Fails early (before touching the backbone) on bad adapter arguments.
-    BottleneckAdapter(**adapter_kwargs)
+    for encoder in encoders:
+        for slot, _ in config.sites(encoder):
+            layer = backbone_walk.sublayer(encoder, slot)
+            if layer is None or not isinstance(
+                layer, (AdapterWrapper, keras.layers.Dense,
+                        keras.layers.EinsumDense, keras.layers.Dropout,
+                        keras.layers.LayerNormalization)
+            ):
+                raise ValueError(
+                    f"Encoder {encoder.name!r} has {slot}={layer!r}, which "
+                    f"{config.name!r} adapters cannot wrap (adapter experts "
+                    "already sit there?)."
+                )
+        config.check_sites(encoder)
 
     for encoder in encoders:
-        dim = backbone_walk.hidden_dim(encoder)
-        for attribute, placement in positions(config, encoder):
-            wrapper = getattr(encoder, attribute)
+        for slot, placement in config.sites(encoder):
+            wrapper = backbone_walk.sublayer(encoder, slot)
             if not isinstance(wrapper, AdapterWrapper):
                 inner = wrapper
+                input_dim = backbone_walk.input_dim(encoder, inner)
                 wrapper = AdapterWrapper(
                     inner, placement=placement, name=f"{inner.name}_adapters"
                 )
-                wrapper.build((None, None, dim))
-                backbone_walk.replace_sublayer(encoder, attribute, wrapper)
+                wrapper.build((None, None, input_dim))
+                backbone_walk.replace_sublayer(encoder, slot, wrapper)
             for task in task_names:
                 wrapper.add_adapter(
                     task,
-                    BottleneckAdapter(
-                        **adapter_kwargs,
-                        dtype=wrapper.dtype_policy,
-                        name=f"{task}_adapter",
-                    ),
+                    config.make_adapter(encoder, slot,
+                                        name=f"{task}_adapter",
+                                        dtype=wrapper.dtype_policy),
                 )
     found = backbone_walk.wrappers(backbone)
     if freeze_backbone:

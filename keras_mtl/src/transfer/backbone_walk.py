@@ -14,10 +14,21 @@ from keras_mtl.src.utils.layer_internals import untrack as untrack_layer
 FEEDFORWARD_INPUT = "_feedforward_intermediate_dense"
 FEEDFORWARD_OUTPUT = "_feedforward_output_dense"
 
+ATTENTION = "_self_attention_layer"
+# The projections of keras' `MultiHeadAttention` (keras 3.0 - 3.15).
+QUERY = f"{ATTENTION}._query_dense"
+KEY = f"{ATTENTION}._key_dense"
+VALUE = f"{ATTENTION}._value_dense"
+
 # Sub-layers that adapters can wrap, in the order their wrappers are
-# visited (and saved).
+# visited (and saved). A dotted slot names a sub-layer of a sub-layer.
 POSITIONS = (
+    QUERY,
+    KEY,
+    VALUE,
     "_self_attention_dropout",
+    FEEDFORWARD_INPUT,
+    FEEDFORWARD_OUTPUT,
     "_feedforward_layer_norm",
     "_feedforward_dropout",
 )
@@ -68,7 +79,10 @@ def transformer_encoders(backbone):
 def sublayer(encoder, slot):
     """The encoder's sub-layer in `slot` (one of the names above), or
     `None`."""
-    return getattr(encoder, slot, None)
+    layer = encoder
+    for name in slot.split("."):
+        layer = getattr(layer, name, None)
+    return layer
 
 
 def has_feedforward(layer):
@@ -81,17 +95,31 @@ def replace_sublayer(encoder, slot, layer, untrack=None):
     """Puts `layer` in the encoder's `slot`; `untrack` (the layer it
     replaces, when nothing else keeps it) stops being one of the encoder's
     tracked sub-layers."""
-    with unlocked(encoder):
-        setattr(encoder, slot, layer)
+    parent_slot, _, name = slot.rpartition(".")
+    parent = sublayer(encoder, parent_slot) if parent_slot else encoder
+    with unlocked(parent):
+        setattr(parent, name, layer)
         if untrack is not None:
-            untrack_layer(encoder, untrack)
+            untrack_layer(parent, untrack)
 
 
 def hidden_dim(encoder):
     """The feature size of a built `TransformerEncoder`."""
     layer = sublayer(encoder, FEEDFORWARD_OUTPUT)
-    # `add_adapter_experts` wraps the dense layer and keeps it as `dense`.
-    return getattr(layer, "dense", layer).units
+    # `add_adapter_experts` wraps the dense layer and keeps it as `dense`;
+    # an `AdapterWrapper` keeps it as `layer`.
+    while not hasattr(layer, "units"):
+        layer = getattr(layer, "dense", None) or layer.layer
+    return layer.units
+
+
+def input_dim(encoder, layer):
+    """The feature size of the input of `layer`, a sub-layer of `encoder`:
+    that of a projection's kernel, else the encoder's hidden size."""
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None:
+        return int(kernel.shape[0])
+    return hidden_dim(encoder)
 
 
 def wrappers(backbone):
@@ -99,7 +127,7 @@ def wrappers(backbone):
     found = []
     for index, encoder in enumerate(transformer_encoders(backbone)):
         for position in POSITIONS:
-            layer = getattr(encoder, position, None)
+            layer = sublayer(encoder, position)
             if isinstance(layer, AdapterWrapper):
                 found.append((index, position, layer))
     return found

@@ -104,7 +104,8 @@ class TaskVector:
     >>> tau = keras_mtl.transfer.task_vector(tuned, pre)
     >>> tau.num_parameters
     8
-    >>> float((0.5 * tau)["dense/bias"][0])
+    >>> bias = tau.keys[1]  # "dense/bias": layer path, variable name
+    >>> float((0.5 * tau)[bias][0])
     0.5
     """
 
@@ -309,8 +310,8 @@ def task_vector(fine_tuned, pre_trained, trainable_only=False):
     >>> tuned = keras.models.clone_model(pre)
     >>> tuned.set_weights([w + 1.0 for w in pre.get_weights()])
     >>> tau = keras_mtl.transfer.task_vector(tuned, pre)
-    >>> tau.keys
-    ['dense/kernel', 'dense/bias']
+    >>> [key.split("/")[-1] for key in tau.keys]
+    ['kernel', 'bias']
 
     Reference:
         - [Ilharco et al., 2023](https://arxiv.org/abs/2212.04089)

@@ -65,16 +65,25 @@ def _units(wrapper):
 
 def _injection_order(encoder, positions, experts):
     """Positions (and `EXPERTS`) in the order they were injected."""
-    owners = {id(getattr(encoder, p)): p for p in positions}
+    owners = {id(backbone_walk.sublayer(encoder, p)): p for p in positions}
     if experts is not None:
         for slot in (backbone_walk.FEEDFORWARD_INPUT,
                      backbone_walk.FEEDFORWARD_OUTPUT):
             owners[id(backbone_walk.sublayer(encoder, slot))] = EXPERTS
     order = []
-    for child in children(encoder):
-        name = owners.get(id(child))
-        if name is not None and name not in order:
-            order.append(name)
+
+    def visit(layer):
+        # Depth first, children in tracking order: wrappers inside the
+        # attention layer come in the order they were added to it, which
+        # fixes the order of its variables.
+        for child in children(layer):
+            name = owners.get(id(child))
+            if name is None:
+                visit(child)
+            elif name not in order:
+                order.append(name)
+
+    visit(encoder)
     return order
 
 
@@ -157,7 +166,7 @@ def describe_transfer(model):
     for index, (path, encoder) in enumerate(_encoders(model)):
         wrappers = {}
         for position in backbone_walk.POSITIONS:
-            wrapper = getattr(encoder, position, None)
+            wrapper = backbone_walk.sublayer(encoder, position)
             if not isinstance(wrapper, AdapterWrapper):
                 continue
             ordered = _units(wrapper)
@@ -308,7 +317,7 @@ class _SharedLayers:
 
 def _make_wrapper(index, encoder, position, item, shared):
     """A built `AdapterWrapper` around `encoder`'s sub-layer (not yet set)."""
-    inner = getattr(encoder, position, None)
+    inner = backbone_walk.sublayer(encoder, position)
     serialized = item["config"]
     config = dict(serialized["config"])
     saved = config.get("layer") or {}
@@ -409,7 +418,7 @@ def _detach(encoder, item):
     if item == EXPERTS:
         remove_adapter_experts(encoder)
         return
-    wrapper = getattr(encoder, item)
+    wrapper = backbone_walk.sublayer(encoder, item)
     backbone_walk.replace_sublayer(encoder, item, wrapper.layer,
                                    untrack=wrapper)
 
@@ -481,7 +490,7 @@ def restore_transfer(model, layout):
         present = [
             p
             for p in backbone_walk.POSITIONS
-            if isinstance(getattr(encoder, p, None), AdapterWrapper)
+            if isinstance(backbone_walk.sublayer(encoder, p), AdapterWrapper)
         ]
         if present or find_adapter_experts(encoder) is not None:
             raise ValueError(

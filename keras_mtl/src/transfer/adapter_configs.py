@@ -1,0 +1,319 @@
+"""Adapter configurations: which adapter `add_adapters` puts where."""
+
+import keras
+
+from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.ia3_adapter import IA3Adapter
+from keras_mtl.src.layers.lora_adapter import LoRAAdapter
+from keras_mtl.src.layers.lora_adapter import check_output_dims
+from keras_mtl.src.transfer import backbone_walk
+
+# Projection targets of LoRA and (IA)^3 and the encoder slots they name.
+TARGETS = {
+    "query": backbone_walk.QUERY,
+    "key": backbone_walk.KEY,
+    "value": backbone_walk.VALUE,
+    "intermediate": backbone_walk.FEEDFORWARD_INPUT,
+    "output": backbone_walk.FEEDFORWARD_OUTPUT,
+}
+
+
+def _check_targets(targets, default):
+    targets = default if targets is None else targets
+    if isinstance(targets, str):
+        targets = (targets,)
+    if (
+        not isinstance(targets, (list, tuple))
+        or not targets
+        or any(t not in TARGETS for t in targets)
+        or len(set(targets)) != len(targets)
+    ):
+        raise ValueError(
+            f"`targets` must be a non-empty list of distinct names among "
+            f"{list(TARGETS)}. Received: targets={targets!r}"
+        )
+    # Kept in encoder order, so the same targets give the same variables.
+    return tuple(t for t in TARGETS if t in targets)
+
+
+def _projection(layer):
+    """The wrapped projection (the layer itself when not wrapped)."""
+    return getattr(layer, "layer", layer)
+
+
+def projection_dims(layer):
+    """`(d_in, output_dims)` of a Dense or EinsumDense projection whose
+    kernel contracts the input's last axis."""
+    layer = _projection(layer)
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None or len(kernel.shape) < 2:
+        raise ValueError(
+            f"LoRA and (IA)^3 adapt Dense or EinsumDense projections. "
+            f"Received: {type(layer).__name__}(name={layer.name!r})"
+        )
+    d_in = int(kernel.shape[0])
+    out = layer.compute_output_shape((None, None, d_in))[2:]
+    return d_in, check_output_dims(tuple(int(d) for d in out))
+
+
+class AdapterConfig:
+    """Base class: a named recipe of adapter sites and adapters."""
+
+    name = None
+    # The projection names that `targets` may hold.
+    TARGETS = tuple(TARGETS)
+
+    def sites(self, encoder):
+        """`[(slot, placement), ...]` wrapped in `encoder`."""
+        raise NotImplementedError
+
+    def make_adapter(self, encoder, slot, name, dtype):
+        """A new, unbuilt adapter for `slot` of `encoder`."""
+        raise NotImplementedError
+
+    def check_sites(self, encoder):
+        """Raises a `ValueError` if `encoder` cannot take these adapters."""
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return (type(self) is type(other)
+                and self.get_config() == other.get_config())
+
+    def __repr__(self):
+        config = self.get_config()
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        return f"{type(self).__name__}({arguments})"
+
+
+@keras_mtl_export("keras_mtl.transfer.BottleneckConfig")
+class BottleneckConfig(AdapterConfig):
+    """Sequential bottleneck adapters (Pfeiffer or Houlsby placement).
+
+    `placement="pfeiffer"` (`adapters`' `SeqBnConfig`): one adapter per
+    layer after the feed-forward block (in post-LN encoders around the
+    closing LayerNorm, `s -> LN(s + A(LN(s)))`; in pre-LN encoders on the
+    feed-forward output). `placement="houlsby"` (`DoubleSeqBnConfig`): two,
+    after the attention and after the feed-forward sub-layer. Weights per
+    adapter: `2 d m + m + d`, `m = d // reduction_factor`.
+
+    Args:
+        placement: `"pfeiffer"` or `"houlsby"`. Defaults to `"pfeiffer"`.
+        reduction_factor: bottleneck width `d // reduction_factor`.
+            Defaults to `16`.
+        activation: defaults to `None`: `"relu"` for Pfeiffer, `"swish"`
+            for Houlsby.
+        hidden_units: optional bottleneck width overriding
+            `reduction_factor`. Defaults to `None`.
+
+    Example:
+
+    >>> config = keras_mtl.transfer.BottleneckConfig("houlsby")
+    >>> config.get_config()["activation"]
+    'swish'
+    """
+
+    def __init__(self, placement="pfeiffer", reduction_factor=16,
+                 activation=None, hidden_units=None):
+        if placement not in ("pfeiffer", "houlsby"):
+            raise ValueError(
+                "`placement` must be 'pfeiffer' or 'houlsby'. "
+                f"Received: placement={placement!r}"
+            )
+        self.name = placement
+        self.reduction_factor = reduction_factor
+        self.activation = activation or (
+            "relu" if placement == "pfeiffer" else "swish")
+        self.hidden_units = hidden_units
+        # Fails early on bad adapter arguments.
+        self._adapter_kwargs()
+
+    def _adapter_kwargs(self):
+        kwargs = {
+            "reduction_factor": self.reduction_factor,
+            "activation": self.activation,
+            "hidden_units": self.hidden_units,
+            "residual": False,
+        }
+        BottleneckAdapter(**kwargs)
+        return kwargs
+
+    def sites(self, encoder):
+        if self.name == "houlsby":
+            return [("_self_attention_dropout", "output"),
+                    ("_feedforward_dropout", "output")]
+        if encoder.normalize_first:
+            # Pre-LN blocks have no closing LayerNorm: the adapter sits on
+            # the feed-forward output, before the residual addition.
+            return [("_feedforward_dropout", "output")]
+        return [("_feedforward_layer_norm", "post_norm")]
+
+    def make_adapter(self, encoder, slot, name, dtype):
+        return BottleneckAdapter(**self._adapter_kwargs(), dtype=dtype,
+                                 name=name)
+
+    def get_config(self):
+        return {
+            "placement": self.name,
+            "reduction_factor": self.reduction_factor,
+            "activation": self.activation,
+            "hidden_units": self.hidden_units,
+        }
+
+
+@keras_mtl_export("keras_mtl.transfer.LoRAConfig")
+class LoRAConfig(AdapterConfig):
+    """LoRA (Hu et al., 2022) beside attention (and feed-forward) projections.
+
+    Each target projection `W` gets a `keras_mtl.layers.LoRAAdapter`, so
+    that it computes `x W + (alpha / r) x A B`; `B` starts at zero, so the
+    model is unchanged at initialisation. `merge_adapter` folds `A B` into
+    `W`. Defaults are those of `adapters`' `LoRAConfig`: rank 8, alpha 8,
+    query and value: `2 L r (d + d)` weights, 294,912 for RoBERTa-base.
+
+    Args:
+        rank: the rank `r`. Defaults to `8`.
+        alpha: the scale numerator. Defaults to `None`, i.e. `rank`.
+        targets: names among `"query"`, `"key"`, `"value"` (attention
+            projections), `"intermediate"` and `"output"` (the feed-forward
+            denses; keras-hub's intermediate dense applies its activation,
+            so LoRA refuses it there). Defaults to `("query", "value")`.
+        dropout: dropout rate on the input of `A`. Defaults to `0.0`.
+
+    Example:
+
+    >>> keras_mtl.transfer.LoRAConfig(rank=4).get_config()["targets"]
+    ['query', 'value']
+    """
+
+    name = "lora"
+
+    def __init__(self, rank=8, alpha=None, targets=None, dropout=0.0):
+        self.targets = _check_targets(targets, ("query", "value"))
+        layer = LoRAAdapter(rank=rank, alpha=alpha, dropout=dropout)
+        self.rank, self.alpha, self.dropout = rank, layer.alpha, dropout
+
+    def sites(self, encoder):
+        return [(TARGETS[t], "parallel") for t in self.targets]
+
+    def check_sites(self, encoder):
+        for target in self.targets:
+            slot = TARGETS[target]
+            layer = _projection(backbone_walk.sublayer(encoder, slot))
+            activation = getattr(layer, "activation", None)
+            if activation not in (None, keras.activations.linear):
+                raise ValueError(
+                    f"LoRA adds `x A B` to a linear projection, but the "
+                    f"{target!r} projection of encoder {encoder.name!r} "
+                    f"applies the activation {activation.__name__!r}. "
+                    f"Received: targets={list(self.targets)!r}"
+                )
+
+    def make_adapter(self, encoder, slot, name, dtype):
+        _, out = projection_dims(backbone_walk.sublayer(encoder, slot))
+        return LoRAAdapter(rank=self.rank, alpha=self.alpha,
+                           output_dims=out, dropout=self.dropout,
+                           dtype=dtype, name=name)
+
+    def get_config(self):
+        return {"rank": self.rank, "alpha": self.alpha,
+                "targets": list(self.targets), "dropout": self.dropout}
+
+
+@keras_mtl_export("keras_mtl.transfer.IA3Config")
+class IA3Config(AdapterConfig):
+    """(IA)^3 (Liu et al., 2022): learned rescaling of keys, values and the
+    feed-forward activations.
+
+    Each target projection's output is multiplied by a learned vector that
+    starts at one (`keras_mtl.layers.IA3Adapter`); for `"intermediate"`,
+    the keras-hub encoder's intermediate dense includes the activation, so
+    the scaling follows it, as in the paper. Weights: `L (2 d + d_ff)`,
+    55,296 for RoBERTa-base. `merge_adapter` folds the vectors into the
+    projections.
+
+    Args:
+        targets: names among `"query"`, `"key"`, `"value"`,
+            `"intermediate"` and `"output"`. Defaults to
+            `("key", "value", "intermediate")`.
+
+    Example:
+
+    >>> keras_mtl.transfer.IA3Config().get_config()
+    {'targets': ['key', 'value', 'intermediate']}
+    """
+
+    name = "ia3"
+
+    def __init__(self, targets=None):
+        self.targets = _check_targets(
+            targets, ("key", "value", "intermediate"))
+
+    def sites(self, encoder):
+        return [(TARGETS[t], "output") for t in self.targets]
+
+    def make_adapter(self, encoder, slot, name, dtype):
+        _, out = projection_dims(backbone_walk.sublayer(encoder, slot))
+        return IA3Adapter(num_axes=len(out), residual=False, dtype=dtype,
+                          name=name)
+
+    def get_config(self):
+        return {"targets": list(self.targets)}
+
+
+CONFIGS = {
+    "pfeiffer": lambda: BottleneckConfig("pfeiffer"),
+    "houlsby": lambda: BottleneckConfig("houlsby"),
+    "lora": LoRAConfig,
+    "ia3": IA3Config,
+}
+
+
+def resolve_config(config, reduction_factor=None, activation=None,
+                   hidden_units=None):
+    """The `AdapterConfig` for `add_adapters`' `config` argument."""
+    bottleneck_arguments = {
+        "reduction_factor": reduction_factor,
+        "activation": activation,
+        "hidden_units": hidden_units,
+    }
+    given = {k: v for k, v in bottleneck_arguments.items() if v is not None}
+    if isinstance(config, str) and config in ("pfeiffer", "houlsby"):
+        return BottleneckConfig(config, **{"reduction_factor": 16, **given})
+    if given:
+        raise ValueError(
+            f"{sorted(given)} apply to the 'pfeiffer' and 'houlsby' configs "
+            f"only. Received: config={config!r}"
+        )
+    if isinstance(config, AdapterConfig):
+        return config
+    if isinstance(config, str) and config in CONFIGS:
+        return CONFIGS[config]()
+    raise ValueError(
+        f"`config` must be one of {sorted(CONFIGS)} or an adapter config "
+        f"object (BottleneckConfig, LoRAConfig, IA3Config). "
+        f"Received: config={config!r}"
+    )
+
+
+def serialize_config(config):
+    return {"class_name": type(config).__name__,
+            "config": config.get_config()}
+
+
+def deserialize_config(item):
+    classes = {c.__name__: c for c in (BottleneckConfig, LoRAConfig,
+                                       IA3Config)}
+    if (
+        not isinstance(item, dict)
+        or item.get("class_name") not in classes
+        or not isinstance(item.get("config"), dict)
+    ):
+        raise ValueError(f"Not a serialised adapter config: {item!r}")
+    return classes[item["class_name"]].from_config(item["config"])
