@@ -53,6 +53,7 @@ from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.add_adapters import add_adapters
 from keras_mtl.src.transfer.add_combiner import COMBINERS
 from keras_mtl.src.transfer.add_combiner import add_combiner
+from keras_mtl.src.transfer.average_adapter import average_adapter
 from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )

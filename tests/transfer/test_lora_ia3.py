@@ -302,3 +302,24 @@ def test_roberta_base_parameter_counts():
         intermediate_dim=3072, max_sequence_length=4)
     transfer.add_adapters(ia3, "t", config="ia3")
     assert 12 * transfer.count_transfer_parameters(ia3) == 55_296
+
+
+def test_lora_adapters_combine_by_output_averaging_only():
+    backbone = tiny_bert()
+    transfer.add_adapters(backbone, ["a", "b"], config="lora")
+    randomize(adapter_variables(backbone, "a"), seed=9)
+    randomize(adapter_variables(backbone, "b"), seed=10)
+    with pytest.raises(ValueError, match="'lora' adapters"):
+        transfer.add_combiner(backbone, ["a", "b"], "scalearn")
+    transfer.add_combiner(backbone, ["a", "b"], "average", name="mean")
+
+    def edit(wrapper, kernel):
+        deltas = [numpy(wrapper.adapters[t].lora_a)
+                  @ numpy(wrapper.adapters[t].lora_b) for t in ("a", "b")]
+        return kernel + (0.5 * sum(deltas)).reshape(kernel.shape)
+
+    reference = reference_backbone(backbone, edit)
+    inputs = bert_inputs()
+    np.testing.assert_allclose(sequence_output(backbone, inputs),
+                               sequence_output(reference, inputs), atol=1e-5)
+    assert transfer.count_transfer_parameters(backbone) == 0

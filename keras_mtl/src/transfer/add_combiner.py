@@ -7,6 +7,7 @@ from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_wrapper import check_name
+from keras_mtl.src.transfer.add_adapters import existing_config
 from keras_mtl.src.transfer.add_adapters import task_name_list
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 
@@ -85,7 +86,9 @@ def add_combiner(
       layers (`N`), without dropout on the scales;
     - `"adapter_fusion"`: AdapterFusion attention over the sources
       (Pfeiffer et al., 2021; `3 d^2 + 2 d` per layer);
-    - `"average"`: the plain mean of the source outputs (no parameters).
+    - `"average"`: the plain mean of the source outputs (no parameters);
+      the only combination of LoRA and (IA)^3 adapters (output averaging,
+      as `adapters`' `Average` composition).
 
     As in ScaLearn, `source_task_names` usually includes the target task's
     own adapter. Compile (or re-compile) the model that uses `backbone`
@@ -140,6 +143,14 @@ def add_combiner(
     for source in sources:
         backbone_walk.check_known(
             found, source, "source_task_names", kinds=("adapters",)
+        )
+    kind = existing_config(found)
+    if combiner != "average" and kind not in ("pfeiffer", "houlsby"):
+        raise ValueError(
+            f"{combiner!r} combines bottleneck adapters (one feature vector "
+            f"per token); the backbone has {kind!r} adapters, whose outputs "
+            "only `combiner=\"average\"` combines. "
+            f"Received: combiner={combiner!r}"
         )
     if name in found[0][2].names:
         raise ValueError(
