@@ -289,9 +289,10 @@ def test_only_the_active_lora_weights_change_in_training():
 
 def test_roberta_base_parameter_counts():
     """`adapters` defaults on RoBERTa-base (d = 768, L = 12, d_ff = 3072):
-    LoRA r = 8 on query and value, 294,912; (IA)^3, 55,296 (see
-    `../shared/reference/peft-methods.md`). LoRA does not depend on d_ff, so
-    the feed-forward width is cut; (IA)^3 counts one layer, times 12."""
+    LoRA r = 8 on query and value, 294,912; (IA)^3, 55,296; Houlsby, twice
+    Pfeiffer's 894,528 (see `../shared/reference/peft-methods.md`). LoRA and
+    Houlsby do not depend on d_ff, so the feed-forward width is cut; (IA)^3
+    and Houlsby count one layer, times 12."""
     lora = keras_hub.models.RobertaBackbone(
         vocabulary_size=10, num_layers=12, num_heads=12, hidden_dim=768,
         intermediate_dim=4, max_sequence_length=4)
@@ -302,6 +303,11 @@ def test_roberta_base_parameter_counts():
         intermediate_dim=3072, max_sequence_length=4)
     transfer.add_adapters(ia3, "t", config="ia3")
     assert 12 * transfer.count_transfer_parameters(ia3) == 55_296
+    houlsby = keras_hub.models.RobertaBackbone(
+        vocabulary_size=10, num_layers=1, num_heads=12, hidden_dim=768,
+        intermediate_dim=4, max_sequence_length=4)
+    transfer.add_adapters(houlsby, "t", config="houlsby")
+    assert 12 * transfer.count_transfer_parameters(houlsby) == 1_789_056
 
 
 def test_lora_adapters_combine_by_output_averaging_only():
