@@ -47,6 +47,7 @@ Saving and loading:
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
+from keras_mtl.src.transfer.adapter_configs import ParallelConfig
 from keras_mtl.src.transfer.adapter_files import load_adapter
 from keras_mtl.src.transfer.adapter_files import save_adapter
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper

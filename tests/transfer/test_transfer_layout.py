@@ -173,7 +173,14 @@ def adapt_ia3(backbone):
     transfer.add_adapters(backbone, ["a", "b"], config=config)
 
 
+def adapt_parallel_combined(backbone):
+    config = transfer.ParallelConfig(sublayers=["attention", "feedforward"])
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+    transfer.add_combiner(backbone, ["a", "b"], "scalearn")
+
+
 ADAPTATIONS = [
+    adapt_parallel_combined,
     adapt_lora,
     adapt_ia3,
     adapt_pfeiffer,

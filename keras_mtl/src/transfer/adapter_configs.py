@@ -7,6 +7,7 @@ from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.lora_adapter import check_output_dims
+from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.transfer import backbone_walk
 
 # Projection targets of LoRA and (IA)^3 and the encoder slots they name.
@@ -267,11 +268,94 @@ class IA3Config(AdapterConfig):
         return {"targets": list(self.targets)}
 
 
+# Sub-layers of the parallel adapter and the slots of their taps.
+SUBLAYERS = {
+    "attention": backbone_walk.QUERY,
+    "feedforward": backbone_walk.FEEDFORWARD_INPUT,
+}
+
+
+@keras_mtl_export("keras_mtl.transfer.ParallelConfig")
+class ParallelConfig(AdapterConfig):
+    """Scaled parallel adapters (He et al., 2022) beside whole sub-layers.
+
+    For a sub-layer `F` with input `x` (the feed-forward block, and/or the
+    attention block), the encoder computes `F(x) + s A(x)` before the
+    residual addition, `A` a `keras_mtl.layers.ParallelAdapter` (bottleneck
+    `d // reduction_factor`, zero up-projection, so the model is unchanged
+    at initialisation). Defaults are `adapters`' `ParBnConfig`: feed-forward
+    only, reduction factor 2, ReLU, `s = 4`: `L (2 d m + m + d)` weights,
+    7,091,712 for RoBERTa-base. He et al.'s attention variant adds to the
+    heads before the output projection; here it is added after it (the
+    same function class: the projection is linear).
+
+    Args:
+        reduction_factor: bottleneck width `d // reduction_factor`.
+            Defaults to `2`.
+        scaling: the fixed scale `s`. Defaults to `4.0`.
+        activation: defaults to `"relu"`.
+        hidden_units: optional bottleneck width overriding
+            `reduction_factor`. Defaults to `None`.
+        sublayers: `"feedforward"` and/or `"attention"`. Defaults to
+            `("feedforward",)`.
+
+    Example:
+
+    >>> keras_mtl.transfer.ParallelConfig(sublayers=["attention"]).name
+    'parallel'
+    """
+
+    name = "parallel"
+
+    def __init__(self, reduction_factor=2, scaling=4.0, activation="relu",
+                 hidden_units=None, sublayers=("feedforward",)):
+        if isinstance(sublayers, str):
+            sublayers = (sublayers,)
+        if (
+            not isinstance(sublayers, (list, tuple))
+            or not sublayers
+            or any(s not in SUBLAYERS for s in sublayers)
+            or len(set(sublayers)) != len(sublayers)
+        ):
+            raise ValueError(
+                f"`sublayers` must be a non-empty list of distinct names "
+                f"among {list(SUBLAYERS)}. Received: sublayers={sublayers!r}"
+            )
+        self.sublayers = tuple(s for s in SUBLAYERS if s in sublayers)
+        self.reduction_factor = reduction_factor
+        self.scaling = scaling
+        self.activation = activation
+        self.hidden_units = hidden_units
+        self._make(None, None)  # fails early on bad adapter arguments
+
+    def _make(self, name, dtype):
+        return ParallelAdapter(
+            reduction_factor=self.reduction_factor, scaling=self.scaling,
+            activation=self.activation, hidden_units=self.hidden_units,
+            dtype=dtype, name=name)
+
+    def sites(self, encoder):
+        return [(SUBLAYERS[s], "tap") for s in self.sublayers]
+
+    def make_adapter(self, encoder, slot, name, dtype):
+        return self._make(name, dtype)
+
+    def get_config(self):
+        return {
+            "reduction_factor": self.reduction_factor,
+            "scaling": self.scaling,
+            "activation": self.activation,
+            "hidden_units": self.hidden_units,
+            "sublayers": list(self.sublayers),
+        }
+
+
 CONFIGS = {
     "pfeiffer": lambda: BottleneckConfig("pfeiffer"),
     "houlsby": lambda: BottleneckConfig("houlsby"),
     "lora": LoRAConfig,
     "ia3": IA3Config,
+    "parallel": ParallelConfig,
 }
 
 
@@ -297,7 +381,7 @@ def resolve_config(config, reduction_factor=None, activation=None,
         return CONFIGS[config]()
     raise ValueError(
         f"`config` must be one of {sorted(CONFIGS)} or an adapter config "
-        f"object (BottleneckConfig, LoRAConfig, IA3Config). "
+        f"object (BottleneckConfig, LoRAConfig, IA3Config, ParallelConfig). "
         f"Received: config={config!r}"
     )
 
@@ -309,7 +393,7 @@ def serialize_config(config):
 
 def deserialize_config(item):
     classes = {c.__name__: c for c in (BottleneckConfig, LoRAConfig,
-                                       IA3Config)}
+                                       IA3Config, ParallelConfig)}
     if (
         not isinstance(item, dict)
         or item.get("class_name") not in classes

@@ -5,7 +5,7 @@ import keras
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.utils.layer_internals import unlocked
 
-PLACEMENTS = ("post_norm", "output", "parallel")
+PLACEMENTS = ("post_norm", "output", "parallel", "tap")
 
 
 def check_name(name, what):
@@ -23,6 +23,13 @@ class _Registry:
 
     def __init__(self):
         self.non_trainable_ids = set()
+
+
+class Stash:
+    """Carries a `"tap"` wrapper's delta to the layer that adds it, within
+    one call of the block (a plain object: Keras does not track it)."""
+
+    delta = None
 
 
 @keras_mtl_export("keras_mtl.transfer.AdapterWrapper")
@@ -46,6 +53,10 @@ class AdapterWrapper(keras.layers.Layer):
       placement, and (IA)^3's rescaling of a projection's output.
     - `placement="parallel"` computes `x -> layer(x) + delta(x)` from the
       wrapped layer's input: LoRA beside a projection.
+    - `placement="tap"` returns `layer(x)` unchanged and leaves `delta(x)`
+      in `stash` for a later layer of the block to add: the parallel
+      adapter, which reads a sub-layer's input (the input of its first
+      projection) and adds to the sub-layer's output.
 
     Here `delta(h)` is `A_t(h)` for an active task `t`, or
     `combiner([A_i(h) for i in sources], query=h)` for an active
@@ -56,8 +67,8 @@ class AdapterWrapper(keras.layers.Layer):
     Args:
         layer: the wrapped layer (a `LayerNormalization` for
             `placement="post_norm"`).
-        placement: `"post_norm"`, `"output"` or `"parallel"`, see above.
-            Defaults to `"post_norm"`.
+        placement: `"post_norm"`, `"output"`, `"parallel"` or `"tap"`,
+            see above. Defaults to `"post_norm"`.
         adapters: dict mapping task names to adapter layers that return
             the adapter's delta (e.g.
             `keras_mtl.layers.BottleneckAdapter(residual=False)`).
@@ -117,6 +128,7 @@ class AdapterWrapper(keras.layers.Layer):
         # Variables that adapters or combiners create as non-trainable (e.g.
         # an annealed temperature); `set_active_adapter` keeps them frozen.
         self._registry = _Registry()
+        self.stash = Stash()
         self.adapters = {}
         self.combiners = {}
         self.combiner_sources = {}
@@ -202,17 +214,19 @@ class AdapterWrapper(keras.layers.Layer):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        output_shape = self.layer.compute_output_shape(input_shape)
         # Batch and sequence axes left free; feature axes kept.
-        features = 1 if len(output_shape) == len(input_shape) else (
-            len(output_shape) - len(input_shape) + 1)
-        self._delta_shape = (None,) * (len(output_shape) - features) + tuple(
-            output_shape[-features:])
-        self._adapter_shape = (
-            (None,) * (len(input_shape) - 1) + (input_shape[-1],)
-            if self.placement == "parallel"
-            else self._delta_shape
-        )
+        inputs = (None,) * (len(input_shape) - 1) + (input_shape[-1],)
+        outputs = self.layer.compute_output_shape(input_shape)
+        features = 1 if len(outputs) == len(input_shape) else (
+            len(outputs) - len(input_shape) + 1)
+        outputs = (None,) * (len(outputs) - features) + tuple(
+            outputs[-features:])
+        # Adapters read the wrapper's input or the wrapped layer's output;
+        # their deltas (and so the combiners' inputs) have the shape of what
+        # they are added to.
+        reads_input = self.placement in ("parallel", "tap")
+        self._adapter_shape = inputs if reads_input else outputs
+        self._delta_shape = inputs if self.placement == "tap" else outputs
         for adapter in self.adapters.values():
             if not adapter.built:
                 adapter.build(self._adapter_shape)
@@ -242,6 +256,11 @@ class AdapterWrapper(keras.layers.Layer):
             delta = self._delta(h, training)
             return self.layer(inputs + delta, training=training)
         d = self.layer(inputs, training=training)
+        if self.placement == "tap":
+            self.stash.delta = (
+                None if self.active is None
+                else self._delta(inputs, training))
+            return d
         if self.active is None:
             return d
         if self.placement == "parallel":

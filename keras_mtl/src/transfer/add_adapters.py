@@ -6,11 +6,15 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
+from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer import tapped_delta
+from keras_mtl.src.transfer.adapter_configs import SUBLAYERS
 from keras_mtl.src.transfer.adapter_configs import TARGETS
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
+from keras_mtl.src.transfer.adapter_configs import ParallelConfig
 from keras_mtl.src.transfer.adapter_configs import resolve_config
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
@@ -48,6 +52,8 @@ def existing_config(found):
         return "lora"
     if isinstance(first, IA3Adapter):
         return "ia3"
+    if isinstance(first, ParallelAdapter):
+        return "parallel"
     if isinstance(first, BottleneckAdapter) and any(
         position == "_self_attention_dropout" for _, position, _ in found
     ):
@@ -72,6 +78,11 @@ def config_of(found, task_name=None):
                           targets=targets, dropout=arguments["dropout"])
     if name == "ia3":
         return IA3Config(targets=targets)
+    if name == "parallel":
+        return ParallelConfig(
+            arguments["reduction_factor"], arguments["scaling"],
+            arguments["activation"], arguments["hidden_units"],
+            sublayers=[s for s, slot in SUBLAYERS.items() if slot in slots])
     return BottleneckConfig(name, arguments["reduction_factor"],
                             arguments["activation"],
                             arguments["hidden_units"])
@@ -119,8 +130,11 @@ def add_adapters(
       the query and value projections, rank 8 (`LoRAConfig`).
     - `"ia3"` (Liu et al., 2022): `keras_mtl.layers.IA3Adapter`s rescaling
       the keys, values and feed-forward activations (`IA3Config`).
-    - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`) for
-      other sizes and targets.
+    - `"parallel"` (He et al., 2022): scaled parallel adapters beside the
+      feed-forward block, `F(x) + 4 A(x)` (`ParallelConfig`, also beside
+      the attention block).
+    - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`,
+      `ParallelConfig`) for other sizes and targets.
 
     Every method starts at the backbone's own function (zero up-projection,
     zero `B`, unit scales), so outputs are unchanged at initialisation.
@@ -142,8 +156,8 @@ def add_adapters(
             `keras_hub.layers.TransformerEncoder` layers.
         task_names: a task name or a list of distinct task names (strings
             without `/`).
-        config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"` or a config
-            object. Defaults to `"pfeiffer"`.
+        config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"`,
+            `"parallel"` or a config object. Defaults to `"pfeiffer"`.
         reduction_factor: for `"pfeiffer"`/`"houlsby"`, the bottleneck width
             is `hidden_dim // reduction_factor`. Defaults to `None`, i.e.
             16 (the value of both configurations).
@@ -181,6 +195,7 @@ def add_adapters(
         - [Houlsby et al., 2019](https://arxiv.org/abs/1902.00751)
         - [Hu et al., 2022](https://arxiv.org/abs/2106.09685)
         - [Liu et al., 2022](https://arxiv.org/abs/2205.05638)
+        - [He et al., 2022](https://arxiv.org/abs/2110.04366)
     """
     config = resolve_config(config, reduction_factor, activation,
                             hidden_units)
@@ -208,7 +223,7 @@ def add_adapters(
                 f"{taken}. Received: task_names={task_names!r}"
             )
     for encoder in encoders:
-        for slot, _ in config.sites(encoder):
+        for slot, placement in config.sites(encoder):
             layer = backbone_walk.sublayer(encoder, slot)
             if layer is None or not isinstance(
                 layer, (AdapterWrapper, keras.layers.Dense,
@@ -220,6 +235,8 @@ def add_adapters(
                     f"{config.name!r} adapters cannot wrap (adapter experts "
                     "already sit there?)."
                 )
+            if placement == "tap" and not isinstance(layer, AdapterWrapper):
+                tapped_delta.check_output(encoder, slot)
         config.check_sites(encoder)
 
     for encoder in encoders:
@@ -233,6 +250,8 @@ def add_adapters(
                 )
                 wrapper.build((None, None, input_dim))
                 backbone_walk.replace_sublayer(encoder, slot, wrapper)
+                if placement == "tap":
+                    tapped_delta.attach(encoder, slot, wrapper)
             for task in task_names:
                 wrapper.add_adapter(
                     task,

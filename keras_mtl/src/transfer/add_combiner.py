@@ -145,7 +145,8 @@ def add_combiner(
             found, source, "source_task_names", kinds=("adapters",)
         )
     kind = existing_config(found)
-    if combiner != "average" and kind not in ("pfeiffer", "houlsby"):
+    if combiner != "average" and kind not in ("pfeiffer", "houlsby",
+                                              "parallel"):
         raise ValueError(
             f"{combiner!r} combines bottleneck adapters (one feature vector "
             f"per token); the backbone has {kind!r} adapters, whose outputs "
