@@ -4,6 +4,7 @@ from keras_mtl.src.layers.adapter_fusion import AdapterFusion
 from keras_mtl.src.layers.add_adapter_experts import add_adapter_experts
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
 from keras_mtl.src.layers.cross_stitch import CrossStitch
 from keras_mtl.src.layers.customized_gate_control import CGC
 from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
@@ -21,6 +22,7 @@ from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
     MultiGateMixtureOfExperts,
 )
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
+from keras_mtl.src.layers.phm_rule import PHMRule
 from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.progressive_layered_extraction import (
     ProgressiveLayeredExtraction,

@@ -179,7 +179,14 @@ def adapt_parallel_combined(backbone):
     transfer.add_combiner(backbone, ["a", "b"], "scalearn")
 
 
+def adapt_compacter(backbone):
+    config = transfer.CompacterConfig("compacter", reduction_factor=2)
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+    transfer.set_active_adapter(backbone, "b")
+
+
 ADAPTATIONS = [
+    adapt_compacter,
     adapt_parallel_combined,
     adapt_lora,
     adapt_ia3,

@@ -4,10 +4,12 @@ import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.lora_adapter import check_output_dims
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
+from keras_mtl.src.layers.phm_rule import PHMRule
 from keras_mtl.src.transfer import backbone_walk
 
 # Projection targets of LoRA and (IA)^3 and the encoder slots they name.
@@ -69,8 +71,10 @@ class AdapterConfig:
         """`[(slot, placement), ...]` wrapped in `encoder`."""
         raise NotImplementedError
 
-    def make_adapter(self, encoder, slot, name, dtype):
-        """A new, unbuilt adapter for `slot` of `encoder`."""
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
+        """A new, unbuilt adapter for `slot` of `encoder`; `shared` is a
+        dict, one per task and `add_adapters` call, for layers that all of
+        a task's adapters share."""
         raise NotImplementedError
 
     def check_sites(self, encoder):
@@ -155,7 +159,7 @@ class BottleneckConfig(AdapterConfig):
             return [("_feedforward_dropout", "output")]
         return [("_feedforward_layer_norm", "post_norm")]
 
-    def make_adapter(self, encoder, slot, name, dtype):
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
         return BottleneckAdapter(**self._adapter_kwargs(), dtype=dtype,
                                  name=name)
 
@@ -216,7 +220,7 @@ class LoRAConfig(AdapterConfig):
                     f"Received: targets={list(self.targets)!r}"
                 )
 
-    def make_adapter(self, encoder, slot, name, dtype):
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
         _, out = projection_dims(backbone_walk.sublayer(encoder, slot))
         return LoRAAdapter(rank=self.rank, alpha=self.alpha,
                            output_dims=out, dropout=self.dropout,
@@ -259,7 +263,7 @@ class IA3Config(AdapterConfig):
     def sites(self, encoder):
         return [(TARGETS[t], "output") for t in self.targets]
 
-    def make_adapter(self, encoder, slot, name, dtype):
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
         _, out = projection_dims(backbone_walk.sublayer(encoder, slot))
         return IA3Adapter(num_axes=len(out), residual=False, dtype=dtype,
                           name=name)
@@ -337,7 +341,7 @@ class ParallelConfig(AdapterConfig):
     def sites(self, encoder):
         return [(SUBLAYERS[s], "tap") for s in self.sublayers]
 
-    def make_adapter(self, encoder, slot, name, dtype):
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
         return self._make(name, dtype)
 
     def get_config(self):
@@ -350,12 +354,79 @@ class ParallelConfig(AdapterConfig):
         }
 
 
+@keras_mtl_export("keras_mtl.transfer.CompacterConfig")
+class CompacterConfig(AdapterConfig):
+    """Compacter and Compacter++ (Mahabadi et al., 2021).
+
+    Bottleneck adapters whose projections are PHM layers
+    (`keras_mtl.layers.CompacterAdapter`) with one `PHMRule` shared by all
+    adapters of a task. `placement="compacter"` uses Houlsby's two positions
+    per layer, `"compacter++"` the feed-forward position only (Pfeiffer's).
+    Defaults are `adapters`' (`CompacterConfig`, `CompacterPlusPlusConfig`):
+    reduction factor 32, GELU, `n = 4`, rank 1. RoBERTa-base: 57,088
+    (Compacter) and 28,576 (Compacter++) weights per task. The adapters start
+    near zero (rules `N(0, 1e-4)`), not exactly at zero.
+
+    Args:
+        placement: `"compacter"` or `"compacter++"`. Defaults to
+            `"compacter++"`.
+        reduction_factor: defaults to `32`.
+        activation: defaults to `"gelu"`.
+        phm_dim: `n`. Defaults to `4`.
+        phm_rank: defaults to `1`.
+
+    Example:
+
+    >>> keras_mtl.transfer.CompacterConfig().name
+    'compacter++'
+    """
+
+    def __init__(self, placement="compacter++", reduction_factor=32,
+                 activation="gelu", phm_dim=4, phm_rank=1):
+        if placement not in ("compacter", "compacter++"):
+            raise ValueError(
+                "`placement` must be 'compacter' or 'compacter++'. "
+                f"Received: placement={placement!r}"
+            )
+        self.name = placement
+        self.reduction_factor = reduction_factor
+        self.activation = activation
+        self.phm_dim = phm_dim
+        self.phm_rank = phm_rank
+        self._make(PHMRule(phm_dim=phm_dim), None, None)  # checks arguments
+
+    def _make(self, rule, name, dtype):
+        return CompacterAdapter(
+            rule, reduction_factor=self.reduction_factor,
+            activation=self.activation, phm_rank=self.phm_rank, dtype=dtype,
+            name=name)
+
+    def sites(self, encoder):
+        placement = "houlsby" if self.name == "compacter" else "pfeiffer"
+        return BottleneckConfig(placement).sites(encoder)
+
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
+        shared = {} if shared is None else shared
+        if "rule" not in shared:
+            shared["rule"] = PHMRule(phm_dim=self.phm_dim, dtype=dtype,
+                                     name=f"{name}_phm_rule")
+        return self._make(shared["rule"], name, dtype)
+
+    def get_config(self):
+        return {"placement": self.name,
+                "reduction_factor": self.reduction_factor,
+                "activation": self.activation, "phm_dim": self.phm_dim,
+                "phm_rank": self.phm_rank}
+
+
 CONFIGS = {
     "pfeiffer": lambda: BottleneckConfig("pfeiffer"),
     "houlsby": lambda: BottleneckConfig("houlsby"),
     "lora": LoRAConfig,
     "ia3": IA3Config,
     "parallel": ParallelConfig,
+    "compacter": lambda: CompacterConfig("compacter"),
+    "compacter++": CompacterConfig,
 }
 
 
@@ -381,7 +452,8 @@ def resolve_config(config, reduction_factor=None, activation=None,
         return CONFIGS[config]()
     raise ValueError(
         f"`config` must be one of {sorted(CONFIGS)} or an adapter config "
-        f"object (BottleneckConfig, LoRAConfig, IA3Config, ParallelConfig). "
+        "object (BottleneckConfig, LoRAConfig, IA3Config, ParallelConfig, "
+        f"CompacterConfig). "
         f"Received: config={config!r}"
     )
 
@@ -393,7 +465,8 @@ def serialize_config(config):
 
 def deserialize_config(item):
     classes = {c.__name__: c for c in (BottleneckConfig, LoRAConfig,
-                                       IA3Config, ParallelConfig)}
+                                       IA3Config, ParallelConfig,
+                                       CompacterConfig)}
     if (
         not isinstance(item, dict)
         or item.get("class_name") not in classes

@@ -13,11 +13,11 @@ from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import deserialize_config
 from keras_mtl.src.transfer.adapter_configs import serialize_config
-from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
 from keras_mtl.src.transfer.add_adapters import add_adapters
 from keras_mtl.src.transfer.add_adapters import config_of
 from keras_mtl.src.transfer.add_adapters import existing_config
+from keras_mtl.src.transfer.add_adapters import probe_adapters
 from keras_mtl.src.utils.atomic_files import atomic_write
 
 FORMAT = "keras_mtl.adapter"
@@ -235,22 +235,10 @@ def _new_adapter_targets(config, encoders):
     """`(positions, shapes, dtypes)` of the adapters that `add_adapters`
     would add with `config` (made and built on the side, not attached)."""
     positions, shapes, dtypes = [], [], []
-    order = {slot: k for k, slot in enumerate(backbone_walk.POSITIONS)}
-    for index, encoder in enumerate(encoders):
-        for slot, placement in sorted(config.sites(encoder),
-                                      key=lambda site: order[site[0]]):
-            layer = backbone_walk.sublayer(encoder, slot)
-            if isinstance(layer, AdapterWrapper):
-                layer = layer.layer
-            # A new wrapper takes the dtype policy of the layer it wraps.
-            probe = AdapterWrapper(layer, placement=placement)
-            probe.build((None, None, backbone_walk.input_dim(encoder, layer)))
-            adapter = config.make_adapter(encoder, slot, name="probe",
-                                          dtype=probe.dtype_policy)
-            probe.add_adapter("probe", adapter)
-            positions.append([index, slot])
-            shapes.append([list(w.shape) for w in adapter.weights])
-            dtypes.append([w.dtype for w in adapter.weights])
+    for index, slot, adapter in probe_adapters(config, encoders):
+        positions.append([index, slot])
+        shapes.append([list(w.shape) for w in adapter.weights])
+        dtypes.append([w.dtype for w in adapter.weights])
     return positions, shapes, dtypes
 
 

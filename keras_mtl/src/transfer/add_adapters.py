@@ -4,6 +4,7 @@ import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
+from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
@@ -12,6 +13,7 @@ from keras_mtl.src.transfer import tapped_delta
 from keras_mtl.src.transfer.adapter_configs import SUBLAYERS
 from keras_mtl.src.transfer.adapter_configs import TARGETS
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
+from keras_mtl.src.transfer.adapter_configs import CompacterConfig
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
@@ -54,6 +56,9 @@ def existing_config(found):
         return "ia3"
     if isinstance(first, ParallelAdapter):
         return "parallel"
+    if isinstance(first, CompacterAdapter):
+        houlsby = any(p == "_self_attention_dropout" for _, p, _ in found)
+        return "compacter" if houlsby else "compacter++"
     if isinstance(first, BottleneckAdapter) and any(
         position == "_self_attention_dropout" for _, position, _ in found
     ):
@@ -78,6 +83,10 @@ def config_of(found, task_name=None):
                           targets=targets, dropout=arguments["dropout"])
     if name == "ia3":
         return IA3Config(targets=targets)
+    if name in ("compacter", "compacter++"):
+        return CompacterConfig(
+            name, arguments["reduction_factor"], arguments["activation"],
+            adapter.rule.phm_dim, arguments["phm_rank"])
     if name == "parallel":
         return ParallelConfig(
             arguments["reduction_factor"], arguments["scaling"],
@@ -86,6 +95,30 @@ def config_of(found, task_name=None):
     return BottleneckConfig(name, arguments["reduction_factor"],
                             arguments["activation"],
                             arguments["hidden_units"])
+
+
+def probe_adapters(config, encoders):
+    """`[(encoder_index, slot, adapter), ...]`: one adapter per site that
+    `config` would add, made and built on the side (not attached), so that
+    bad sizes fail before a backbone changes."""
+    order = {slot: k for k, slot in enumerate(backbone_walk.POSITIONS)}
+    shared = {}
+    probes = []
+    for index, encoder in enumerate(encoders):
+        for slot, placement in sorted(config.sites(encoder),
+                                      key=lambda site: order[site[0]]):
+            layer = backbone_walk.sublayer(encoder, slot)
+            if isinstance(layer, AdapterWrapper):
+                layer = layer.layer
+            # A new wrapper takes the dtype policy of the layer it wraps.
+            probe = AdapterWrapper(layer, placement=placement)
+            probe.build((None, None, backbone_walk.input_dim(encoder, layer)))
+            adapter = config.make_adapter(encoder, slot, name="probe",
+                                          dtype=probe.dtype_policy,
+                                          shared=shared)
+            probe.add_adapter("probe", adapter)
+            probes.append((index, slot, adapter))
+    return probes
 
 
 def positions(config, encoders):
@@ -133,8 +166,11 @@ def add_adapters(
     - `"parallel"` (He et al., 2022): scaled parallel adapters beside the
       feed-forward block, `F(x) + 4 A(x)` (`ParallelConfig`, also beside
       the attention block).
+    - `"compacter"` / `"compacter++"` (Mahabadi et al., 2021): bottleneck
+      adapters with PHM projections and one shared rule set per task, at
+      Houlsby's or Pfeiffer's positions (`CompacterConfig`).
     - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`,
-      `ParallelConfig`) for other sizes and targets.
+      `ParallelConfig`, `CompacterConfig`) for other sizes and targets.
 
     Every method starts at the backbone's own function (zero up-projection,
     zero `B`, unit scales), so outputs are unchanged at initialisation.
@@ -157,7 +193,8 @@ def add_adapters(
         task_names: a task name or a list of distinct task names (strings
             without `/`).
         config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"`,
-            `"parallel"` or a config object. Defaults to `"pfeiffer"`.
+            `"parallel"`, `"compacter"`, `"compacter++"` or a config object.
+            Defaults to `"pfeiffer"`.
         reduction_factor: for `"pfeiffer"`/`"houlsby"`, the bottleneck width
             is `hidden_dim // reduction_factor`. Defaults to `None`, i.e.
             16 (the value of both configurations).
@@ -238,7 +275,13 @@ def add_adapters(
             if placement == "tap" and not isinstance(layer, AdapterWrapper):
                 tapped_delta.check_output(encoder, slot)
         config.check_sites(encoder)
+    try:
+        probe_adapters(config, encoders)
+    except ValueError as error:
+        raise ValueError(
+            f"{config!r} does not fit this backbone: {error}") from error
 
+    shared = {}  # per task: layers all its adapters share
     for encoder in encoders:
         for slot, placement in config.sites(encoder):
             wrapper = backbone_walk.sublayer(encoder, slot)
@@ -257,7 +300,8 @@ def add_adapters(
                     task,
                     config.make_adapter(encoder, slot,
                                         name=f"{task}_adapter",
-                                        dtype=wrapper.dtype_policy),
+                                        dtype=wrapper.dtype_policy,
+                                        shared=shared.setdefault(task, {})),
                 )
     found = backbone_walk.wrappers(backbone)
     if freeze_backbone:

@@ -145,8 +145,7 @@ def add_combiner(
             found, source, "source_task_names", kinds=("adapters",)
         )
     kind = existing_config(found)
-    if combiner != "average" and kind not in ("pfeiffer", "houlsby",
-                                              "parallel"):
+    if combiner != "average" and kind in ("lora", "ia3"):
         raise ValueError(
             f"{combiner!r} combines bottleneck adapters (one feature vector "
             f"per token); the backbone has {kind!r} adapters, whose outputs "

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer.adapter_wrapper import check_name
@@ -48,6 +49,11 @@ def _weights(weights, count, normalize):
 def _linear(adapters, weights):
     """`(class, config, values)` of an adapter like the first whose tensors
     are `sum_i w_i Phi_i`."""
+    if any(isinstance(a, CompacterAdapter) for a in adapters):
+        raise ValueError(
+            "Compacter adapters share their PHM rules across the model; "
+            "they cannot be averaged one position at a time."
+        )
     shapes = [[tuple(v.shape) for v in a.weights] for a in adapters]
     if any(s != shapes[0] for s in shapes) or len(
         {type(a) for a in adapters}
