@@ -14,7 +14,7 @@ it does on the test rows:
 - `add_adapters` methods, each with a new head: bottleneck adapters
   (`"pfeiffer"`, `"houlsby"`), scaled parallel adapters (`"parallel"`),
   LoRA (`"lora"`, query and value; `lora_all`, query, key, value and the
-  feed-forward output) and (IA)^3 (`"ia3"`);
+  feed-forward output), (IA)^3 (`"ia3"`) and Compacter++;
 - `full fine-tuning`: every backbone weight trains;
 - task vectors (Ilharco et al., 2023): one copy of the backbone is
   fine-tuned per source task; `task arithmetic` adds the sum of their task
@@ -46,6 +46,8 @@ ADAPTER_METHODS = {
     "lora_all": ("LoRA (q, k, v, ffn out)", transfer.LoRAConfig(
         rank=8, targets=["query", "key", "value", "output"])),
     "ia3": ("(IA)^3", "ia3"),
+    "compacter": ("Compacter++ (n 2, rf 4)", transfer.CompacterConfig(
+        "compacter++", reduction_factor=4, phm_dim=2)),
 }
 OTHER_METHODS = {
     "head_only": "Head only (frozen)",

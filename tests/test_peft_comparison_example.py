@@ -38,6 +38,8 @@ def test_every_method_runs_and_reports_its_trained_parameters(tmp_path,
     assert trained["ia3"] == layers * (d + d + 2 * d)
     assert trained["pfeiffer"] == layers * (2 * d * 1 + 1 + d)
     assert trained["houlsby"] == 2 * trained["pfeiffer"]
+    # Compacter++, n = 2, m = 2: 2 (d + m) + m + d, plus 2^3 shared rules.
+    assert trained["compacter"] == layers * (2 * (d + 2) + 2 + d) + 8
     # aTLAS: one coefficient per source task vector and backbone variable.
     assert trained["atlas"] % sources == 0 and trained["atlas"] > 0
     assert trained["full_fine_tuning"] > trained["lora_all"] > trained["lora"]
