@@ -3,9 +3,21 @@
 import importlib.util
 import pathlib
 
+import keras
 import numpy as np
+import pytest
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
+
+# The longer example scripts run on PyTorch and TensorFlow. Eager JAX
+# compiles each op on first use, which makes their tiny runs the slowest of
+# the suite, and the library code they call is tested on JAX by the unit
+# tests (CI time). The quick-start and the distributed example run on every
+# backend.
+not_on_jax = pytest.mark.skipif(
+    keras.config.backend() == "jax",
+    reason="Example scripts run on PyTorch and TensorFlow (CI time); the "
+    "code they call is tested on JAX by the unit tests.")
 
 
 def load(name):
@@ -29,6 +41,7 @@ def test_quickstart_trains_and_beats_the_mean_predictor(capsys):
         assert results[f"{task}_loss"] < 0.9 * variance
 
 
+@not_on_jax
 def test_synthetic_task_correlation_study_prints_the_table(capsys):
     results = load("synthetic_task_correlation_study").main(
         correlations=(1.0, 0.0), seeds=1, models=("shared_bottom", "mmoe"),
@@ -47,6 +60,7 @@ def test_synthetic_task_correlation_study_prints_the_table(capsys):
     assert abs(results[("label_correlation", 0.0)][0]) < 0.1
 
 
+@not_on_jax
 def test_census_income_example_on_a_small_synthetic_archive(tmp_path, capsys):
     from tests.datasets.census_archive import make_rows
     from tests.datasets.census_archive import write_archive
@@ -88,6 +102,7 @@ def test_distributed_training_runs_on_the_selected_backend(capsys):
     assert all(v == v for v in results.values())  # No NaN.
 
 
+@not_on_jax
 def test_auxiliary_learning_example_compares_the_bilevel_rules(capsys):
     results = load("auxiliary_learning").main(
         epochs=2, num_samples=600, primary_labels=200, seeds=1,

@@ -4,10 +4,12 @@ BERT backbone with two heads, trained through `MultiTaskTrainer.fit`."""
 import pytest
 
 from tests.test_examples import load
+from tests.test_examples import not_on_jax
 
 pytest.importorskip("keras_hub")
 
 
+@not_on_jax
 def test_keras_hub_subclassed_example_finds_the_backbone_and_learns(capsys):
     runs = load("keras_hub_subclassed").main(
         ["--steps", "16", "--epochs", "3", "--num-test", "64",

