@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import BACKEND
 from tests.helpers import LOSSES
 from tests.helpers import make_data
 from tests.helpers import mtl_model
+from tests.helpers import rules_for_backend
 from tests.helpers import to_numpy
 
 
@@ -225,10 +225,7 @@ def test_terminate_on_nan_keeps_working(non_finite):
 def _all_aggregators():
     from keras_mtl.aggregators import ALL_AGGREGATORS
 
-    # MOML trains like Auto-Lambda here (both `BilevelWeighting`s): on JAX,
-    # where each case compiles, it is left to the other backends.
-    skip = {"constant"} | ({"moml"} if BACKEND == "jax" else set())
-    return sorted(set(ALL_AGGREGATORS) - skip)
+    return rules_for_backend(set(ALL_AGGREGATORS) - {"constant"})
 
 
 @pytest.mark.parametrize("name", _all_aggregators())
