@@ -22,22 +22,23 @@ TARGETS = {
 }
 
 
-def _check_targets(targets, default):
-    targets = default if targets is None else targets
-    if isinstance(targets, str):
-        targets = (targets,)
+def _check_names(argument, value, allowed, default):
+    """A non-empty selection of distinct names among `allowed`, returned in
+    `allowed`'s order (so equal selections give equal variables)."""
+    value = default if value is None else value
+    if isinstance(value, str):
+        value = (value,)
     if (
-        not isinstance(targets, (list, tuple))
-        or not targets
-        or any(t not in TARGETS for t in targets)
-        or len(set(targets)) != len(targets)
+        not isinstance(value, (list, tuple))
+        or not value
+        or any(v not in allowed for v in value)
+        or len(set(value)) != len(value)
     ):
         raise ValueError(
-            f"`targets` must be a non-empty list of distinct names among "
-            f"{list(TARGETS)}. Received: targets={targets!r}"
+            f"`{argument}` must be a non-empty list of distinct names among "
+            f"{list(allowed)}. Received: {argument}={value!r}"
         )
-    # Kept in encoder order, so the same targets give the same variables.
-    return tuple(t for t in TARGETS if t in targets)
+    return tuple(v for v in allowed if v in value)
 
 
 def _projection(layer):
@@ -200,7 +201,8 @@ class LoRAConfig(AdapterConfig):
     name = "lora"
 
     def __init__(self, rank=8, alpha=None, targets=None, dropout=0.0):
-        self.targets = _check_targets(targets, ("query", "value"))
+        self.targets = _check_names("targets", targets, TARGETS,
+                                    ("query", "value"))
         layer = LoRAAdapter(rank=rank, alpha=alpha, dropout=dropout)
         self.rank, self.alpha, self.dropout = rank, layer.alpha, dropout
 
@@ -257,8 +259,8 @@ class IA3Config(AdapterConfig):
     name = "ia3"
 
     def __init__(self, targets=None):
-        self.targets = _check_targets(
-            targets, ("key", "value", "intermediate"))
+        self.targets = _check_names("targets", targets, TARGETS,
+                                    ("key", "value", "intermediate"))
 
     def sites(self, encoder):
         return [(TARGETS[t], "output") for t in self.targets]
@@ -313,19 +315,8 @@ class ParallelConfig(AdapterConfig):
 
     def __init__(self, reduction_factor=2, scaling=4.0, activation="relu",
                  hidden_units=None, sublayers=("feedforward",)):
-        if isinstance(sublayers, str):
-            sublayers = (sublayers,)
-        if (
-            not isinstance(sublayers, (list, tuple))
-            or not sublayers
-            or any(s not in SUBLAYERS for s in sublayers)
-            or len(set(sublayers)) != len(sublayers)
-        ):
-            raise ValueError(
-                f"`sublayers` must be a non-empty list of distinct names "
-                f"among {list(SUBLAYERS)}. Received: sublayers={sublayers!r}"
-            )
-        self.sublayers = tuple(s for s in SUBLAYERS if s in sublayers)
+        self.sublayers = _check_names("sublayers", sublayers, SUBLAYERS,
+                                      ("feedforward",))
         self.reduction_factor = reduction_factor
         self.scaling = scaling
         self.activation = activation

@@ -383,6 +383,12 @@ def task_arithmetic(model, task_vectors, scaling_coef=1.0):
     Reference:
         - [Ilharco et al., 2023](https://arxiv.org/abs/2212.04089)
     """
+    return sum(check_vectors(task_vectors)).apply_to(model, scaling_coef)
+
+
+def check_vectors(task_vectors):
+    """A non-empty list of task vectors of one architecture (a single
+    vector is a list of one)."""
     if isinstance(task_vectors, TaskVector):
         task_vectors = [task_vectors]
     if (
@@ -394,4 +400,12 @@ def task_arithmetic(model, task_vectors, scaling_coef=1.0):
             "`task_vectors` must be a TaskVector or a non-empty list of "
             f"them. Received: task_vectors={task_vectors!r}"
         )
-    return sum(task_vectors).apply_to(model, scaling_coef)
+    first = task_vectors[0]
+    for index, other in enumerate(task_vectors[1:], 1):
+        if other.keys != first.keys or other.shapes != first.shapes:
+            raise ValueError(
+                "All task vectors must come from one architecture (same "
+                f"keys and shapes); task vector {index} differs from the "
+                "first."
+            )
+    return list(task_vectors)

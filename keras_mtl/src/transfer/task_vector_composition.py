@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.transfer.task_vector import TaskVector
+from keras_mtl.src.transfer.task_vector import check_vectors
 from keras_mtl.src.transfer.task_vector import match_variables
 
 BLOCKS = ("variable", "model")
@@ -20,29 +21,6 @@ class _Targets:
 
     def __init__(self, variables):
         self.variables = list(variables)
-
-
-def _check_vectors(task_vectors):
-    if isinstance(task_vectors, TaskVector):
-        task_vectors = [task_vectors]
-    if (
-        not isinstance(task_vectors, (list, tuple))
-        or not task_vectors
-        or not all(isinstance(t, TaskVector) for t in task_vectors)
-    ):
-        raise ValueError(
-            "`task_vectors` must be a TaskVector or a non-empty list of "
-            f"them. Received: task_vectors={task_vectors!r}"
-        )
-    first = task_vectors[0]
-    for index, other in enumerate(task_vectors[1:], 1):
-        if other.keys != first.keys or other.shapes != first.shapes:
-            raise ValueError(
-                "All task vectors must come from one architecture (same "
-                f"keys and shapes); task vector {index} differs from the "
-                "first."
-            )
-    return list(task_vectors)
 
 
 @keras_mtl_export("keras_mtl.transfer.TaskVectorComposition")
@@ -104,7 +82,7 @@ class TaskVectorComposition(keras.Model):
         initial_coefficient=0.0,
         **kwargs,
     ):
-        task_vectors = _check_vectors(task_vectors)
+        task_vectors = check_vectors(task_vectors)
         if blocks not in BLOCKS:
             raise ValueError(
                 f"`blocks` must be one of {BLOCKS}. Received: blocks={blocks!r}"
