@@ -169,7 +169,8 @@ def adapt_lora(backbone):
 
 
 def adapt_ia3(backbone):
-    config = transfer.IA3Config(targets=list(transfer.IA3Config.TARGETS))
+    config = transfer.IA3Config(
+        targets=["query", "key", "value", "intermediate", "output"])
     transfer.add_adapters(backbone, ["a", "b"], config=config)
 
 

@@ -46,6 +46,12 @@ def _projection(layer):
     return getattr(layer, "layer", layer)
 
 
+def applies_activation(layer):
+    """Whether a projection applies a non-linear activation to its output."""
+    return getattr(layer, "activation", None) not in (
+        None, keras.activations.linear)
+
+
 def projection_dims(layer):
     """`(d_in, output_dims)` of a Dense or EinsumDense projection whose
     kernel contracts the input's last axis."""
@@ -65,8 +71,6 @@ class AdapterConfig:
     """Base class: a named recipe of adapter sites and adapters."""
 
     name = None
-    # The projection names that `targets` may hold.
-    TARGETS = tuple(TARGETS)
 
     def sites(self, encoder):
         """`[(slot, placement), ...]` wrapped in `encoder`."""
@@ -213,8 +217,8 @@ class LoRAConfig(AdapterConfig):
         for target in self.targets:
             slot = TARGETS[target]
             layer = _projection(backbone_walk.sublayer(encoder, slot))
-            activation = getattr(layer, "activation", None)
-            if activation not in (None, keras.activations.linear):
+            if applies_activation(layer):
+                activation = layer.activation
                 raise ValueError(
                     f"LoRA adds `x A B` to a linear projection, but the "
                     f"{target!r} projection of encoder {encoder.name!r} "

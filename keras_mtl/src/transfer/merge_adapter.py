@@ -7,15 +7,11 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer.adapter_configs import applies_activation
 
 
 def _numpy(variable):
     return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
-
-
-def _has_activation(layer):
-    return getattr(layer, "activation", None) not in (
-        None, keras.activations.linear)
 
 
 def _plan(encoder, wrappers, task_name):
@@ -38,7 +34,7 @@ def _plan(encoder, wrappers, task_name):
                 + adapter.scale * delta.reshape(kernel.shape))
             continue
         scale = _numpy(adapter.scale)
-        if _has_activation(layer):
+        if applies_activation(layer):
             # `l * act(x W + b)`: the scale moves to the rows of the next
             # projection, which reads these activations.
             if slot != backbone_walk.FEEDFORWARD_INPUT:
