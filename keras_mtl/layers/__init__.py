@@ -23,6 +23,8 @@ from keras_mtl.src.layers.multi_gate_mixture_of_experts import (
 )
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.layers.phm_rule import PHMRule
+from keras_mtl.src.layers.prefix_adapter import PrefixAdapter
+from keras_mtl.src.layers.prefix_generator import PrefixGenerator
 from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.progressive_layered_extraction import (
     ProgressiveLayeredExtraction,

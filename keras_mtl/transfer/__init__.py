@@ -46,9 +46,12 @@ Saving and loading:
 
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import CompacterConfig
+from keras_mtl.src.transfer.adapter_configs import ConfigUnion
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
+from keras_mtl.src.transfer.adapter_configs import MAMConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
+from keras_mtl.src.transfer.adapter_configs import PrefixTuningConfig
 from keras_mtl.src.transfer.adapter_files import load_adapter
 from keras_mtl.src.transfer.adapter_files import save_adapter
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
@@ -59,6 +62,7 @@ from keras_mtl.src.transfer.average_adapter import average_adapter
 from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )
+from keras_mtl.src.transfer.eject_prefix import eject_prefix
 from keras_mtl.src.transfer.merge_adapter import merge_adapter
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 from keras_mtl.src.transfer.task_vector import TaskVector

@@ -186,7 +186,21 @@ def adapt_compacter(backbone):
     transfer.set_active_adapter(backbone, "b")
 
 
+def adapt_prefix_half_ejected(backbone):
+    config = transfer.PrefixTuningConfig(prefix_length=2, bottleneck_size=4)
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+    transfer.eject_prefix(backbone, "a")
+    transfer.set_active_adapter(backbone, "b")
+
+
+def adapt_mam(backbone):
+    config = transfer.MAMConfig(prefix_length=2, bottleneck_size=4)
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+
+
 ADAPTATIONS = [
+    adapt_prefix_half_ejected,
+    adapt_mam,
     adapt_compacter,
     adapt_parallel_combined,
     adapt_lora,

@@ -1,11 +1,12 @@
 """`AdapterWrapper`: per-task adapters around a sub-layer of a block."""
 
 import keras
+from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.utils.layer_internals import unlocked
 
-PLACEMENTS = ("post_norm", "output", "parallel", "tap")
+PLACEMENTS = ("post_norm", "output", "parallel", "tap", "prefix")
 
 
 def check_name(name, what):
@@ -57,6 +58,10 @@ class AdapterWrapper(keras.layers.Layer):
       in `stash` for a later layer of the block to add: the parallel
       adapter, which reads a sub-layer's input (the input of its first
       projection) and adds to the sub-layer's output.
+    - `placement="prefix"` prepends the adapter's output to the wrapped
+      projection's along the sequence axis, `d -> [P(d); d]`: prefix
+      tuning's keys and values (the attention mask is extended by
+      `add_adapters`). Combinations are refused here.
 
     Here `delta(h)` is `A_t(h)` for an active task `t`, or
     `combiner([A_i(h) for i in sources], query=h)` for an active
@@ -67,8 +72,8 @@ class AdapterWrapper(keras.layers.Layer):
     Args:
         layer: the wrapped layer (a `LayerNormalization` for
             `placement="post_norm"`).
-        placement: `"post_norm"`, `"output"`, `"parallel"` or `"tap"`,
-            see above. Defaults to `"post_norm"`.
+        placement: `"post_norm"`, `"output"`, `"parallel"`, `"tap"` or
+            `"prefix"`, see above. Defaults to `"post_norm"`.
         adapters: dict mapping task names to adapter layers that return
             the adapter's delta (e.g.
             `keras_mtl.layers.BottleneckAdapter(residual=False)`).
@@ -180,6 +185,11 @@ class AdapterWrapper(keras.layers.Layer):
     def add_combiner(self, name, combiner, sources):
         """Adds a combination `name` of the adapters of `sources`."""
         check_name(name, "combination name")
+        if self.placement == "prefix":
+            raise ValueError(
+                "Prefixes are concatenated, not combined: a `\"prefix\"` "
+                f"wrapper takes no combinations. Received: name={name!r}"
+            )
         if name in self.adapters or name in self.combiners:
             raise ValueError(
                 f"This wrapper already has an adapter or combination "
@@ -201,6 +211,30 @@ class AdapterWrapper(keras.layers.Layer):
         with unlocked(self):
             self.combiners[name] = combiner
             self.combiner_sources[name] = sources
+
+    def replace_adapter(self, name, adapter):
+        """Puts `adapter` in place of task `name`'s adapter (built if the
+        wrapper is); the old adapter stops being tracked. The task moves
+        to the end of `adapters`, as the new layer does in the wrapper's
+        tracked layers (whose order fixes the saved variables' order)."""
+        if name not in self.adapters:
+            raise ValueError(
+                f"Unknown task. Available: {list(self.adapters)}. "
+                f"Received: name={name!r}"
+            )
+        if self.built and not adapter.built:
+            adapter.build(self._adapter_shape)
+        with unlocked(self):
+            self.adapters.pop(name)
+            self.adapters[name] = adapter
+        self._remember_non_trainable(adapter)
+
+    @property
+    def prefix_length(self):
+        """The active adapter's prefix length for `"prefix"` wrappers with
+        an active task, else 0."""
+        adapter = self.adapters.get(self.active)
+        return 0 if adapter is None else getattr(adapter, "prefix_length", 0)
 
     def set_active(self, name):
         """Makes task or combination `name` (or `None`) the active one."""
@@ -263,12 +297,18 @@ class AdapterWrapper(keras.layers.Layer):
             return d
         if self.active is None:
             return d
+        if self.placement == "prefix":
+            return ops.concatenate([self._delta(d, training), d], axis=1)
         if self.placement == "parallel":
             return d + self._delta(inputs, training)
         return d + self._delta(d, training)
 
     def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+        shape = self.layer.compute_output_shape(input_shape)
+        length = self.prefix_length if self.placement == "prefix" else 0
+        if length and shape[1] is not None:
+            shape = (shape[0], shape[1] + length) + tuple(shape[2:])
+        return shape
 
     def save_own_variables(self, store):
         # The wrapped layer's variables are also written at the wrapper's

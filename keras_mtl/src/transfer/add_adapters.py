@@ -8,15 +8,18 @@ from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
+from keras_mtl.src.layers.prefix_adapter import PrefixAdapter
 from keras_mtl.src.transfer import backbone_walk
-from keras_mtl.src.transfer import tapped_delta
+from keras_mtl.src.transfer import companion_layers
 from keras_mtl.src.transfer.adapter_configs import SUBLAYERS
 from keras_mtl.src.transfer.adapter_configs import TARGETS
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import CompacterConfig
+from keras_mtl.src.transfer.adapter_configs import ConfigUnion
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
+from keras_mtl.src.transfer.adapter_configs import PrefixTuningConfig
 from keras_mtl.src.transfer.adapter_configs import resolve_config
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
@@ -44,57 +47,83 @@ def task_name_list(task_names, argument="task_names"):
     return list(task_names)
 
 
-def existing_config(found):
-    """The name of the adapter configuration already in a backbone, or
-    None."""
-    if not found:
-        return None
-    first = next(iter(found[0][2].adapters.values()))
-    if isinstance(first, LoRAAdapter):
-        return "lora"
-    if isinstance(first, IA3Adapter):
-        return "ia3"
-    if isinstance(first, ParallelAdapter):
-        return "parallel"
-    if isinstance(first, CompacterAdapter):
-        houlsby = any(p == "_self_attention_dropout" for _, p, _ in found)
-        return "compacter" if houlsby else "compacter++"
-    if isinstance(first, BottleneckAdapter) and any(
-        position == "_self_attention_dropout" for _, position, _ in found
-    ):
-        return "houlsby"
-    return "pfeiffer"
+# Adapter classes and the kind of config that makes them (subclasses
+# first: a `ParallelAdapter` is also a bottleneck).
+KINDS = (
+    (LoRAAdapter, "lora"),
+    (IA3Adapter, "ia3"),
+    (ParallelAdapter, "parallel"),
+    (CompacterAdapter, "compacter"),
+    (PrefixAdapter, "prefix_tuning"),
+    (BottleneckAdapter, "bottleneck"),
+)
 
 
-def config_of(found, task_name=None):
-    """The adapter config that made the adapters of `task_name` (default:
-    the first task) in a backbone's wrappers `found`, or None."""
-    name = existing_config(found)
-    if name is None:
-        return None
-    adapters = found[0][2].adapters
-    adapter = adapters[task_name or next(iter(adapters))]
+def _kind(adapter):
+    for cls, kind in KINDS:
+        if isinstance(adapter, cls):
+            return kind
+    raise ValueError(f"Unknown adapter class: {type(adapter).__name__}")
+
+
+def _part_config(kind, group):
+    """The config that made `group`, `[(encoder_index, slot, adapter)]`,
+    the adapters of one kind of one task."""
+    adapter = group[0][2]
     arguments = adapter.get_config()
-    first_encoder = found[0][0]
-    slots = [slot for index, slot, _ in found if index == first_encoder]
+    first_encoder = group[0][0]
+    slots = [slot for index, slot, _ in group if index == first_encoder]
+    houlsby = any(slot == "_self_attention_dropout" for _, slot, _ in group)
     targets = [t for t, slot in TARGETS.items() if slot in slots]
-    if name == "lora":
+    if kind == "lora":
         return LoRAConfig(rank=arguments["rank"], alpha=arguments["alpha"],
                           targets=targets, dropout=arguments["dropout"])
-    if name == "ia3":
+    if kind == "ia3":
         return IA3Config(targets=targets)
-    if name in ("compacter", "compacter++"):
+    if kind == "compacter":
         return CompacterConfig(
-            name, arguments["reduction_factor"], arguments["activation"],
+            "compacter" if houlsby else "compacter++",
+            arguments["reduction_factor"], arguments["activation"],
             adapter.rule.phm_dim, arguments["phm_rank"])
-    if name == "parallel":
+    if kind == "parallel":
         return ParallelConfig(
             arguments["reduction_factor"], arguments["scaling"],
             arguments["activation"], arguments["hidden_units"],
             sublayers=[s for s, slot in SUBLAYERS.items() if slot in slots])
-    return BottleneckConfig(name, arguments["reduction_factor"],
+    if kind == "prefix_tuning":
+        generator = adapter.generator
+        if generator is None:
+            return PrefixTuningConfig(adapter.prefix_length, flat=True)
+        return PrefixTuningConfig(
+            adapter.prefix_length, generator.bottleneck_size,
+            keras.activations.serialize(generator.activation))
+    return BottleneckConfig("houlsby" if houlsby else "pfeiffer",
+                            arguments["reduction_factor"],
                             arguments["activation"],
                             arguments["hidden_units"])
+
+
+def config_of(found, task_name=None):
+    """The adapter config that made the adapters of `task_name` (default:
+    the first task) in a backbone's wrappers `found` (a `ConfigUnion` if
+    they are of several kinds), or None."""
+    if not found:
+        return None
+    adapters = found[0][2].adapters
+    task = task_name or next(iter(adapters))
+    groups = {}
+    for index, slot, wrapper in found:
+        adapter = wrapper.adapters[task]
+        groups.setdefault(_kind(adapter), []).append((index, slot, adapter))
+    parts = [_part_config(kind, group) for kind, group in groups.items()]
+    return parts[0] if len(parts) == 1 else ConfigUnion(*parts)
+
+
+def existing_config(found):
+    """The name of the adapter configuration already in a backbone, or
+    None."""
+    config = config_of(found)
+    return None if config is None else config.name
 
 
 def probe_adapters(config, encoders):
@@ -169,11 +198,20 @@ def add_adapters(
     - `"compacter"` / `"compacter++"` (Mahabadi et al., 2021): bottleneck
       adapters with PHM projections and one shared rule set per task, at
       Houlsby's or Pfeiffer's positions (`CompacterConfig`).
+    - `"prefix_tuning"` (Li & Liang, 2021): learned keys and values
+      prepended in every attention layer, generated in training by a
+      per-task MLP that `eject_prefix` drops (`PrefixTuningConfig`).
+    - `"mam"` (He et al., 2022): prefix tuning plus a scaled parallel
+      adapter beside the feed-forward block (`MAMConfig`).
     - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`,
-      `ParallelConfig`, `CompacterConfig`) for other sizes and targets.
+      `ParallelConfig`, `CompacterConfig`, `PrefixTuningConfig`,
+      `MAMConfig`) for other sizes and targets, or a `ConfigUnion` of
+      several.
 
-    Every method starts at the backbone's own function (zero up-projection,
-    zero `B`, unit scales), so outputs are unchanged at initialisation.
+    Every method but prefix tuning starts at the backbone's own function
+    (zero up-projection, zero `B`, unit scales), so outputs are unchanged
+    at initialisation; `set_active_adapter(backbone, None)` restores it for
+    all.
     Unless `freeze_backbone=False`, every variable of `backbone` that is not
     part of an adapter is frozen (its `trainable` flag is set to `False`,
     variable by variable; pass the backbone rather than a task model, whose
@@ -193,7 +231,8 @@ def add_adapters(
         task_names: a task name or a list of distinct task names (strings
             without `/`).
         config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"`,
-            `"parallel"`, `"compacter"`, `"compacter++"` or a config object.
+            `"parallel"`, `"compacter"`, `"compacter++"`,
+            `"prefix_tuning"`, `"mam"` or a config object.
             Defaults to `"pfeiffer"`.
         reduction_factor: for `"pfeiffer"`/`"houlsby"`, the bottleneck width
             is `hidden_dim // reduction_factor`. Defaults to `None`, i.e.
@@ -233,6 +272,7 @@ def add_adapters(
         - [Hu et al., 2022](https://arxiv.org/abs/2106.09685)
         - [Liu et al., 2022](https://arxiv.org/abs/2205.05638)
         - [He et al., 2022](https://arxiv.org/abs/2110.04366)
+        - [Li & Liang, 2021](https://arxiv.org/abs/2101.00190)
     """
     config = resolve_config(config, reduction_factor, activation,
                             hidden_units)
@@ -272,8 +312,8 @@ def add_adapters(
                     f"{config.name!r} adapters cannot wrap (adapter experts "
                     "already sit there?)."
                 )
-            if placement == "tap" and not isinstance(layer, AdapterWrapper):
-                tapped_delta.check_output(encoder, slot)
+            if not isinstance(layer, AdapterWrapper):
+                companion_layers.check(encoder, slot, placement)
         config.check_sites(encoder)
     try:
         probe_adapters(config, encoders)
@@ -293,8 +333,7 @@ def add_adapters(
                 )
                 wrapper.build((None, None, input_dim))
                 backbone_walk.replace_sublayer(encoder, slot, wrapper)
-                if placement == "tap":
-                    tapped_delta.attach(encoder, slot, wrapper)
+                companion_layers.attach(encoder, slot, wrapper)
             for task in task_names:
                 wrapper.add_adapter(
                     task,

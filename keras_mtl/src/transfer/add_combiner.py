@@ -145,7 +145,13 @@ def add_combiner(
             found, source, "source_task_names", kinds=("adapters",)
         )
     kind = existing_config(found)
-    if combiner != "average" and kind in ("lora", "ia3"):
+    if any(wrapper.placement == "prefix" for _, _, wrapper in found):
+        raise ValueError(
+            f"Prefixes are concatenated, not combined: the backbone has "
+            f"{kind!r} adapters, whose prefixes no combiner takes. "
+            f"Received: combiner={combiner!r}"
+        )
+    if combiner != "average" and ({"lora", "ia3"} & set(kind.split("+"))):
         raise ValueError(
             f"{combiner!r} combines bottleneck adapters (one feature vector "
             f"per token); the backbone has {kind!r} adapters, whose outputs "

@@ -54,6 +54,12 @@ def _linear(adapters, weights):
             "Compacter adapters share their PHM rules across the model; "
             "they cannot be averaged one position at a time."
         )
+    if any(getattr(a, "generator", None) is not None for a in adapters):
+        raise ValueError(
+            "Generated prefixes share one MLP per task; call "
+            "`keras_mtl.transfer.eject_prefix` on the sources first, then "
+            "average the flat prefixes."
+        )
     shapes = [[tuple(v.shape) for v in a.weights] for a in adapters]
     if any(s != shapes[0] for s in shapes) or len(
         {type(a) for a in adapters}

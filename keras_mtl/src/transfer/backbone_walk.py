@@ -78,10 +78,14 @@ def transformer_encoders(backbone):
 
 def sublayer(encoder, slot):
     """The encoder's sub-layer in `slot` (one of the names above), or
-    `None`."""
+    `None`. Along a dotted slot, layers marked `transparent` (wrappers that
+    keep the wrapped layer as `layer`) are looked through."""
+    names = slot.split(".")
     layer = encoder
-    for name in slot.split("."):
+    for depth, name in enumerate(names):
         layer = getattr(layer, name, None)
+        while depth < len(names) - 1 and getattr(layer, "transparent", False):
+            layer = layer.layer
     return layer
 
 
@@ -97,6 +101,8 @@ def replace_sublayer(encoder, slot, layer, untrack=None):
     tracked sub-layers."""
     parent_slot, _, name = slot.rpartition(".")
     parent = sublayer(encoder, parent_slot) if parent_slot else encoder
+    while getattr(parent, "transparent", False):
+        parent = parent.layer
     with unlocked(parent):
         setattr(parent, name, layer)
         if untrack is not None:

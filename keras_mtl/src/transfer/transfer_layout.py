@@ -15,7 +15,7 @@ from keras_mtl.src.layers.add_adapter_experts import find_adapter_experts
 from keras_mtl.src.layers.add_adapter_experts import insert_adapter_experts
 from keras_mtl.src.layers.add_adapter_experts import remove_adapter_experts
 from keras_mtl.src.transfer import backbone_walk
-from keras_mtl.src.transfer import tapped_delta
+from keras_mtl.src.transfer import companion_layers
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.layer_paths import children
 from keras_mtl.src.transfer.layer_paths import variable_keys
@@ -413,8 +413,7 @@ def _attach(encoder, item, layer):
         insert_adapter_experts(encoder, layer)
         return
     backbone_walk.replace_sublayer(encoder, item, layer)
-    if layer.placement == "tap":
-        tapped_delta.attach(encoder, item, layer)
+    companion_layers.attach(encoder, item, layer)
 
 
 def _detach(encoder, item):
@@ -422,8 +421,7 @@ def _detach(encoder, item):
         remove_adapter_experts(encoder)
         return
     wrapper = backbone_walk.sublayer(encoder, item)
-    if wrapper.placement == "tap":
-        tapped_delta.detach(encoder, item)
+    companion_layers.detach(encoder, item, wrapper)
     backbone_walk.replace_sublayer(encoder, item, wrapper.layer,
                                    untrack=wrapper)
 
