@@ -1,8 +1,8 @@
 """Transfer learning with adapters on keras-hub transformer backbones.
 
 Works with every backbone made of `keras_hub.layers.TransformerEncoder`
-(BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, ELECTRA, ... or your own
-stack); keras-hub must be installed.
+or `TransformerDecoder` (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT,
+ELECTRA, GPT-2, ... or your own stack); keras-hub must be installed.
 
 Workflow (two-stage transfer as in ScaLearn, Frohmann et al., 2024):
 

@@ -173,9 +173,10 @@ def add_adapters(
     """Adds one adapter per task to every transformer encoder.
 
     Walks `backbone` (a keras-hub backbone such as `BertBackbone`,
-    `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`, or any
-    model built from `keras_hub.layers.TransformerEncoder`), and wraps
-    sub-layers of every encoder with an `AdapterWrapper` holding one adapter
+    `RobertaBackbone`, `XLMRobertaBackbone`, `DistilBertBackbone`,
+    `GPT2Backbone`, or any model built from
+    `keras_hub.layers.TransformerEncoder` or `TransformerDecoder`), and
+    wraps sub-layers of every block with an `AdapterWrapper` holding one adapter
     per task. `config` chooses the method:
 
     - `"pfeiffer"` (Pfeiffer et al., 2021; `adapters`' `SeqBnConfig`): one
@@ -227,7 +228,8 @@ def add_adapters(
 
     Args:
         backbone: built Keras model (or layer) containing
-            `keras_hub.layers.TransformerEncoder` layers.
+            `keras_hub.layers.TransformerEncoder` or `TransformerDecoder`
+            layers (decoders: self-attention only is adapted).
         task_names: a task name or a list of distinct task names (strings
             without `/`).
         config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"`,

@@ -34,38 +34,42 @@ POSITIONS = (
 )
 
 
-def _encoder_class():
+def _block_classes():
+    """keras-hub's encoder and decoder blocks (same sub-layer names)."""
     try:
+        from keras_hub.layers import TransformerDecoder
         from keras_hub.layers import TransformerEncoder
     except ImportError as error:  # pragma: no cover - optional dependency
         raise ImportError(
             "keras_mtl.transfer needs keras-hub: `pip install keras-hub` "
             "(or `pip install keras-mtl[hub]`)."
         ) from error
-    return TransformerEncoder
+    return TransformerEncoder, TransformerDecoder
 
 
 def transformer_encoders(backbone):
-    """The built `TransformerEncoder`s of `backbone`, in layer order."""
+    """The built transformer blocks of `backbone` (keras-hub
+    `TransformerEncoder`s and `TransformerDecoder`s), in layer order."""
     if not isinstance(backbone, keras.layers.Layer):
         raise ValueError(
             "`backbone` must be a Keras model or layer containing "
-            "`keras_hub.layers.TransformerEncoder` layers. "
-            f"Received: backbone={backbone!r}"
+            "`keras_hub.layers.TransformerEncoder` or `TransformerDecoder` "
+            f"layers. Received: backbone={backbone!r}"
         )
-    encoder_cls = _encoder_class()
+    classes = _block_classes()
     encoders = [
         layer
         for layer in sublayers(backbone, include_self=True)
-        if isinstance(layer, encoder_cls)
+        if isinstance(layer, classes)
     ]
     if not encoders:
         raise ValueError(
             "Unsupported backbone: it contains no "
-            "`keras_hub.layers.TransformerEncoder` (supported: BERT, "
-            "RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, ELECTRA, ... and "
-            "models built from `TransformerEncoder`). Received: "
-            f"backbone={type(backbone).__name__}(name={backbone.name!r})"
+            "`keras_hub.layers.TransformerEncoder` or `TransformerDecoder` "
+            "(supported: BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ALBERT, "
+            "ELECTRA, GPT-2, ... and models built from these layers). "
+            f"Received: backbone={type(backbone).__name__}"
+            f"(name={backbone.name!r})"
         )
     unbuilt = [e.name for e in encoders if not e.built]
     if unbuilt:

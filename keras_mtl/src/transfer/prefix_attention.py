@@ -38,19 +38,30 @@ class PrefixedAttention(keras.layers.Layer):
     def build(self, *args, **kwargs):
         pass  # the wrapped layer is built
 
-    def call(self, query, value, key=None, attention_mask=None, **kwargs):
+    def call(self, query, value, key=None, attention_mask=None, cache=None,
+             cache_update_index=None, training=None, **options):
+        # `cache` and `cache_update_index`: keras-hub's
+        # `CachedMultiHeadAttention`; `options` holds Python flags only.
         length = self._source.wrapper.prefix_length
-        if length and kwargs.get("use_causal_mask"):
+        if length and options.get("use_causal_mask"):
             raise ValueError(
                 "Prefix tuning needs an explicit attention mask; "
                 "`use_causal_mask=True` would align the causal mask with "
                 "the prefix positions.")
+        if length and cache is not None:
+            raise ValueError(
+                "Prefix tuning does not support cached (step-by-step) "
+                "decoding: the prefixes would be written into the cache. "
+                "Decode without a cache, or with another adapter kind.")
         if length and attention_mask is not None:
             ones = ops.ones_like(attention_mask[..., :1])
             attention_mask = ops.concatenate(
                 [ops.repeat(ones, length, axis=-1), attention_mask], axis=-1)
+        if cache is not None or cache_update_index is not None:
+            options.update(cache=cache, cache_update_index=cache_update_index)
         return self.layer(query, value, key=key,
-                          attention_mask=attention_mask, **kwargs)
+                          attention_mask=attention_mask, training=training,
+                          **options)
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
@@ -61,6 +72,7 @@ def check_attention(encoder):
     layer = backbone_walk.sublayer(encoder, backbone_walk.ATTENTION)
     if isinstance(layer, PrefixedAttention):
         return
+    # keras-hub decoders use `CachedMultiHeadAttention`, a subclass.
     if not isinstance(layer, keras.layers.MultiHeadAttention):
         raise ValueError(
             f"Prefix tuning extends the keys and values of a "
