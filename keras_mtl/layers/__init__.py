@@ -29,6 +29,7 @@ from keras_mtl.src.layers.progressive_layered_extraction import PLE
 from keras_mtl.src.layers.progressive_layered_extraction import (
     ProgressiveLayeredExtraction,
 )
+from keras_mtl.src.layers.prompt_adapter import PromptAdapter
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
 from keras_mtl.src.layers.task_conditioning import TaskConditioning

@@ -52,6 +52,7 @@ from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import MAMConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
 from keras_mtl.src.transfer.adapter_configs import PrefixTuningConfig
+from keras_mtl.src.transfer.adapter_configs import PromptTuningConfig
 from keras_mtl.src.transfer.adapter_files import load_adapter
 from keras_mtl.src.transfer.adapter_files import save_adapter
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper

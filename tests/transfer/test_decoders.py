@@ -22,6 +22,7 @@ CONFIGS = {
     "compacter": transfer.CompacterConfig("compacter", reduction_factor=2),
     "prefix_tuning": transfer.PrefixTuningConfig(3, 8),
     "mam": transfer.MAMConfig(prefix_length=2, bottleneck_size=4),
+    "prompt_tuning": transfer.PromptTuningConfig(2),
 }
 
 
@@ -50,7 +51,7 @@ def test_adapters_in_a_causal_decoder(name, tmp_path):
     inputs = gpt2_inputs()
     before = output(backbone, inputs)
     transfer.add_adapters(backbone, ["a", "b"], config=CONFIGS[name])
-    changes_at_init = name in ("prefix_tuning", "mam")
+    changes_at_init = name in ("prefix_tuning", "mam", "prompt_tuning")
     initial = np.abs(output(backbone, inputs) - before).max()
     assert (initial > 1e-3) if changes_at_init else (initial < 1e-4)
     randomize(adapter_variables(backbone, "a"), seed=1)
@@ -100,6 +101,11 @@ def test_cached_decoding_matches_the_full_pass():
     transfer.add_adapters(prefixed, "a", config="prefix_tuning")
     decoder = backbone_walk.transformer_encoders(prefixed)[0]
     with pytest.raises(ValueError, match="cached"):
+        cached_decoding(decoder, x)
+    prompted = tiny_gpt2()
+    transfer.add_adapters(prompted, "a", config="prompt_tuning")
+    decoder = backbone_walk.transformer_encoders(prompted)[0]
+    with pytest.raises(ValueError, match="cached decoding"):
         cached_decoding(decoder, x)
 
 

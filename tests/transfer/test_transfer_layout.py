@@ -198,7 +198,15 @@ def adapt_mam(backbone):
     transfer.add_adapters(backbone, ["a", "b"], config=config)
 
 
+def adapt_prompt_with_lora(backbone):
+    union = transfer.ConfigUnion(transfer.PromptTuningConfig(2),
+                                 transfer.LoRAConfig(rank=2))
+    transfer.add_adapters(backbone, ["a", "b"], config=union)
+    transfer.set_active_adapter(backbone, "b")
+
+
 ADAPTATIONS = [
+    adapt_prompt_with_lora,
     adapt_prefix_half_ejected,
     adapt_mam,
     adapt_compacter,

@@ -12,8 +12,10 @@ from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.layers.phm_rule import PHMRule
 from keras_mtl.src.layers.prefix_adapter import PrefixAdapter
 from keras_mtl.src.layers.prefix_generator import PrefixGenerator
+from keras_mtl.src.layers.prompt_adapter import PromptAdapter
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer import prefix_attention
+from keras_mtl.src.transfer import prompt_wrapper
 from keras_mtl.src.transfer import tapped_delta
 
 # Projection targets of LoRA and (IA)^3 and the encoder slots they name.
@@ -485,6 +487,62 @@ class PrefixTuningConfig(AdapterConfig):
                 "activation": self.activation, "flat": self.flat}
 
 
+@keras_mtl_export("keras_mtl.transfer.PromptTuningConfig")
+class PromptTuningConfig(AdapterConfig):
+    """Prompt tuning (Lester et al., 2021): soft prompt tokens.
+
+    Each task learns `l` vectors `P` (`l x d`, `keras_mtl.layers.
+    PromptAdapter`) that enter the first transformer block before the
+    embedded input: every block then runs on `[P; X]` (the input positions
+    attend to the prompt positions, which in encoders attend to the whole
+    input and in decoders to earlier prompt positions only), and the prompt
+    positions are dropped after the last block, so the backbone's outputs
+    keep their shape. `P` is in the blocks' input space (after the
+    embedding layers, with no position embedding). Defaults are
+    `adapters`' `PromptTuningConfig`: `l = 10`, `U(-0.5, 0.5)`:
+    `l d` = 7,680 weights for RoBERTa-base. Outputs change at
+    initialisation. To start a task's prompt from another's (prompt
+    transfer, MVLPT), `load_adapter` the saved source prompt under the new
+    task's name, or `average_adapter(backbone, new, [source])`.
+
+    Args:
+        prompt_length: `l`. Defaults to `10`.
+        initializer: initializer of `P`. Defaults to `None`:
+            `RandomUniform(-0.5, 0.5)`.
+
+    Example:
+
+    >>> keras_mtl.transfer.PromptTuningConfig(prompt_length=16).name
+    'prompt_tuning'
+    """
+
+    name = "prompt_tuning"
+
+    def __init__(self, prompt_length=10, initializer=None):
+        layer = PromptAdapter(prompt_length, initializer=initializer)
+        self.prompt_length = prompt_length
+        self.initializer = keras.initializers.serialize(layer.initializer)
+
+    def sites(self, encoder):
+        return [(backbone_walk.ATTENTION, "prompt")]
+
+    def check_sites(self, encoder):
+        prompt_wrapper.check_block(encoder)
+
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
+        # The task's first adapter (first block) holds the prompt.
+        shared = {} if shared is None else shared
+        start = "start" not in shared
+        shared["start"] = True
+        return PromptAdapter(self.prompt_length, start=start,
+                             initializer=self.initializer, dtype=dtype,
+                             name=name)
+
+    def get_config(self):
+        return {"prompt_length": self.prompt_length,
+                "initializer": self.initializer}
+
+
 def _claims(config, encoder):
     """The slots `config` changes in `encoder`: its sites and the layers
     that its taps and prefixes need elsewhere in the block."""
@@ -512,7 +570,8 @@ class ConfigUnion(AdapterConfig):
     Args:
         *configs: two or more config objects (`BottleneckConfig`,
             `LoRAConfig`, `IA3Config`, `ParallelConfig`, `CompacterConfig`,
-            `PrefixTuningConfig`) or their string names.
+            `PrefixTuningConfig`, `PromptTuningConfig`) or their string
+            names.
 
     Example:
 
@@ -633,6 +692,7 @@ CONFIGS = {
     "compacter++": CompacterConfig,
     "prefix_tuning": PrefixTuningConfig,
     "mam": MAMConfig,
+    "prompt_tuning": PromptTuningConfig,
 }
 
 
@@ -659,7 +719,8 @@ def resolve_config(config, reduction_factor=None, activation=None,
     raise ValueError(
         f"`config` must be one of {sorted(CONFIGS)} or an adapter config "
         "object (BottleneckConfig, LoRAConfig, IA3Config, ParallelConfig, "
-        "CompacterConfig, PrefixTuningConfig, ConfigUnion, MAMConfig). "
+        "CompacterConfig, PrefixTuningConfig, PromptTuningConfig, "
+        "ConfigUnion, MAMConfig). "
         f"Received: config={config!r}"
     )
 
@@ -673,7 +734,8 @@ def deserialize_config(item):
     classes = {c.__name__: c for c in (BottleneckConfig, LoRAConfig,
                                        IA3Config, ParallelConfig,
                                        CompacterConfig, PrefixTuningConfig,
-                                       ConfigUnion, MAMConfig)}
+                                       PromptTuningConfig, ConfigUnion,
+                                       MAMConfig)}
     if (
         not isinstance(item, dict)
         or item.get("class_name") not in classes

@@ -105,6 +105,8 @@ class AdapterWrapper(keras.layers.Layer):
         - [Houlsby et al., 2019](https://arxiv.org/abs/1902.00751)
     """
 
+    placements = PLACEMENTS
+
     def __init__(
         self,
         layer,
@@ -123,9 +125,9 @@ class AdapterWrapper(keras.layers.Layer):
                 "`layer` must be a Keras layer. "
                 f"Received: layer={layer!r}"
             )
-        if placement not in PLACEMENTS:
+        if placement not in self.placements:
             raise ValueError(
-                f"`placement` must be one of {PLACEMENTS}. "
+                f"`placement` must be one of {self.placements}. "
                 f"Received: placement={placement!r}"
             )
         self.layer = layer

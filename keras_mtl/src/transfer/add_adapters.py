@@ -9,6 +9,7 @@ from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
 from keras_mtl.src.layers.prefix_adapter import PrefixAdapter
+from keras_mtl.src.layers.prompt_adapter import PromptAdapter
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer import companion_layers
 from keras_mtl.src.transfer.adapter_configs import SUBLAYERS
@@ -20,9 +21,12 @@ from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
 from keras_mtl.src.transfer.adapter_configs import PrefixTuningConfig
+from keras_mtl.src.transfer.adapter_configs import PromptTuningConfig
 from keras_mtl.src.transfer.adapter_configs import resolve_config
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.adapter_wrapper import check_name
+from keras_mtl.src.transfer.prompt_wrapper import link_prompts
+from keras_mtl.src.transfer.prompt_wrapper import wrapper_class
 from keras_mtl.src.transfer.set_active_adapter import freeze_backbone_weights
 from keras_mtl.src.transfer.set_active_adapter import set_active_adapter
 
@@ -55,6 +59,7 @@ KINDS = (
     (ParallelAdapter, "parallel"),
     (CompacterAdapter, "compacter"),
     (PrefixAdapter, "prefix_tuning"),
+    (PromptAdapter, "prompt_tuning"),
     (BottleneckAdapter, "bottleneck"),
 )
 
@@ -97,6 +102,9 @@ def _part_config(kind, group):
         return PrefixTuningConfig(
             adapter.prefix_length, generator.bottleneck_size,
             keras.activations.serialize(generator.activation))
+    if kind == "prompt_tuning":
+        return PromptTuningConfig(adapter.prompt_length, keras.initializers
+                                  .serialize(adapter.initializer))
     return BottleneckConfig("houlsby" if houlsby else "pfeiffer",
                             arguments["reduction_factor"],
                             arguments["activation"],
@@ -140,7 +148,7 @@ def probe_adapters(config, encoders):
             if isinstance(layer, AdapterWrapper):
                 layer = layer.layer
             # A new wrapper takes the dtype policy of the layer it wraps.
-            probe = AdapterWrapper(layer, placement=placement)
+            probe = wrapper_class(placement)(layer, placement=placement)
             probe.build((None, None, backbone_walk.input_dim(encoder, layer)))
             adapter = config.make_adapter(encoder, slot, name="probe",
                                           dtype=probe.dtype_policy,
@@ -204,24 +212,27 @@ def add_adapters(
       per-task MLP that `eject_prefix` drops (`PrefixTuningConfig`).
     - `"mam"` (He et al., 2022): prefix tuning plus a scaled parallel
       adapter beside the feed-forward block (`MAMConfig`).
+    - `"prompt_tuning"` (Lester et al., 2021): soft prompt vectors before
+      the input of the first block, carried through every block
+      (`PromptTuningConfig`).
     - a config object (`BottleneckConfig`, `LoRAConfig`, `IA3Config`,
       `ParallelConfig`, `CompacterConfig`, `PrefixTuningConfig`,
-      `MAMConfig`) for other sizes and targets, or a `ConfigUnion` of
-      several.
+      `PromptTuningConfig`, `MAMConfig`) for other sizes and targets, or a
+      `ConfigUnion` of several.
 
-    Every method but prefix tuning starts at the backbone's own function
-    (zero up-projection, zero `B`, unit scales), so outputs are unchanged
-    at initialisation; `set_active_adapter(backbone, None)` restores it for
-    all.
-    Unless `freeze_backbone=False`, every variable of `backbone` that is not
-    part of an adapter is frozen (its `trainable` flag is set to `False`,
-    variable by variable; pass the backbone rather than a task model, whose
-    head would be frozen too). Backbones that reuse one encoder layer
-    several times (ALBERT) get one adapter per encoder layer object, shared
-    like its weights. If `backbone` had no adapters yet, the first task of
-    `task_names` becomes the active one (see `set_active_adapter`);
-    otherwise the active one is kept. The function can be called again to
-    add more tasks with the same kind of configuration and positions.
+    Every method but prefix and prompt tuning starts at the backbone's own
+    function (zero up-projection, zero `B`, unit scales), so outputs are
+    unchanged at initialisation; `set_active_adapter(backbone, None)`
+    restores it for all. Unless `freeze_backbone=False`, every variable of
+    `backbone` that is not part of an adapter is frozen (its `trainable`
+    flag is set to `False`, variable by variable; pass the backbone rather
+    than a task model, whose head would be frozen too). Backbones that reuse
+    one encoder layer several times (ALBERT) get one adapter per encoder
+    layer object, shared like its weights. If `backbone` had no adapters
+    yet, the first task of `task_names` becomes the active one (see
+    `set_active_adapter`); otherwise the active one is kept. The function
+    can be called again to add more tasks with the same kind of
+    configuration and positions.
 
     Compile (or re-compile) the model that uses `backbone` afterwards:
     Keras fixes the list of trainable variables at compile time.
@@ -234,7 +245,8 @@ def add_adapters(
             without `/`).
         config: `"pfeiffer"`, `"houlsby"`, `"lora"`, `"ia3"`,
             `"parallel"`, `"compacter"`, `"compacter++"`,
-            `"prefix_tuning"`, `"mam"` or a config object.
+            `"prefix_tuning"`, `"mam"`, `"prompt_tuning"` or a config
+            object.
             Defaults to `"pfeiffer"`.
         reduction_factor: for `"pfeiffer"`/`"houlsby"`, the bottleneck width
             is `hidden_dim // reduction_factor`. Defaults to `None`, i.e.
@@ -307,7 +319,8 @@ def add_adapters(
             if layer is None or not isinstance(
                 layer, (AdapterWrapper, keras.layers.Dense,
                         keras.layers.EinsumDense, keras.layers.Dropout,
-                        keras.layers.LayerNormalization)
+                        keras.layers.LayerNormalization,
+                        keras.layers.MultiHeadAttention)
             ):
                 raise ValueError(
                     f"Encoder {encoder.name!r} has {slot}={layer!r}, which "
@@ -330,9 +343,8 @@ def add_adapters(
             if not isinstance(wrapper, AdapterWrapper):
                 inner = wrapper
                 input_dim = backbone_walk.input_dim(encoder, inner)
-                wrapper = AdapterWrapper(
-                    inner, placement=placement, name=f"{inner.name}_adapters"
-                )
+                wrapper = wrapper_class(placement)(
+                    inner, placement=placement, name=f"{inner.name}_adapters")
                 wrapper.build((None, None, input_dim))
                 backbone_walk.replace_sublayer(encoder, slot, wrapper)
                 companion_layers.attach(encoder, slot, wrapper)
@@ -344,6 +356,7 @@ def add_adapters(
                                         dtype=wrapper.dtype_policy,
                                         shared=shared.setdefault(task, {})),
                 )
+    link_prompts(backbone)
     found = backbone_walk.wrappers(backbone)
     if freeze_backbone:
         freeze_backbone_weights(backbone, found)

@@ -15,6 +15,12 @@ FEEDFORWARD_INPUT = "_feedforward_intermediate_dense"
 FEEDFORWARD_OUTPUT = "_feedforward_output_dense"
 
 ATTENTION = "_self_attention_layer"
+ATTENTION_NORM = "_self_attention_layer_norm"
+ATTENTION_DROPOUT = "_self_attention_dropout"
+FEEDFORWARD_NORM = "_feedforward_layer_norm"
+FEEDFORWARD_DROPOUT = "_feedforward_dropout"
+# Present (not None) in decoders with cross-attention.
+CROSS_ATTENTION = "_cross_attention_layer"
 # The projections of keras' `MultiHeadAttention` (keras 3.0 - 3.15).
 QUERY = f"{ATTENTION}._query_dense"
 KEY = f"{ATTENTION}._key_dense"
@@ -23,14 +29,15 @@ VALUE = f"{ATTENTION}._value_dense"
 # Sub-layers that adapters can wrap, in the order their wrappers are
 # visited (and saved). A dotted slot names a sub-layer of a sub-layer.
 POSITIONS = (
+    ATTENTION,
     QUERY,
     KEY,
     VALUE,
-    "_self_attention_dropout",
+    ATTENTION_DROPOUT,
     FEEDFORWARD_INPUT,
     FEEDFORWARD_OUTPUT,
-    "_feedforward_layer_norm",
-    "_feedforward_dropout",
+    FEEDFORWARD_NORM,
+    FEEDFORWARD_DROPOUT,
 )
 
 
@@ -78,6 +85,17 @@ def transformer_encoders(backbone):
             f"first (e.g. call it once). Unbuilt encoders: {unbuilt}"
         )
     return encoders
+
+
+def is_decoder(block):
+    """Whether `block` is a keras-hub `TransformerDecoder` (causal)."""
+    return isinstance(block, _block_classes()[1])
+
+
+def called_more_than_once(block):
+    """Whether the functional graph calls `block` several times (ALBERT's
+    shared layers); reads Keras' node bookkeeping."""
+    return len(getattr(block, "_inbound_nodes", ())) > 1
 
 
 def sublayer(encoder, slot):

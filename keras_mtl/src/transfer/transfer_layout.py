@@ -20,6 +20,8 @@ from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.layer_paths import children
 from keras_mtl.src.transfer.layer_paths import variable_keys
 from keras_mtl.src.transfer.layer_paths import walk
+from keras_mtl.src.transfer.prompt_wrapper import link_prompts
+from keras_mtl.src.transfer.prompt_wrapper import wrapper_class
 from keras_mtl.src.utils.layer_internals import sublayers
 
 FORMAT = "keras_mtl.transfer_layout"
@@ -344,7 +346,8 @@ def _make_wrapper(index, encoder, position, item, shared):
             f"the units {units} of encoder {index}, {position} are not its "
             f"adapters and combiners {expected}."
         )
-    wrapper = AdapterWrapper(inner, placement=arguments["placement"], **config)
+    placement = arguments["placement"]
+    wrapper = wrapper_class(placement)(inner, placement=placement, **config)
     build = serialized.get("build_config") or {}
     shape = build.get("input_shape") or (
         None,
@@ -535,4 +538,5 @@ def restore_transfer(model, layout):
         raise
     for key, variable in variables:
         variable.trainable = flags[key]
+    link_prompts(model)
     return model
