@@ -60,6 +60,11 @@ from keras_mtl.src.transfer.add_adapters import add_adapters
 from keras_mtl.src.transfer.add_combiner import COMBINERS
 from keras_mtl.src.transfer.add_combiner import add_combiner
 from keras_mtl.src.transfer.average_adapter import average_adapter
+from keras_mtl.src.transfer.composition import BatchSplit
+from keras_mtl.src.transfer.composition import Parallel
+from keras_mtl.src.transfer.composition import Stack
+from keras_mtl.src.transfer.composition import replicate_batch
+from keras_mtl.src.transfer.composition import split_batch
 from keras_mtl.src.transfer.count_transfer_parameters import (
     count_transfer_parameters,
 )

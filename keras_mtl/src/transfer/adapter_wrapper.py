@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.transfer import composition
 from keras_mtl.src.utils.layer_internals import unlocked
 
 PLACEMENTS = ("post_norm", "output", "parallel", "tap", "prefix")
@@ -233,14 +234,24 @@ class AdapterWrapper(keras.layers.Layer):
 
     @property
     def prefix_length(self):
-        """The active adapter's prefix length for `"prefix"` wrappers with
-        an active task, else 0."""
-        adapter = self.adapters.get(self.active)
-        return 0 if adapter is None else getattr(adapter, "prefix_length", 0)
+        """The number of prefix positions the active setting prepends
+        (`"prefix"` wrappers; 0 for the others and when none is active)."""
+        if self.placement != "prefix":
+            return 0
+        lengths = {n: a.prefix_length for n, a in self.adapters.items()}
+        return composition.prefix_length(self.active, lengths)
 
     def set_active(self, name):
-        """Makes task or combination `name` (or `None`) the active one."""
-        if name is not None and name not in self.names:
+        """Makes task or combination `name`, a composition of them
+        (`keras_mtl.transfer.Stack`, `BatchSplit`, `Parallel`) or `None`
+        the active one."""
+        if name is not None and not isinstance(
+                name, (str, composition.Composition)):
+            raise ValueError(
+                "The active adapter must be a name, a composition or None. "
+                f"Received: name={name!r}")
+        unknown = [n for n in composition.leaves(name) if n not in self.names]
+        if unknown:
             raise ValueError(
                 f"Unknown task or combination. Available: {self.names}. "
                 f"Received: name={name!r}"
@@ -273,16 +284,22 @@ class AdapterWrapper(keras.layers.Layer):
                 combiner.build([self._delta_shape] * num)
                 self._remember_non_trainable(combiner)
 
-    def _delta(self, h, training):
-        if self.active in self.adapters:
-            return self.adapters[self.active](h, training=training)
+    def _unit(self, name, h, training):
+        """The delta of one task adapter or combination."""
+        if name in self.adapters:
+            return self.adapters[name](h, training=training)
         outputs = [
             self.adapters[source](h, training=training)
-            for source in self.combiner_sources[self.active]
+            for source in self.combiner_sources[name]
         ]
-        return self.combiners[self.active](
-            outputs, query=h, training=training
-        )
+        return self.combiners[name](outputs, query=h, training=training)
+
+    def _delta(self, h, training):
+        mode = {"prefix": "concatenate", "parallel": "additive",
+                "tap": "additive"}.get(self.placement, "sequential")
+        return composition.compose(
+            self.active, h, lambda name, x: self._unit(name, x, training),
+            mode)
 
     def call(self, inputs, training=None):
         if self.placement == "post_norm":
@@ -342,7 +359,7 @@ class AdapterWrapper(keras.layers.Layer):
                     name: list(sources)
                     for name, sources in self.combiner_sources.items()
                 },
-                "active": self.active,
+                "active": composition.serialize(self.active),
             }
         )
         return config
@@ -362,4 +379,5 @@ class AdapterWrapper(keras.layers.Layer):
         config["combiners"] = {
             name: load(item) for name, item in config["combiners"].items()
         }
+        config["active"] = composition.deserialize(config.get("active"))
         return cls(**config)

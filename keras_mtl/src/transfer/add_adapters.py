@@ -177,6 +177,7 @@ def add_adapters(
     activation=None,
     hidden_units=None,
     freeze_backbone=True,
+    shared=False,
 ):
     """Adds one adapter per task to every transformer encoder.
 
@@ -257,6 +258,11 @@ def add_adapters(
             `reduction_factor`. Defaults to `None`.
         freeze_backbone: whether to freeze every non-adapter variable of
             `backbone`. Defaults to `True`.
+        shared: if `True`, the tasks of `task_names` share one adapter at
+            every site (VL-Adapter's single shared adapter): each name can
+            be activated, composed (e.g. `Parallel` with one head per task
+            in a `MultiTaskModel`) and saved, and all train the same
+            weights. Defaults to `False`.
 
     Returns:
         `backbone`, modified in place.
@@ -291,6 +297,9 @@ def add_adapters(
     config = resolve_config(config, reduction_factor, activation,
                             hidden_units)
     task_names = task_name_list(task_names)
+    if not isinstance(shared, bool):
+        raise ValueError(
+            f"`shared` must be a bool. Received: shared={shared!r}")
     encoders = backbone_walk.transformer_encoders(backbone)
     found = backbone_walk.wrappers(backbone)
     present = existing_config(found)
@@ -336,7 +345,7 @@ def add_adapters(
         raise ValueError(
             f"{config!r} does not fit this backbone: {error}") from error
 
-    shared = {}  # per task: layers all its adapters share
+    per_task = {}  # per task: layers all its adapters share
     for encoder in encoders:
         for slot, placement in config.sites(encoder):
             wrapper = backbone_walk.sublayer(encoder, slot)
@@ -348,14 +357,16 @@ def add_adapters(
                 wrapper.build((None, None, input_dim))
                 backbone_walk.replace_sublayer(encoder, slot, wrapper)
                 companion_layers.attach(encoder, slot, wrapper)
+            first = None
             for task in task_names:
-                wrapper.add_adapter(
-                    task,
-                    config.make_adapter(encoder, slot,
-                                        name=f"{task}_adapter",
-                                        dtype=wrapper.dtype_policy,
-                                        shared=shared.setdefault(task, {})),
-                )
+                adapter = first if shared else None
+                if adapter is None:
+                    adapter = config.make_adapter(
+                        encoder, slot, name=f"{task}_adapter",
+                        dtype=wrapper.dtype_policy,
+                        shared=per_task.setdefault(task, {}))
+                first = first or adapter
+                wrapper.add_adapter(task, adapter)
     link_prompts(backbone)
     found = backbone_walk.wrappers(backbone)
     if freeze_backbone:

@@ -54,6 +54,13 @@ class PromptWrapper(AdapterWrapper):
                 adapter.build(shape)
                 self._remember_non_trainable(adapter)
 
+    def set_active(self, name):
+        if name is not None and not isinstance(name, str):
+            raise ValueError(
+                "Prompt tuning runs one task's prompt at a time; it takes "
+                f"no composition. Received: name={name!r}")
+        super().set_active(name)
+
     def add_combiner(self, name, combiner, sources):
         raise ValueError(
             "Prompts run with the sequence, they are not combined: a "

@@ -2,6 +2,7 @@
 
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.transfer import backbone_walk
+from keras_mtl.src.transfer import composition
 
 
 def freeze_backbone_weights(backbone, found):
@@ -28,7 +29,10 @@ def set_active_adapter(backbone, task_name):
     variables of every other adapter and combiner are frozen (the sources
     of a combination stay frozen). Other backbone variables are left as
     they are. `task_name=None` deactivates all adapters: the backbone then
-    computes its original function, and no adapter variable trains.
+    computes its original function, and no adapter variable trains. A
+    composition (`keras_mtl.transfer.Stack`, `BatchSplit`, `Parallel`; see
+    `keras_mtl.src.transfer.composition` for the allowed nestings) runs
+    several adapters at once, and all of them train.
 
     Compile (or re-compile) the model that uses `backbone` afterwards:
     Keras fixes the list of trainable variables and traces the active
@@ -37,7 +41,7 @@ def set_active_adapter(backbone, task_name):
     Args:
         backbone: a model prepared with `add_adapters`.
         task_name: a task of `add_adapters`, a combination name of
-            `add_combiner`, or `None`.
+            `add_combiner`, a composition of these, or `None`.
 
     Returns:
         `backbone`, modified in place.
@@ -55,15 +59,29 @@ def set_active_adapter(backbone, task_name):
     ['mnli_adapter']
     """
     found = backbone_walk.wrappers_or_raise(backbone)
-    if task_name is not None:
-        backbone_walk.check_known(found, task_name, "task_name")
-    for _, _, wrapper in found:
-        wrapper.set_active(task_name)
-    active_ids = set()
-    if task_name is not None:
-        active_ids = {
-            id(v) for v in backbone_walk.unit_variables(found, task_name)
-        }
+    if task_name is not None and not isinstance(
+            task_name, (str, composition.Composition)):
+        raise ValueError(
+            "`task_name` must be a name, a composition (`Stack`, "
+            f"`BatchSplit`, `Parallel`) or None. Received: "
+            f"task_name={task_name!r}")
+    names = composition.leaves(task_name)
+    for name in names:
+        backbone_walk.check_known(found, name, "task_name")
+    # Every wrapper accepts it before any changes (prompts take no
+    # composition).
+    previous = [wrapper.active for _, _, wrapper in found]
+    try:
+        for _, _, wrapper in found:
+            wrapper.set_active(task_name)
+    except ValueError:
+        for (_, _, wrapper), active in zip(found, previous):
+            wrapper.set_active(active)
+        raise
+    active_ids = {
+        id(v) for name in names
+        for v in backbone_walk.unit_variables(found, name)
+    }
     # Variables the layers create non-trainable (e.g. AdapterFusion's
     # annealed temperature) never become trainable.
     for _, _, wrapper in found:

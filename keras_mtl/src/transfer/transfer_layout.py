@@ -16,6 +16,7 @@ from keras_mtl.src.layers.add_adapter_experts import insert_adapter_experts
 from keras_mtl.src.layers.add_adapter_experts import remove_adapter_experts
 from keras_mtl.src.transfer import backbone_walk
 from keras_mtl.src.transfer import companion_layers
+from keras_mtl.src.transfer import composition
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
 from keras_mtl.src.transfer.layer_paths import children
 from keras_mtl.src.transfer.layer_paths import variable_keys
@@ -367,7 +368,7 @@ def _make_wrapper(index, encoder, position, item, shared):
                 shared.deserialize(arguments["combiners"][name], address),
                 arguments["combiner_sources"][name],
             )
-    wrapper.set_active(arguments["active"])
+    wrapper.set_active(composition.deserialize(arguments["active"]))
     return wrapper
 
 
