@@ -1,5 +1,7 @@
 """Prefix tuning and the MAM adapter (`config="prefix_tuning"`, `"mam"`)."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -249,6 +251,20 @@ def test_save_and_load(eject, tmp_path):
     transfer.set_active_adapter(fresh, "t")
     np.testing.assert_allclose(sequence_output(fresh, inputs), want,
                                atol=1e-5)
+    # The shared MLP is stored once; the other places alias it.
+    with np.load(path) as data:
+        meta = json.loads(str(data["__meta__"]))
+        stored = {k: data[k] for k in data.files}
+    assert len(stored) - 1 + len(meta["aliases"]) == sum(
+        len(s) for s in meta["shapes"])
+    assert bool(meta["aliases"]) != eject
+    if not eject:
+        broken = dict(stored)
+        meta["aliases"] = {k: "position_9_weight_9" for k in meta["aliases"]}
+        broken["__meta__"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "broken.npz", **broken)
+        with pytest.raises(ValueError, match="alias"):
+            transfer.load_adapter(tiny_bert(), "t", tmp_path / "broken.npz")
     generators = {id(w.adapters["t"].generator) for _, _, w in
                   wrappers(fresh)}
     assert len(generators) == 1 and (None in [

@@ -21,10 +21,12 @@ from keras_mtl.src.transfer.add_adapters import probe_adapters
 from keras_mtl.src.utils.atomic_files import atomic_write
 
 FORMAT = "keras_mtl.adapter"
-# Version 2 records the adapter config (any kind); version 1 files hold
-# bottleneck adapters described by `reduction_factor`, `activation` and
-# `hidden_units`, and still load.
-FORMAT_VERSION = 2
+# Version 3 stores a variable that several adapters share (Compacter's
+# rules, prefix-tuning MLPs, hyper-networks) once, with "aliases" naming
+# the other places it goes. Version 2 records the adapter config (any
+# kind); version 1 files hold bottleneck adapters described by
+# `reduction_factor`, `activation` and `hidden_units`. All still load.
+FORMAT_VERSION = 3
 META_KEY = "__meta__"
 
 
@@ -98,10 +100,17 @@ def save_adapter(backbone, task_name, path):
         "positions": [[index, position] for index, position, _ in found],
         "shapes": [[list(w.shape) for w in a.weights] for a in adapters],
     }
-    arrays = {META_KEY: np.array(json.dumps(meta))}
+    arrays, first, aliases = {}, {}, {}
     for i, adapter in enumerate(adapters):
         for j, weight in enumerate(adapter.weights):
-            arrays[_array_key(i, j)] = _to_numpy(weight)
+            key = _array_key(i, j)
+            if id(weight) in first:
+                aliases[key] = first[id(weight)]
+            else:
+                first[id(weight)] = key
+                arrays[key] = _to_numpy(weight)
+    meta["aliases"] = aliases
+    arrays[META_KEY] = np.array(json.dumps(meta))
     # Through a file object: `np.savez` would add ".npz" to a bare name.
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
@@ -181,6 +190,12 @@ def _check_meta(meta, path):
         isinstance(s, list) and all(_is_shape(d) for d in s) for s in shapes
     ):
         raise _invalid_meta(path, f"shapes={shapes!r}")
+    aliases = meta.setdefault("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v not in aliases
+        for k, v in aliases.items()
+    ):
+        raise _invalid_meta(path, f"aliases={aliases!r}")
 
 
 def _read(path):
@@ -206,6 +221,10 @@ def _read(path):
             f"path={path!r}"
         )
     _check_meta(meta, path)
+    for key, target in meta["aliases"].items():
+        if key in data or target not in data:
+            raise _invalid_meta(path, f"alias {key!r} -> {target!r}")
+        data[key] = data[target]
     return meta, data
 
 
