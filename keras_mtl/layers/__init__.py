@@ -1,6 +1,8 @@
 """Drop-in Keras layers for multi-task and transfer learning."""
 
 from keras_mtl.src.layers.adapter_fusion import AdapterFusion
+from keras_mtl.src.layers.adapter_hypernetwork import AdapterHypernetwork
+from keras_mtl.src.layers.adapter_hypernetwork import TaskEmbedding
 from keras_mtl.src.layers.add_adapter_experts import add_adapter_experts
 from keras_mtl.src.layers.average_combiner import AverageCombiner
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
@@ -11,6 +13,7 @@ from keras_mtl.src.layers.customized_gate_control import CustomizedGateControl
 from keras_mtl.src.layers.dselect_k_gate import DSelectKGate
 from keras_mtl.src.layers.esmm_head import ESMMHead
 from keras_mtl.src.layers.gradient_reversal import GradientReversal
+from keras_mtl.src.layers.hyper_adapter import HyperAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.mixture_of_adapter_experts import (

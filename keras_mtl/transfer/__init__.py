@@ -47,6 +47,7 @@ Saving and loading:
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import CompacterConfig
 from keras_mtl.src.transfer.adapter_configs import ConfigUnion
+from keras_mtl.src.transfer.adapter_configs import HyperConfig
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import MAMConfig

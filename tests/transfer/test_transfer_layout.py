@@ -205,7 +205,16 @@ def adapt_prompt_with_lora(backbone):
     transfer.set_active_adapter(backbone, "b")
 
 
+def adapt_hyper_in_two_calls(backbone):
+    config = transfer.HyperConfig(reduction_factor=4, embedding_dim=4,
+                                  projection_dim=8)
+    transfer.add_adapters(backbone, ["a", "b"], config=config)
+    transfer.add_adapters(backbone, "c", config=config)
+    transfer.set_active_adapter(backbone, transfer.Stack("c", "a"))
+
+
 ADAPTATIONS = [
+    adapt_hyper_in_two_calls,
     adapt_prompt_with_lora,
     adapt_prefix_half_ejected,
     adapt_mam,

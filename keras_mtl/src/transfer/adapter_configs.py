@@ -3,8 +3,11 @@
 import keras
 
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.layers.adapter_hypernetwork import AdapterHypernetwork
+from keras_mtl.src.layers.adapter_hypernetwork import TaskEmbedding
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
+from keras_mtl.src.layers.hyper_adapter import HyperAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.lora_adapter import check_output_dims
@@ -82,11 +85,21 @@ class AdapterConfig:
         """`[(slot, placement), ...]` wrapped in `encoder`."""
         raise NotImplementedError
 
+    # Whether one layer serves the adapters of all tasks (a task's
+    # adapters then cannot be loaded or averaged on their own).
+    shared_across_tasks = False
+
     def make_adapter(self, encoder, slot, name, dtype, shared=None):
         """A new, unbuilt adapter for `slot` of `encoder`; `shared` is a
         dict, one per task and `add_adapters` call, for layers that all of
-        a task's adapters share."""
+        a task's adapters share; its `"common"` entry is one dict for all
+        tasks (with `"num_blocks"`, the number of transformer blocks)."""
         raise NotImplementedError
+
+    def reused_layers(self, adapter):
+        """Layers of an existing adapter that new tasks' adapters share
+        (the `"common"` entries of `make_adapter`)."""
+        return {}
 
     def check_sites(self, encoder):
         """Raises a `ValueError` if `encoder` cannot take these adapters."""
@@ -543,6 +556,84 @@ class PromptTuningConfig(AdapterConfig):
                 "initializer": self.initializer}
 
 
+@keras_mtl_export("keras_mtl.transfer.HyperConfig")
+class HyperConfig(AdapterConfig):
+    """Hyperformer++ adapters (Mahabadi et al., 2021), generated per task
+    and layer.
+
+    Every task gets adapters after the attention and the feed-forward
+    sub-layers (Houlsby's positions, as Hyperformer on T5), whose weights
+    one `keras_mtl.layers.AdapterHypernetwork`, shared by all tasks, layers
+    and positions, generates from the task's `TaskEmbedding` and learned
+    layer and position embeddings (`keras_mtl.layers.HyperAdapter`). Tasks
+    added later share the same hypernetwork; a new task adds
+    `embedding_dim` weights. Train the tasks jointly, e.g. with
+    `Parallel` and one head per task in a `keras_mtl.MultiTaskModel`.
+    Defaults are Hyperformer's: reduction factor 32, embeddings 64,
+    projector 128, GELU. RoBERTa-base: 2,581,464 weights for the
+    hypernetwork plus 64 per task. The adapters start near zero (the
+    generators are `N(0, 0.01)`), not exactly at zero.
+
+    Args:
+        reduction_factor: defaults to `32`.
+        embedding_dim: task, layer and position embedding size. Defaults to
+            `64`.
+        projection_dim: the projector's hidden size. Defaults to `128`.
+        activation: the adapters' activation. Defaults to `"gelu"`.
+
+    Example:
+
+    >>> keras_mtl.transfer.HyperConfig().name
+    'hyper'
+    """
+
+    name = "hyper"
+    shared_across_tasks = True
+
+    def __init__(self, reduction_factor=32, embedding_dim=64,
+                 projection_dim=128, activation="gelu"):
+        AdapterHypernetwork(1, 2, reduction_factor, embedding_dim,
+                            projection_dim)  # checks the arguments
+        TaskEmbedding(embedding_dim)
+        self.reduction_factor = reduction_factor
+        self.embedding_dim = embedding_dim
+        self.projection_dim = projection_dim
+        self.activation = keras.activations.serialize(
+            keras.activations.get(activation))
+
+    def sites(self, encoder):
+        return BottleneckConfig("houlsby").sites(encoder)
+
+    def make_adapter(self, encoder, slot, name, dtype, shared=None):
+        shared = {} if shared is None else shared
+        common = shared.setdefault("common", {"num_blocks": 1})
+        if "hypernetwork" not in common:
+            common["hypernetwork"] = AdapterHypernetwork(
+                common["num_blocks"], 2, self.reduction_factor,
+                self.embedding_dim, self.projection_dim, dtype=dtype,
+                name="adapter_hypernetwork")
+        if "task_embedding" not in shared:
+            shared["task_embedding"] = TaskEmbedding(
+                self.embedding_dim, dtype=dtype, name=f"{name}_embedding")
+        # Sites come block by block, two per block.
+        count = shared.get("count", 0)
+        shared["count"] = count + 1
+        return HyperAdapter(common["hypernetwork"], shared["task_embedding"],
+                            count // 2, count % 2, self.activation,
+                            dtype=dtype, name=name)
+
+    def reused_layers(self, adapter):
+        if isinstance(adapter, HyperAdapter):
+            return {"hypernetwork": adapter.hypernetwork}
+        return {}
+
+    def get_config(self):
+        return {"reduction_factor": self.reduction_factor,
+                "embedding_dim": self.embedding_dim,
+                "projection_dim": self.projection_dim,
+                "activation": self.activation}
+
+
 def _claims(config, encoder):
     """The slots `config` changes in `encoder`: its sites and the layers
     that its taps and prefixes need elsewhere in the block."""
@@ -614,9 +705,16 @@ class ConfigUnion(AdapterConfig):
         shared = {} if shared is None else shared
         for index, part in enumerate(self.configs):
             if any(s == slot for s, _ in part.sites(encoder)):
-                return part.make_adapter(encoder, slot, name, dtype,
-                                         shared.setdefault(index, {}))
+                own = shared.setdefault(
+                    index, {"common": shared.setdefault("common", {})})
+                return part.make_adapter(encoder, slot, name, dtype, own)
         raise ValueError(f"No part of {self!r} adapts {slot}.")
+
+    def reused_layers(self, adapter):
+        reused = {}
+        for part in self.configs:
+            reused.update(part.reused_layers(adapter))
+        return reused
 
     def get_config(self):
         return {"configs": [serialize_config(c) for c in self.configs]}
@@ -693,6 +791,7 @@ CONFIGS = {
     "prefix_tuning": PrefixTuningConfig,
     "mam": MAMConfig,
     "prompt_tuning": PromptTuningConfig,
+    "hyper": HyperConfig,
 }
 
 
@@ -720,7 +819,7 @@ def resolve_config(config, reduction_factor=None, activation=None,
         f"`config` must be one of {sorted(CONFIGS)} or an adapter config "
         "object (BottleneckConfig, LoRAConfig, IA3Config, ParallelConfig, "
         "CompacterConfig, PrefixTuningConfig, PromptTuningConfig, "
-        "ConfigUnion, MAMConfig). "
+        "HyperConfig, ConfigUnion, MAMConfig). "
         f"Received: config={config!r}"
     )
 
@@ -734,8 +833,8 @@ def deserialize_config(item):
     classes = {c.__name__: c for c in (BottleneckConfig, LoRAConfig,
                                        IA3Config, ParallelConfig,
                                        CompacterConfig, PrefixTuningConfig,
-                                       PromptTuningConfig, ConfigUnion,
-                                       MAMConfig)}
+                                       PromptTuningConfig, HyperConfig,
+                                       ConfigUnion, MAMConfig)}
     if (
         not isinstance(item, dict)
         or item.get("class_name") not in classes

@@ -292,6 +292,15 @@ def _plan(backbone, task_name, meta, path):
             f"{config.name!r} adapter, but the backbone has "
             f"{existing_config(found)!r} adapters. Received: path={path!r}"
         )
+    others = [n for n in (found[0][2].adapters if found else ())
+              if n != task_name]
+    if others and config.shared_across_tasks:
+        raise ValueError(
+            f"The adapter file {os.fspath(path)!r} holds {config.name!r} "
+            f"adapters, whose generator the backbone's other tasks "
+            f"{others} share: loading it would change them. Load it into a "
+            f"backbone without other tasks. Received: path={path!r}"
+        )
     add = not found or task_name not in found[0][2].adapters
     if add:
         positions, shapes, dtypes = _new_adapter_targets(config, encoders)

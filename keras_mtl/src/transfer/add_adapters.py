@@ -5,6 +5,7 @@ import keras
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.bottleneck_adapter import BottleneckAdapter
 from keras_mtl.src.layers.compacter_adapter import CompacterAdapter
+from keras_mtl.src.layers.hyper_adapter import HyperAdapter
 from keras_mtl.src.layers.ia3_adapter import IA3Adapter
 from keras_mtl.src.layers.lora_adapter import LoRAAdapter
 from keras_mtl.src.layers.parallel_adapter import ParallelAdapter
@@ -17,6 +18,7 @@ from keras_mtl.src.transfer.adapter_configs import TARGETS
 from keras_mtl.src.transfer.adapter_configs import BottleneckConfig
 from keras_mtl.src.transfer.adapter_configs import CompacterConfig
 from keras_mtl.src.transfer.adapter_configs import ConfigUnion
+from keras_mtl.src.transfer.adapter_configs import HyperConfig
 from keras_mtl.src.transfer.adapter_configs import IA3Config
 from keras_mtl.src.transfer.adapter_configs import LoRAConfig
 from keras_mtl.src.transfer.adapter_configs import ParallelConfig
@@ -60,6 +62,7 @@ KINDS = (
     (CompacterAdapter, "compacter"),
     (PrefixAdapter, "prefix_tuning"),
     (PromptAdapter, "prompt_tuning"),
+    (HyperAdapter, "hyper"),
     (BottleneckAdapter, "bottleneck"),
 )
 
@@ -102,6 +105,10 @@ def _part_config(kind, group):
         return PrefixTuningConfig(
             adapter.prefix_length, generator.bottleneck_size,
             keras.activations.serialize(generator.activation))
+    if kind == "hyper":
+        net = adapter.hypernetwork
+        return HyperConfig(net.reduction_factor, net.embedding_dim,
+                           net.projection_dim, arguments["activation"])
     if kind == "prompt_tuning":
         return PromptTuningConfig(adapter.prompt_length, keras.initializers
                                   .serialize(adapter.initializer))
@@ -134,12 +141,22 @@ def existing_config(found):
     return None if config is None else config.name
 
 
-def probe_adapters(config, encoders):
+def common_layers(config, encoders, found):
+    """The dict of layers that all tasks' adapters share (`make_adapter`'s
+    `shared["common"]`): those of the adapters already in the backbone."""
+    common = {"num_blocks": len(encoders)}
+    for _, _, wrapper in found:
+        for adapter in wrapper.adapters.values():
+            common.update(config.reused_layers(adapter))
+    return common
+
+
+def probe_adapters(config, encoders, found=()):
     """`[(encoder_index, slot, adapter), ...]`: one adapter per site that
     `config` would add, made and built on the side (not attached), so that
     bad sizes fail before a backbone changes."""
     order = {slot: k for k, slot in enumerate(backbone_walk.POSITIONS)}
-    shared = {}
+    shared = {"common": common_layers(config, encoders, found)}
     probes = []
     for index, encoder in enumerate(encoders):
         for slot, placement in sorted(config.sites(encoder),
@@ -340,12 +357,14 @@ def add_adapters(
                 companion_layers.check(encoder, slot, placement)
         config.check_sites(encoder)
     try:
-        probe_adapters(config, encoders)
+        probe_adapters(config, encoders, found)
     except ValueError as error:
         raise ValueError(
             f"{config!r} does not fit this backbone: {error}") from error
 
-    per_task = {}  # per task: layers all its adapters share
+    # Per task: layers all its adapters share; "common": those of all tasks.
+    common = common_layers(config, encoders, found)
+    per_task = {task: {"common": common} for task in task_names}
     for encoder in encoders:
         for slot, placement in config.sites(encoder):
             wrapper = backbone_walk.sublayer(encoder, slot)
@@ -364,7 +383,7 @@ def add_adapters(
                     adapter = config.make_adapter(
                         encoder, slot, name=f"{task}_adapter",
                         dtype=wrapper.dtype_policy,
-                        shared=per_task.setdefault(task, {}))
+                        shared=per_task[task])
                 first = first or adapter
                 wrapper.add_adapter(task, adapter)
     link_prompts(backbone)
