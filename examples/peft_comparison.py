@@ -14,7 +14,10 @@ it does on the test rows:
 - `add_adapters` methods, each with a new head: bottleneck adapters
   (`"pfeiffer"`, `"houlsby"`), scaled parallel adapters (`"parallel"`),
   LoRA (`"lora"`, query and value; `lora_all`, query, key, value and the
-  feed-forward output), (IA)^3 (`"ia3"`) and Compacter++;
+  feed-forward output), (IA)^3 (`"ia3"`), Compacter++, prefix tuning
+  (trained through its MLP, which `eject_prefix` then drops: the table
+  counts the trained weights, the log the kept ones), prompt tuning and
+  the MAM adapter;
 - `full fine-tuning`: every backbone weight trains;
 - task vectors (Ilharco et al., 2023): one copy of the backbone is
   fine-tuned per source task; `task arithmetic` adds the sum of their task
@@ -48,6 +51,12 @@ ADAPTER_METHODS = {
     "ia3": ("(IA)^3", "ia3"),
     "compacter": ("Compacter++ (n 2, rf 4)", transfer.CompacterConfig(
         "compacter++", reduction_factor=4, phm_dim=2)),
+    "prefix_tuning": ("Prefix tuning (l 8)", transfer.PrefixTuningConfig(
+        prefix_length=8, bottleneck_size=64)),
+    "prompt_tuning": ("Prompt tuning (l 8)", transfer.PromptTuningConfig(
+        prompt_length=8)),
+    "mam": ("MAM (prefix 8 + parallel)", transfer.MAMConfig(
+        prefix_length=8, bottleneck_size=64)),
 }
 OTHER_METHODS = {
     "head_only": "Head only (frozen)",
@@ -169,6 +178,13 @@ def main(num_source=12000, num_target=1500, num_val=1000, num_test=10000,
             transfer.add_adapters(adapted, census.TARGET_TASK, config=config)
             model, head = head_model(adapted, backbone.input, method)
             train(model, 3e-3)
+            if method in ("prefix_tuning", "mam"):
+                record(method, label, model, head, began)
+                transfer.eject_prefix(adapted)
+                print(f"  after eject_prefix: "
+                      f"{transfer.count_transfer_parameters(adapted):,} "
+                      "adapter weights kept, same function")
+                continue
         elif method in ("head_only", "full_fine_tuning"):
             features = copy_of(backbone, pretrained)
             if method == "head_only":

@@ -35,6 +35,13 @@ def test_every_method_runs_and_reports_its_trained_parameters(tmp_path,
     assert trained["houlsby"] == 2 * trained["pfeiffer"]
     # Compacter++, n = 2, m = 2: 2 (d + m) + m + d, plus 2^3 shared rules.
     assert trained["compacter"] == layers * (2 * (d + 2) + 2 + d) + 8
+    # Prompt: l d; prefix: l d + (d + 1) b + 2 L (b + 1) d with l 8, b 64,
+    # of which 2 l L d are kept; MAM adds a parallel adapter (rf 2, m 4).
+    assert trained["prompt_tuning"] == 8 * d
+    prefix = 8 * d + (d + 1) * 64 + 2 * layers * 65 * d
+    assert trained["prefix_tuning"] == prefix
+    assert trained["mam"] == prefix + layers * (2 * d * 4 + 4 + d)
+    assert f"{2 * 8 * layers * d:,} adapter weights kept" in printed
     # aTLAS: one coefficient per source task vector and backbone variable.
     assert trained["atlas"] % sources == 0 and trained["atlas"] > 0
     assert trained["full_fine_tuning"] > trained["lora_all"] > trained["lora"]

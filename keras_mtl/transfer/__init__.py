@@ -15,6 +15,14 @@ Workflow (two-stage transfer as in ScaLearn, Frohmann et al., 2024):
    combination of the frozen source adapters; only its parameters train.
    `count_transfer_parameters(backbone)` counts them.
 
+Methods (`config=` of `add_adapters`): bottleneck adapters (Pfeiffer,
+Houlsby), scaled parallel adapters, LoRA, (IA)^3, Compacter, prefix tuning
+(`eject_prefix` drops its MLP), prompt tuning, MAM, Hyperformer (`"hyper"`,
+one hypernetwork for all tasks) and `ConfigUnion`s of these; shared
+adapters (`shared=True`); compositions (`Stack`, `BatchSplit`, `Parallel`
+with `replicate_batch` / `split_batch`) as the active setting; merging
+(`merge_adapter`, `average_adapter`).
+
 Task vectors (Ilharco et al., 2023) and aTLAS (Zhang et al., 2024):
 
 - `tau = task_vector(fine_tuned, pre_trained)` is the weight change of a

@@ -11,6 +11,14 @@ from keras_mtl.src.layers import validation
 GENERATED = ("down", "down_bias", "up", "up_bias", "gamma", "beta")
 
 
+def standardize(x, epsilon=1e-5):
+    """`(x - mean) / sqrt(var + epsilon)` over the last axis: a LayerNorm
+    without its own scale and shift."""
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    variance = ops.var(x, axis=-1, keepdims=True)
+    return (x - mean) * ops.rsqrt(variance + epsilon)
+
+
 def _sizes(d, m):
     return {"down": (d, m), "down_bias": (m,), "up": (m, d), "up_bias": (d,),
             "gamma": (d,), "beta": (d,)}
@@ -176,10 +184,7 @@ class AdapterHypernetwork(keras.layers.Layer):
         hidden = ops.relu(ops.matmul(z[None], self.projector_kernel)
                           + self.projector_bias)
         e = ops.matmul(hidden, self.output_kernel) + self.output_bias
-        mean = ops.mean(e, axis=-1, keepdims=True)
-        variance = ops.var(e, axis=-1, keepdims=True)
-        e = (e - mean) * ops.rsqrt(variance + 1e-5)
-        e = e * self.norm_gamma + self.norm_beta
+        e = standardize(e) * self.norm_gamma + self.norm_beta
         generated = {}
         for name, (kernel, bias) in self.generators.items():
             flat = ops.matmul(e, kernel)[0] + bias

@@ -8,6 +8,7 @@ from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers import validation
 from keras_mtl.src.layers.adapter_hypernetwork import AdapterHypernetwork
 from keras_mtl.src.layers.adapter_hypernetwork import TaskEmbedding
+from keras_mtl.src.layers.adapter_hypernetwork import standardize
 
 
 @keras_mtl_export("keras_mtl.layers.HyperAdapter")
@@ -103,10 +104,7 @@ class HyperAdapter(keras.layers.Layer):
         hidden = self.activation(ops.matmul(inputs, w["down"])
                                  + w["down_bias"])
         x = ops.matmul(hidden, w["up"]) + w["up_bias"]
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        variance = ops.var(x, axis=-1, keepdims=True)
-        x = (x - mean) * ops.rsqrt(variance + 1e-5)
-        return x * w["gamma"] + w["beta"]
+        return standardize(x) * w["gamma"] + w["beta"]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
