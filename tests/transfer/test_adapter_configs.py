@@ -12,6 +12,12 @@ CONFIGS = [
     transfer.ParallelConfig(sublayers=["attention", "feedforward"],
                             scaling=2.0),
     transfer.CompacterConfig("compacter", phm_dim=2),
+    transfer.PrefixTuningConfig(prefix_length=4, activation="relu"),
+    transfer.PrefixTuningConfig(flat=True),
+    transfer.PromptTuningConfig(prompt_length=3, initializer="zeros"),
+    transfer.HyperConfig(reduction_factor=8, embedding_dim=16),
+    transfer.MAMConfig(prefix_length=16, scaling=2.0),
+    transfer.ConfigUnion(transfer.LoRAConfig(rank=2), "ia3"),
 ]
 
 
@@ -34,6 +40,13 @@ def test_strings_name_the_published_defaults():
     assert resolve_config("compacter++").get_config()["reduction_factor"] == 32
     assert resolve_config("pfeiffer", reduction_factor=4) == (
         transfer.BottleneckConfig("pfeiffer", reduction_factor=4))
+    assert resolve_config("prefix_tuning") == transfer.PrefixTuningConfig(
+        30, 512, "tanh")
+    assert resolve_config("prompt_tuning").get_config()["prompt_length"] == 10
+    assert resolve_config("mam") == transfer.ConfigUnion(
+        transfer.PrefixTuningConfig(bottleneck_size=800),
+        transfer.ParallelConfig())
+    assert resolve_config("hyper") == transfer.HyperConfig(32, 64, 128)
     # Targets are kept in encoder order.
     assert CONFIGS[1].get_config()["targets"] == ["query", "value"]
 
@@ -49,6 +62,17 @@ def test_strings_name_the_published_defaults():
     (lambda: transfer.ParallelConfig(reduction_factor=-2),
      "`reduction_factor`"),
     (lambda: transfer.CompacterConfig(phm_dim=0), "`phm_dim`"),
+    (lambda: transfer.PrefixTuningConfig(bottleneck_size=0),
+     "`bottleneck_size`"),
+    (lambda: transfer.PromptTuningConfig(prompt_length=0),
+     "`prompt_length`"),
+    (lambda: transfer.PromptTuningConfig(initializer="nope"),
+     "`initializer`"),
+    (lambda: transfer.HyperConfig(projection_dim=-1), "`projection_dim`"),
+    (lambda: transfer.HyperConfig(reduction_factor=0), "`reduction_factor`"),
+    (lambda: transfer.ConfigUnion("lora", transfer.LoRAConfig(rank=2)),
+     "different kinds"),
+    (lambda: transfer.ConfigUnion("lora", "nope"), "`config`"),
 ])
 def test_bad_arguments_name_themselves(make, match):
     with pytest.raises(ValueError, match=match):
