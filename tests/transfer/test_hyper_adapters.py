@@ -182,3 +182,30 @@ def test_roberta_base_parameter_count():
     transfer.add_adapters(backbone, ["t", "u"], config="hyper")
     assert transfer.count_transfer_parameters(backbone, "t") == (
         2_547_480 + 33_984 + 64)
+
+
+@pytest.mark.parametrize("config", ["prefix_tuning", "prompt_tuning",
+                                    "hyper"])
+def test_generated_and_sequence_adapters_train_in_mixed_precision(config):
+    """Prefixes, prompts and generated adapters keep float32 variables and
+    run in bfloat16; their output matches the float32 model's."""
+    inputs = bert_inputs()
+    want = None
+    try:
+        for policy in ("float32", "mixed_bfloat16"):
+            keras.mixed_precision.set_global_policy(policy)
+            backbone = tiny_bert(dropout=0.0)
+            transfer.add_adapters(backbone, "a", config=config)
+            randomize(adapter_variables(backbone, "a"), seed=6, scale=0.1)
+            got = sequence_output(backbone, inputs).astype("float32")
+            want = got if want is None else want
+            assert {v.dtype for v in adapter_variables(backbone, "a")} == {
+                "float32"}
+        np.testing.assert_allclose(got, want, atol=0.1)
+        features = backbone(backbone.input)["pooled_output"]
+        model = keras.Model(backbone.input,
+                            keras.layers.Dense(1, dtype="float32")(features))
+        model.compile(keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(inputs, np.ones((4, 1), "float32"), epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
