@@ -2,6 +2,7 @@
 
 from keras_mtl import aggregators
 from keras_mtl import callbacks
+from keras_mtl import data
 from keras_mtl import datasets
 from keras_mtl import distribute
 from keras_mtl import layers

@@ -35,6 +35,7 @@ from keras_mtl.src.layers.progressive_layered_extraction import (
 from keras_mtl.src.layers.prompt_adapter import PromptAdapter
 from keras_mtl.src.layers.scalearn import ScaLearn
 from keras_mtl.src.layers.scalearn_scales import ScaLearnScales
+from keras_mtl.src.layers.shared_private import SharedPrivate
 from keras_mtl.src.layers.task_conditioning import TaskConditioning
 from keras_mtl.src.layers.task_feature_refinement import TaskFeatureRefinement
 from keras_mtl.src.layers.task_gate import TaskGate

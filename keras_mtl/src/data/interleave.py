@@ -168,6 +168,7 @@ class InterleavedDataset(keras.utils.PyDataset):
         sizes: see `interleave`.
         shuffle: see `interleave`.
         seed: see `interleave`.
+        task_id_key: see `interleave`.
 
     Example:
 
@@ -179,8 +180,14 @@ class InterleavedDataset(keras.utils.PyDataset):
 
     def __init__(self, datasets, batch_size=32, schedule="proportional",
                  temperature=2.0, batches="mixed", steps_per_epoch=None,
-                 missing="nan", sizes=None, shuffle=True, seed=None):
+                 missing="nan", sizes=None, shuffle=True, seed=None,
+                 task_id_key=None):
         super().__init__()
+        if task_id_key is not None and not isinstance(task_id_key, str):
+            raise ValueError(
+                "`task_id_key` must be a string or None. "
+                f"Received: task_id_key={task_id_key!r}")
+        self.task_id_key = task_id_key
         _check_arguments(datasets, batch_size, schedule, temperature, batches,
                          steps_per_epoch, missing, sizes, shuffle)
         self.tasks = list(datasets)
@@ -284,6 +291,15 @@ class InterleavedDataset(keras.utils.PyDataset):
             raise ValueError(
                 "The tasks' inputs must have the same structure and trailing "
                 f"shapes to share a batch: {error}") from error
+        if self.task_id_key is not None:
+            if not isinstance(x, dict) or self.task_id_key in x:
+                raise ValueError(
+                    "`task_id_key` needs dict inputs without that key; "
+                    f"received inputs of type {type(x).__name__}.")
+            x = dict(x)
+            x[self.task_id_key] = np.concatenate([
+                np.full(_rows(part_x), self.tasks.index(task), "int32")
+                for task, part_x, _, _ in parts])
         total = sum(_rows(p[1]) for p in parts)
         y, weights = {}, {}
         offset = 0
@@ -363,7 +379,8 @@ def _check_arguments(datasets, batch_size, schedule, temperature, batches,
 @keras_mtl_export("keras_mtl.data.interleave")
 def interleave(datasets, batch_size=32, schedule="proportional",
                temperature=2.0, batches="mixed", steps_per_epoch=None,
-               missing="nan", sizes=None, shuffle=True, seed=None):
+               missing="nan", sizes=None, shuffle=True, seed=None,
+               task_id_key=None):
     """One training stream from separate per-task datasets.
 
     Each task has its own examples (LibMTL's `multi_input` setting: data
@@ -409,6 +426,10 @@ def interleave(datasets, batch_size=32, schedule="proportional",
             size-based schedules). Defaults to `None`.
         shuffle: shuffle each task's examples. Defaults to `True`.
         seed: seed of the sampling. Defaults to `None`.
+        task_id_key: if given, the inputs (dicts) get this extra entry:
+            each example's task index in `datasets`' order (int32), e.g.
+            for `keras_mtl.layers.SharedPrivate`'s task discriminator.
+            Defaults to `None`.
 
     Returns:
         An `InterleavedDataset` (a `keras.utils.PyDataset`) for `fit`,
@@ -429,4 +450,4 @@ def interleave(datasets, batch_size=32, schedule="proportional",
     """
     return InterleavedDataset(datasets, batch_size, schedule, temperature,
                               batches, steps_per_epoch, missing, sizes,
-                              shuffle, seed)
+                              shuffle, seed, task_id_key)

@@ -195,7 +195,7 @@ class Balancer(KerasSaveable):
         }
         self.loss_functions = {
             t: (task_loss_lib.resolve_loss(losses[t], t),
-                task_loss_lib.is_sparse_loss(losses[t]))
+                task_loss_lib.label_layout(losses[t]))
             for t in self.task_names
         }
         self.trackers = self._build_trackers(losses, metrics, weighted_metrics)
@@ -512,9 +512,9 @@ class Balancer(KerasSaveable):
         """
         y, sample_weight = self.targets(y, sample_weight)
         for task in self.task_names:
-            _, sparse = self.loss_functions[task]
+            _, layout = self.loss_functions[task]
             task_loss_lib.check_labels(
-                task, y[task], sample_weight[task], outputs[task], sparse)
+                task, y[task], sample_weight[task], outputs[task], layout)
 
     def task_losses(self, y, y_pred, sample_weight, reg=None,
                     replicas=SINGLE, scale=None, parts=None):
@@ -543,9 +543,9 @@ class Balancer(KerasSaveable):
         parts = self.batch_splits if parts is None else parts
         totals, counts, labelled = [], [], {}
         for task in self.task_names:
-            fn, sparse = self.loss_functions[task]
+            fn, layout = self.loss_functions[task]
             total, count, clean, weights = task_loss_lib.masked_task_loss(
-                task, fn, sparse, y[task], y_pred[task], sample_weight[task],
+                task, fn, layout, y[task], y_pred[task], sample_weight[task],
                 parts)
             totals.append(total)
             counts.append(count)

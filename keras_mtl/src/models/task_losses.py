@@ -30,26 +30,34 @@ def resolve_loss(identifier, task):
     return fn
 
 
-def is_sparse_loss(identifier):
+def label_layout(identifier):
+    """How a loss's labels relate to the predictions: `"sparse"` (class
+    ids), `"stacked"` (one prediction-shaped label per source on axis 1,
+    losses with `stacked_labels = True` such as
+    `keras_mtl.losses.MultiTeacherDistillation`) or `"dense"` (same
+    shape)."""
+    if getattr(identifier, "stacked_labels", False):
+        return "stacked"
     name = identifier if isinstance(identifier, str) else ""
     if not name:
         name = getattr(identifier, "name", None) or getattr(
             identifier, "__name__", ""
         )
-    return "sparse" in str(name).lower()
+    return "sparse" if "sparse" in str(name).lower() else "dense"
 
 
 def _shape_text(shape):
     return str(tuple(shape))
 
 
-def check_shapes(task, y_true, y_pred, sparse):
+def check_shapes(task, y_true, y_pred, layout):
     """Raises a `ValueError` unless labels of `y_true`'s shape fit
     predictions of `y_pred`'s shape (unknown dimensions are `None`).
 
     Accepted: the same shape; one axis fewer when the prediction's last axis
     is 1 (`(n,)` labels for a `(n, 1)` output); for sparse losses, class ids
-    of shape `(n,)` or `(n, 1)` for `(n, classes)` predictions.
+    of shape `(n,)` or `(n, 1)` for `(n, classes)` predictions; for stacked
+    labels, `(n, k) + trailing` for `(n,) + trailing` predictions.
     """
     true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
     received = (f"Received: y_true.shape={_shape_text(true_shape)}, "
@@ -65,8 +73,11 @@ def check_shapes(task, y_true, y_pred, sparse):
             f"Task {task!r}: labels and predictions have different batch "
             "sizes. " + received
         )
-    if sparse:
+    if layout == "sparse":
         expected = [pred_shape[:-1], pred_shape[:-1] + (1,)]
+    elif layout == "stacked":
+        expected = [pred_shape[:1] + (true_shape[1] if len(true_shape) > 1
+                                      else None,) + pred_shape[1:]]
     else:
         expected = [pred_shape]
         if pred_shape[-1] == 1:
@@ -77,21 +88,22 @@ def check_shapes(task, y_true, y_pred, sparse):
             for a, b in zip(true_shape[1:], shape[1:])
         ):
             return
-    kind = "class ids for a sparse loss" if sparse else "labels"
+    kind = {"sparse": "class ids for a sparse loss",
+            "stacked": "stacked labels"}.get(layout, "labels")
     raise ValueError(
         f"Task {task!r}: the {kind} do not fit the predictions' shape. "
         + received
     )
 
 
-def check_labels(task, y_true, sample_weight, y_pred, sparse):
+def check_labels(task, y_true, sample_weight, y_pred, layout):
     """Checks one task's labels and sample weights before a step.
 
     Args:
         y_true, sample_weight: arrays or specs with `.shape` and `.dtype`
             (`sample_weight` may be None).
         y_pred: the task output (anything with `.shape`).
-        sparse: whether the task's loss takes class ids.
+        layout: the loss's `label_layout`.
     """
     if not hasattr(y_true, "shape") or not hasattr(y_true, "dtype"):
         raise ValueError(
@@ -104,7 +116,7 @@ def check_labels(task, y_true, sample_weight, y_pred, sparse):
             f"Task {task!r}: labels must be numeric. "
             f"Received: dtype={dtype}"
         )
-    check_shapes(task, y_true, y_pred, sparse)
+    check_shapes(task, y_true, y_pred, layout)
     if sample_weight is None:
         return
     if not hasattr(sample_weight, "shape"):
@@ -132,7 +144,7 @@ def _to_rank(values, rank, reduce):
     return values
 
 
-def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight,
+def masked_task_loss(task, loss_fn, layout, y_true, y_pred, sample_weight,
                      parts=1):
     """Returns `(total, count, clean_labels, weights)` for one task.
 
@@ -145,7 +157,7 @@ def masked_task_loss(task, loss_fn, sparse, y_true, y_pred, sample_weight,
     one entry per part of the batch (see `part_indicator`).
     """
     y_true = ops.convert_to_tensor(y_true)
-    check_shapes(task, y_true, y_pred, sparse)
+    check_shapes(task, y_true, y_pred, layout)
     if "float" in str(y_true.dtype):
         y_true = ops.cast(y_true, y_pred.dtype)
         missing = ops.isnan(y_true)
