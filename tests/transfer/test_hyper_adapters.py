@@ -6,6 +6,7 @@ import pytest
 
 import keras_mtl
 from keras_mtl import layers
+from tests.helpers import on_jax_only
 from tests.transfer.builders import adapter_variables
 from tests.transfer.builders import bert_inputs
 from tests.transfer.builders import keras_hub
@@ -184,8 +185,8 @@ def test_roberta_base_parameter_count():
         2_547_480 + 33_984 + 64)
 
 
-@pytest.mark.parametrize("config", ["prefix_tuning", "prompt_tuning",
-                                    "hyper"])
+@pytest.mark.parametrize("config", on_jax_only(
+    ["prefix_tuning", "prompt_tuning", "hyper"], ["prompt_tuning"]))
 def test_generated_and_sequence_adapters_train_in_mixed_precision(config):
     """Prefixes, prompts and generated adapters keep float32 variables and
     run in bfloat16; their output matches the float32 model's."""
