@@ -1,6 +1,7 @@
 """keras_mtl: multi-task and transfer learning for Keras 3."""
 
 from keras_mtl import aggregators
+from keras_mtl import analysis
 from keras_mtl import callbacks
 from keras_mtl import data
 from keras_mtl import datasets

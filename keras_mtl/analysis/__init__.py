@@ -1,0 +1,3 @@
+"""Analysis of task relations (public API)."""
+
+from keras_mtl.src.analysis.group_tasks import group_tasks
