@@ -156,11 +156,19 @@ def test_tasks_train_jointly_in_a_multi_task_model(tmp_path):
     assert "z" not in found[0][2].adapters
 
 
-def test_unchanged_when_inactive_and_union_conflicts():
+def test_unchanged_at_initialisation_and_when_inactive():
     backbone = tiny_bert()
     inputs = bert_inputs()
     before = sequence_output(backbone, inputs)
     transfer.add_adapters(backbone, "a", config=SMALL)
+    np.testing.assert_allclose(sequence_output(backbone, inputs), before,
+                               atol=1e-6)
+    # Hyperformer's own initialisation starts near zero, not at zero.
+    net = layers.AdapterHypernetwork(1, reduction_factor=4, embedding_dim=8,
+                                     norm_generator_initializer=None)
+    adapter = layers.HyperAdapter(net, layers.TaskEmbedding(8))
+    delta = numpy(adapter(np.ones((2, 3, 16), "float32")))
+    assert 0 < np.abs(delta).max() < 0.5
     randomize(adapter_variables(backbone, "a"), seed=5)
     assert np.abs(sequence_output(backbone, inputs) - before).max() > 1e-3
     transfer.set_active_adapter(backbone, None)

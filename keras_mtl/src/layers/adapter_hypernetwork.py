@@ -75,8 +75,12 @@ class AdapterHypernetwork(keras.layers.Layer):
     generators map `e` to the adapter's down- and up-projections, their
     biases and the scale and shift of its output LayerNorm. One
     hypernetwork serves every task, layer and position; a task adds only
-    its embedding. Generators start at `N(0, 0.01)` with zero biases, so
-    the generated adapters start near zero. Weights:
+    its embedding. Generators start at `N(0, 0.01)` with zero biases, as in
+    Hyperformer, except those of the LayerNorm's scale and shift, which
+    start at zero (`norm_generator_initializer`): the generated adapters
+    then start exactly at zero, and the model at its own function, while
+    the first step trains the scale's generator (as LoRA's zero `B`).
+    Weights:
     `(e + 1)(2 d m + m + 3 d)` for the generators plus
     `(L + P) e + (3 e + 1) h + (h + 1) e + 2 e` for the embeddings and the
     projector (`m = d // reduction_factor`, `h = projection_dim`).
@@ -92,6 +96,9 @@ class AdapterHypernetwork(keras.layers.Layer):
         projection_dim: hidden size of the projector. Defaults to `128`.
         generator_initializer: defaults to `None`, i.e.
             `RandomNormal(stddev=0.01)`.
+        norm_generator_initializer: of the scale and shift generators.
+            Defaults to `"zeros"`; `None` uses `generator_initializer`
+            (Hyperformer's own initialisation: adapters near zero).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -120,7 +127,8 @@ class AdapterHypernetwork(keras.layers.Layer):
 
     def __init__(self, num_layers, positions_per_layer=2, reduction_factor=32,
                  embedding_dim=64, projection_dim=128,
-                 generator_initializer=None, **kwargs):
+                 generator_initializer=None,
+                 norm_generator_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         self.num_layers = validation.check_positive_int(
             "num_layers", num_layers)
@@ -136,6 +144,10 @@ class AdapterHypernetwork(keras.layers.Layer):
             "generator_initializer",
             keras.initializers.RandomNormal(stddev=0.01)
             if generator_initializer is None else generator_initializer)
+        self.norm_generator_initializer = validation.get_initializer(
+            "norm_generator_initializer",
+            self.generator_initializer if norm_generator_initializer is None
+            else norm_generator_initializer)
 
     def build(self, input_shape):
         d = validation.last_dim("input_shape", input_shape)
@@ -164,9 +176,11 @@ class AdapterHypernetwork(keras.layers.Layer):
             size = 1
             for dim in shape:
                 size *= dim
+            initializer = (self.norm_generator_initializer
+                           if name in ("gamma", "beta")
+                           else self.generator_initializer)
             self.generators[name] = (
-                weight((e, size), f"{name}_generator",
-                       self.generator_initializer),
+                weight((e, size), f"{name}_generator", initializer),
                 weight((size,), f"{name}_generator_bias"))
 
     def generate(self, task_embedding, layer_index, position_index):
@@ -202,5 +216,6 @@ class AdapterHypernetwork(keras.layers.Layer):
             "reduction_factor": self.reduction_factor,
             "embedding_dim": self.embedding_dim,
             "projection_dim": self.projection_dim,
-            **validation.serialize_objects(self, "generator_initializer"),
+            **validation.serialize_objects(self, "generator_initializer",
+                                           "norm_generator_initializer"),
         }

@@ -571,8 +571,10 @@ class HyperConfig(AdapterConfig):
     `Parallel` and one head per task in a `keras_mtl.MultiTaskModel`.
     Defaults are Hyperformer's: reduction factor 32, embeddings 64,
     projector 128, GELU. RoBERTa-base: 2,581,464 weights for the
-    hypernetwork plus 64 per task. The adapters start near zero (the
-    generators are `N(0, 0.01)`), not exactly at zero.
+    hypernetwork plus 64 per task. The adapters start exactly at zero:
+    the LayerNorm scale and shift generators start at zero (Hyperformer
+    draws every generator from `N(0, 0.01)`; see
+    `keras_mtl.layers.AdapterHypernetwork`).
 
     Args:
         reduction_factor: defaults to `32`.
