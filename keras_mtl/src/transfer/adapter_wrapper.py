@@ -245,6 +245,11 @@ class AdapterWrapper(keras.layers.Layer):
         """Makes task or combination `name`, a composition of them
         (`keras_mtl.transfer.Stack`, `BatchSplit`, `Parallel`) or `None`
         the active one."""
+        self.check_active(name)
+        self.active = name
+
+    def check_active(self, name):
+        """Raises a `ValueError` unless `set_active(name)` would succeed."""
         if name is not None and not isinstance(
                 name, (str, composition.Composition)):
             raise ValueError(
@@ -256,7 +261,6 @@ class AdapterWrapper(keras.layers.Layer):
                 f"Unknown task or combination. Available: {self.names}. "
                 f"Received: name={name!r}"
             )
-        self.active = name
 
     def build(self, input_shape):
         if not self.layer.built:

@@ -3,6 +3,7 @@
 import keras
 
 from keras_mtl.src.transfer.adapter_wrapper import AdapterWrapper
+from keras_mtl.src.utils.layer_internals import call_count
 from keras_mtl.src.utils.layer_internals import sublayers
 from keras_mtl.src.utils.layer_internals import unlocked
 from keras_mtl.src.utils.layer_internals import untrack as untrack_layer
@@ -94,8 +95,17 @@ def is_decoder(block):
 
 def called_more_than_once(block):
     """Whether the functional graph calls `block` several times (ALBERT's
-    shared layers); reads Keras' node bookkeeping."""
-    return len(getattr(block, "_inbound_nodes", ())) > 1
+    shared layers)."""
+    return call_count(block) > 1
+
+
+def attention_options(options, cache, cache_update_index):
+    """`options` plus keras-hub's `CachedMultiHeadAttention` cache
+    arguments when given (a plain `MultiHeadAttention` takes none)."""
+    if cache is not None or cache_update_index is not None:
+        options = dict(options, cache=cache,
+                       cache_update_index=cache_update_index)
+    return options
 
 
 def sublayer(encoder, slot):

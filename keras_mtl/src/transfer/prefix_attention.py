@@ -57,8 +57,8 @@ class PrefixedAttention(keras.layers.Layer):
             ones = ops.ones_like(attention_mask[..., :1])
             attention_mask = ops.concatenate(
                 [ops.repeat(ones, length, axis=-1), attention_mask], axis=-1)
-        if cache is not None or cache_update_index is not None:
-            options.update(cache=cache, cache_update_index=cache_update_index)
+        options = backbone_walk.attention_options(options, cache,
+                                                  cache_update_index)
         return self.layer(query, value, key=key,
                           attention_mask=attention_mask, training=training,
                           **options)

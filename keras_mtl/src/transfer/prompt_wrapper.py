@@ -54,12 +54,12 @@ class PromptWrapper(AdapterWrapper):
                 adapter.build(shape)
                 self._remember_non_trainable(adapter)
 
-    def set_active(self, name):
+    def check_active(self, name):
         if name is not None and not isinstance(name, str):
             raise ValueError(
                 "Prompt tuning runs one task's prompt at a time; it takes "
                 f"no composition. Received: name={name!r}")
-        super().set_active(name)
+        super().check_active(name)
 
     def add_combiner(self, name, combiner, sources):
         raise ValueError(
@@ -71,9 +71,8 @@ class PromptWrapper(AdapterWrapper):
         # `cache` and `cache_update_index`: keras-hub's
         # `CachedMultiHeadAttention`; `options` holds Python flags only.
         if self.active is None:
-            if cache is not None or cache_update_index is not None:
-                options.update(cache=cache,
-                               cache_update_index=cache_update_index)
+            options = backbone_walk.attention_options(options, cache,
+                                                      cache_update_index)
             return self.layer(query, value, key=key,
                               attention_mask=attention_mask,
                               training=training, **options)

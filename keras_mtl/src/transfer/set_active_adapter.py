@@ -70,14 +70,10 @@ def set_active_adapter(backbone, task_name):
         backbone_walk.check_known(found, name, "task_name")
     # Every wrapper accepts it before any changes (prompts take no
     # composition).
-    previous = [wrapper.active for _, _, wrapper in found]
-    try:
-        for _, _, wrapper in found:
-            wrapper.set_active(task_name)
-    except ValueError:
-        for (_, _, wrapper), active in zip(found, previous):
-            wrapper.set_active(active)
-        raise
+    for _, _, wrapper in found:
+        wrapper.check_active(task_name)
+    for _, _, wrapper in found:
+        wrapper.set_active(task_name)
     active_ids = {
         id(v) for name in names
         for v in backbone_walk.unit_variables(found, name)
