@@ -8,6 +8,7 @@ from keras_mtl import datasets
 from keras_mtl import distribute
 from keras_mtl import layers
 from keras_mtl import losses
+from keras_mtl import plot
 from keras_mtl import transfer
 from keras_mtl.src.models.multi_task_model import MultiTaskModel
 from keras_mtl.src.models.multi_task_trainer import MultiTaskTrainer

@@ -114,3 +114,17 @@ def test_auxiliary_learning_example_compares_the_bilevel_rules(capsys):
         assert np.isfinite(score) and len(weights) == 4, name
     # The softmax weights of Auto-Lambda stay a convex combination.
     assert abs(sum(results["auto_lambda"][1]) - 1.0) < 1e-4
+
+
+@not_on_jax
+def test_conflict_monitor_example_saves_its_pictures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    results = load("conflict_monitor").main(
+        epochs=2, num_samples=512, out_dir=tmp_path)
+    assert "Mean gradient cosines" in capsys.readouterr().out
+    history = results["monitor"].history
+    assert history["cosines"].shape == (8, 3, 3)  # 2 epochs of 4 steps
+    assert np.isfinite(history["cosines"]).all()
+    assert "cos_task_1_anti_1" in results["history"]
+    for path in results["pictures"].values():
+        assert path.read_bytes()[:4] == b"\x89PNG", path

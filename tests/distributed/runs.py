@@ -102,20 +102,22 @@ def compile_case(model, case):
 def train(case, data, scope=None, epochs=EPOCHS, batch_size=GLOBAL_BATCH,
           model=None):
     """Builds (under `scope`), compiles and fits; `data` is `(x, y, sw)`
-    or a one-element tuple holding a dataset."""
+    or a one-element tuple holding a dataset. A `ConflictMonitor` adds the
+    epoch means of the gradient norms and cosines to the logs compared."""
     with scope or contextlib.nullcontext():
         if model is None:
             model = build()
             compile_case(model, case)
     if len(data) == 1:
         history = model.fit(data[0], epochs=epochs, shuffle=False,
-                            verbose=0).history
+                            verbose=0, callbacks=monitor()).history
         if case in EVALUATED:
             evaluation = model.evaluate(data[0], return_dict=True, verbose=0)
     else:
         x, y, sw = data
         history = model.fit(x, y, sample_weight=sw, batch_size=batch_size,
-                            epochs=epochs, shuffle=False, verbose=0).history
+                            epochs=epochs, shuffle=False, verbose=0,
+                            callbacks=monitor()).history
         if case in EVALUATED:
             evaluation = model.evaluate(x, y, sample_weight=sw,
                                         batch_size=batch_size,
@@ -123,6 +125,10 @@ def train(case, data, scope=None, epochs=EPOCHS, batch_size=GLOBAL_BATCH,
     if case in EVALUATED:
         history.update({f"evaluate_{k}": [v] for k, v in evaluation.items()})
     return model, history
+
+
+def monitor():
+    return [keras_mtl.callbacks.ConflictMonitor()]
 
 
 def snapshot(model, history):

@@ -51,6 +51,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
 from keras_mtl.src.models import task_losses as task_loss_lib
+from keras_mtl.src.models.conflict_tracker import ConflictTracker
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
 from keras_mtl.src.models.replicas import SINGLE
 from keras_mtl.src.models.task_means import TaskMeans
@@ -318,7 +319,15 @@ class Balancer(KerasSaveable):
             diagnostics=diagnostics,
             skipped=keras.metrics.Sum(name="skipped_steps"),
             task_metrics=task_metrics,
+            conflicts=None,
         )
+
+    def track_conflicts(self):
+        """Makes every training step add its task weights and task Gramian
+        to a `ConflictTracker` (created once, then returned)."""
+        if self.trackers.conflicts is None:
+            self.trackers.conflicts = ConflictTracker(len(self.task_names))
+        return self.trackers.conflicts
 
     @property
     def metrics(self):
@@ -329,6 +338,8 @@ class Balancer(KerasSaveable):
             metrics.append(t.diagnostics)
         if self.non_finite != "apply":
             metrics.append(t.skipped)
+        if t.conflicts is not None:
+            metrics.append(t.conflicts)
         return metrics + [m for _, _, m in t.task_metrics]
 
     def build(self, shared_variables):
@@ -739,8 +750,10 @@ class Balancer(KerasSaveable):
             gramians = [f @ ops.transpose(f) for f in flats]
             if norm_index is not None:
                 state["layer_gramian"] = sum(gramians[k] for k in norm_index)
+            gramian = sum(gramians)
+            self._record_gramian(gramian)
             weights, state = self.aggregator.compute_weights(
-                num_tasks, sum(gramians), losses, state, self.seed_generator
+                num_tasks, gramian, losses, state, self.seed_generator
             )
             weights = ops.cast(weights, "float32")
             directions = [
@@ -749,6 +762,8 @@ class Balancer(KerasSaveable):
             ]
         else:
             jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
+            if self.trackers.conflicts is not None:
+                self._record_gramian(jacobian @ ops.transpose(jacobian))
             direction, weights, state = self.aggregator.aggregate(
                 jacobian, losses, state, self.seed_generator
             )
@@ -759,6 +774,22 @@ class Balancer(KerasSaveable):
             ]
         self._keep_pending(state, group)
         return directions, ops.stop_gradient(weights)
+
+    def _record_gramian(self, gramian):
+        """Adds a row Gramian's `T x T` task part to this step's record
+        for `ConflictTracker` (summed over groups of variables)."""
+        if self.trackers.conflicts is None:
+            return
+        num_tasks = len(self.task_names)
+        k = gramian.shape[0] // num_tasks
+        if k > 1:
+            # Rows of independent parts of the batch: the task gradient is
+            # the sum of its parts, so its Gramian sums the blocks.
+            gramian = ops.sum(ops.reshape(
+                gramian, (k, num_tasks, k, num_tasks)), axis=(0, 2))
+        recorded = getattr(self._step, "gramian", None)
+        self._step.gramian = gramian if recorded is None else (
+            recorded + gramian)
 
     @property
     def batch_splits(self):
@@ -903,6 +934,12 @@ class Balancer(KerasSaveable):
                 counted = ops.broadcast_to(ops.cast(ok, "float32"),
                                            task_weights.shape)
             t.task_weight.update_state(task_weights, sample_weight=counted)
+            if t.conflicts is not None:
+                t.conflicts.update_state(
+                    self.task_weights(weights),
+                    getattr(self._step, "gramian", None), ok,
+                    replicas.count)
+                self._step.gramian = None
             if t.diagnostics is not None:
                 state = {k: v.value for k, v in self.state.items()}
                 t.diagnostics.update_state(ops.stack([

@@ -309,6 +309,17 @@ class MultiTaskTrainer:
         if self._shared_known():
             self._build_balancer(previous)
 
+    def track_conflicts(self):
+        """Makes every training step record its task weights and the
+        Gramian of its per-task gradients (what
+        `keras_mtl.callbacks.ConflictMonitor` reads); returns the
+        `ConflictTracker` metric holding their running sums. Training steps
+        built before are rebuilt."""
+        self._check_compiled()
+        if self.balancer.trackers.conflicts is None:
+            self.train_function = None
+        return self.balancer.track_conflicts()
+
     @property
     def aggregator(self):
         """The compiled aggregator (`None` before `compile`)."""
