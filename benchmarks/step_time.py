@@ -34,7 +34,7 @@ from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 VARIANTS = {
-    # name: (aggregator, gradient_mode, vectorize)
+    # name: (aggregator, gradient_mode, vectorize[, more compile args])
     "plain": None,
     "forward": None,
     "sum": ("sum", "parameters", False),
@@ -44,6 +44,12 @@ VARIANTS = {
     "pcgrad": ("pcgrad", "parameters", False),
     "pcgrad_vec": ("pcgrad", "parameters", True),
     "pcgrad_feat": ("pcgrad", "features", False),
+    # F-MTL: each task's gradient at its own ascent point.
+    "mgda_sharp": ("mgda", "parameters", False, {"sharpness": "task"}),
+    "pcgrad_sharp": ("pcgrad", "parameters", False, {"sharpness": "task"}),
+    # Rep-MTL: saliency regularisers by double backpropagation.
+    "mgda_feat_rep": ("mgda", "features", False,
+                      {"saliency_regularizer": "rep_mtl"}),
 }
 
 
@@ -80,7 +86,7 @@ def worker(args):
         model = keras.Model(inputs, outputs)
         model.compile(keras.optimizers.Adam(1e-3), loss=losses)
     else:
-        aggregator, mode, vectorize = variant
+        aggregator, mode, vectorize, *more = variant
         model = keras_mtl.MultiTaskModel(inputs, outputs)
         model.compile(
             keras.optimizers.Adam(1e-3),
@@ -89,6 +95,7 @@ def worker(args):
             gradient_mode=mode,
             features="z",
             vectorize=vectorize,
+            **(more[0] if more else {}),
             **({} if args.non_finite is None
                else {"non_finite": args.non_finite}),
         )

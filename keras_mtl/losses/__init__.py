@@ -7,3 +7,4 @@ from keras_mtl.src.losses.multi_teacher_distillation import (
 from keras_mtl.src.losses.multi_teacher_distillation import (
     teacher_weights_from_similarity,
 )
+from keras_mtl.src.losses.rep_mtl import RepMTL

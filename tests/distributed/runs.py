@@ -31,6 +31,7 @@ CASES = (
     ("modo", "parameters"),
     ("auto_lambda", "parameters"),
     ("forum", "parameters"),
+    ("mgda", "sharpness"),
 )
 
 # Rules that split each batch into parts: every replica's batch of 8 splits
@@ -90,12 +91,17 @@ def build(seed=3):
 
 
 def compile_case(model, case):
+    """Compiles for `(aggregator, mode)`; mode `"sharpness"` is parameter
+    mode with task-based sharpness."""
     aggregator, mode = case
     aggregator = VARIANTS.get(aggregator, lambda: aggregator)()
+    sharp = mode == "sharpness"
     model.compile(
         keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSSES,
-        aggregator=aggregator, gradient_mode=mode, features="features",
+        aggregator=aggregator,
+        gradient_mode="parameters" if sharp else mode, features="features",
         metrics={"cls": ["accuracy"]},
+        sharpness="task" if sharp else None, rho=0.05,
     )
 
 

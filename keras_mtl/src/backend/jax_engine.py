@@ -213,9 +213,42 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
     return grads, _Step(losses, y_pred, reg, weights)
 
 
-def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate):
-    """The `Probe` of a bilevel rule: the forward pass as a function of the
-    trainable values, differentiated with `jax.vjp`."""
+def _saliency_gradients(model, plan, tv, ntv, x, y, sw):
+    """The gradients of the saliency regulariser (`Balancer.
+    saliency_regularizer`) of every trainable variable: the saliencies
+    `dL_t / dz` come from a vector-Jacobian product of a second forward
+    pass, and are differentiated again."""
+    balancer = model.balancer
+    num_tasks = len(balancer.task_names)
+    layer = plan.saliency_layer
+
+    def task_losses(values, offset):
+        with _scope(model, values, ntv):
+            with split_at(layer, lambda z: z if offset is None
+                          else z + offset.astype(z.dtype)) as split:
+                y_pred = model(x, training=True)
+            losses = balancer.task_losses(y, y_pred, sw, parts=1).losses
+        return losses, split.features
+
+    features = jax.eval_shape(lambda: task_losses(tv, None)[1])
+
+    def objective(values):
+        offset = jnp.zeros(features.shape, "float32")
+        _, vjp = jax.vjp(lambda o: task_losses(values, o)[0], offset)
+        saliency = jax.vmap(lambda e: vjp(e)[0])(
+            jnp.eye(num_tasks, dtype="float32"))
+        total, tsr, csa = balancer.saliency_regularizer(saliency)
+        return total, (tsr, csa)
+
+    grads, terms = jax.grad(objective, has_aux=True)(list(tv))
+    balancer.record_saliency_terms(*terms)
+    return grads
+
+
+def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate, parts=1):
+    """The `Probe` of a bilevel rule (or of task-based sharpness, with the
+    rule's `parts`): the forward pass as a function of the trainable
+    values, differentiated with `jax.vjp`."""
     balancer = model.balancer
     index = plan.shared_index + plan.others_index
 
@@ -226,7 +259,7 @@ def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate):
             with _scope(model, _replace(tv, index, values), ntv):
                 return balancer.task_losses(
                     y_h, model(x_h, training=True), sw_h, None, scale=scale,
-                    parts=1).row_losses
+                    parts=parts).row_losses
 
         if cotangents is None:
             return rows_at(values), None
@@ -236,6 +269,41 @@ def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate):
 
     return Probe(len(balancer.task_names), plan.shared + plan.others,
                  evaluate, learning_rate)
+
+
+def _flat_gradients(model, plan, tv, ntv, x, y, sw, scale):
+    """Task-based sharpness (`Balancer.flat_gradients`): the logged
+    forward pass (and the regulariser's gradient) at the current values,
+    then the per-task passes of the probe."""
+    balancer = model.balancer
+    ntv_vars = model.non_trainable_variables
+
+    def forward(shared, others):
+        values = _replace(_replace(tv, plan.shared_index, shared),
+                          plan.others_index, others)
+        with _scope(model, values, ntv, losses=True) as scope:
+            y_pred = model(x, training=True)
+            losses = balancer.task_losses(
+                y, y_pred, sw, model.regularization_loss(), scale=scale)
+        reg = jnp.zeros(()) if losses.reg is None else losses.reg
+        return reg, (y_pred, losses, _new_values(scope, ntv_vars))
+
+    shared = [tv[i] for i in plan.shared_index]
+    others = [tv[i] for i in plan.others_index]
+    g_reg, (y_pred, losses, new_ntv) = jax.grad(
+        forward, argnums=(0, 1), has_aux=True)(shared, others)
+    for variable, value in zip(ntv_vars, new_ntv):
+        variable.assign(value)
+    probe = _probe(model, plan, tv, ntv, x, y, sw, scale, None,
+                   parts=balancer.batch_splits)
+    g_shared, g_others, weights = balancer.flat_gradients(
+        probe, losses, len(shared), plan.norm_index)
+    if losses.reg is not None:
+        g_shared, g_others = (
+            [a + b for a, b in zip(g, balancer.unscale(r, scale=scale))]
+            for g, r in zip((g_shared, g_others), g_reg))
+    grads = plan.assemble(g_shared, g_others)
+    return grads, _Step(losses, y_pred, losses.reg, weights)
 
 
 def _learning_rate(optimizer, ov):
@@ -283,9 +351,13 @@ def train_step(model, state, data):
             balancer.meta_update(_probe(
                 model, plan, tv, ntv, x, y, sw, scale,
                 _learning_rate(optimizer, ov)))
-        gradients = (_feature_gradients if plan.mode == "features"
+        gradients = (_flat_gradients if balancer.sharpness is not None
+                     else _feature_gradients if plan.mode == "features"
                      else _parameter_gradients)
         grads, step = gradients(model, plan, tv, ntv, x, y, sw, scale)
+        if balancer.saliency_regularizer is not None:
+            grads = [g + r for g, r in zip(grads, _saliency_gradients(
+                model, plan, tv, ntv, x, y, sw))]
         ok = balancer.check_finite(step.losses.losses, grads)
     ntv = _new_values(scope, model.non_trainable_variables)
 

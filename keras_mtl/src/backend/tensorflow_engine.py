@@ -194,6 +194,40 @@ def _task_gradients(model, plan, x, y, sw, replicas, scale):
     return g_shared, g_others, losses, y_pred, weights
 
 
+def _saliency_gradients(model, plan, x, y, sw, replicas):
+    """The gradients of the saliency regulariser (`Balancer.
+    saliency_regularizer`) of every trainable variable: the saliencies
+    `dL_t / dz` of a second forward pass, taken inside an outer tape that
+    differentiates them again. Each replica regularises its own shard of
+    the batch; the replicas' gradients are averaged."""
+    balancer = model.balancer
+    variables = _values(model.trainable_variables)
+    num_tasks = len(balancer.task_names)
+    offsets = []
+    inner = tf.GradientTape(persistent=True)
+
+    def shift(z):
+        offsets.append(tf.zeros_like(z))
+        inner.watch(offsets[0])
+        return z + offsets[0]
+
+    with tf.GradientTape() as outer:
+        with inner:
+            with split_at(plan.saliency_layer, shift):
+                y_pred = model(x, training=True)
+            rows = balancer.task_losses(y, y_pred, sw, parts=1).rows
+        saliency = tf.stack([inner.gradient(rows[t], offsets[0],
+                                            unconnected_gradients=ZERO)
+                             for t in range(num_tasks)])
+        total, tsr, csa = balancer.saliency_regularizer(saliency)
+    balancer.record_saliency_terms(tsr, csa)
+    grads = outer.gradient(total, variables, unconnected_gradients=ZERO)
+    if replicas.count > 1:
+        grads = balancer.unscale([g / replicas.count for g in grads],
+                                 replicas)
+    return grads
+
+
 def _apply(optimizer, grads, variables, ok, replicas, scaled):
     """The optimizer step; skipped where the finiteness flag `ok` is False.
 
@@ -228,9 +262,10 @@ def _apply(optimizer, grads, variables, ok, replicas, scaled):
     replicas.context.merge_call(cross_replica, args=(grads, ok))
 
 
-def _probe(model, plan, x, y, sw, replicas, scale):
-    """The `Probe` of a bilevel rule: forward (and backward) passes at other
-    values of the trainable variables, read through a `StatelessScope`."""
+def _probe(model, plan, x, y, sw, replicas, scale, parts=1):
+    """The `Probe` of a bilevel rule (or of task-based sharpness, with the
+    rule's `parts`): forward (and backward) passes at other values of the
+    trainable variables, read through a `StatelessScope`."""
     balancer = model.balancer
     variables = plan.shared + plan.others
 
@@ -242,7 +277,7 @@ def _probe(model, plan, x, y, sw, replicas, scale):
                     state_mapping=list(zip(variables, values))):
                 rows = balancer.task_losses(
                     y_h, model(x_h, training=True), sw_h, None, replicas,
-                    scale, parts=1).row_losses
+                    scale, parts=parts).row_losses
         if cotangents is None:
             return tf.stop_gradient(rows), None
         per_row = [tape.gradient(rows, values, output_gradients=cotangents[i],
@@ -256,6 +291,30 @@ def _probe(model, plan, x, y, sw, replicas, scale):
                  model.optimizer.learning_rate)
 
 
+def _flat_gradients(model, plan, x, y, sw, replicas, scale):
+    """Task-based sharpness (`Balancer.flat_gradients`): the logged
+    forward pass (and the regulariser's gradient) at the current values,
+    then the per-task passes of the probe."""
+    balancer = model.balancer
+    variables = plan.shared + plan.others
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        losses = balancer.task_losses(y, y_pred, sw,
+                                      model.regularization_loss(),
+                                      replicas, scale)
+    probe = _probe(model, plan, x, y, sw, replicas, scale,
+                   parts=balancer.batch_splits)
+    g_shared, g_others, weights = balancer.flat_gradients(
+        probe, losses, len(plan.shared), plan.norm_index)
+    if losses.reg is not None:
+        g_reg = balancer.unscale(
+            tape.gradient(losses.reg, _values(variables),
+                          unconnected_gradients=ZERO), replicas, scale)
+        g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+        g_others = [a + b for a, b in zip(g_others, g_reg[len(g_shared):])]
+    return g_shared, g_others, losses, y_pred, weights
+
+
 def train_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
@@ -264,11 +323,15 @@ def train_step(model, data):
     scale = balancer.loss_scale(optimizer)
     if balancer.bilevel:
         balancer.meta_update(_probe(model, plan, x, y, sw, replicas, scale))
-    gradients = (_weighted_loss_gradients if plan.mode == "losses"
+    gradients = (_flat_gradients if balancer.sharpness is not None
+                 else _weighted_loss_gradients if plan.mode == "losses"
                  else _task_gradients)
     g_shared, g_others, losses, y_pred, weights = gradients(
         model, plan, x, y, sw, replicas, scale)
     grads = plan.assemble(g_shared, g_others)
+    if balancer.saliency_regularizer is not None:
+        grads = [g + r for g, r in zip(grads, _saliency_gradients(
+            model, plan, x, y, sw, replicas))]
     ok = balancer.check_finite(losses.losses, grads)
 
     conditional = ok is not None or optimizer.gradient_accumulation_steps

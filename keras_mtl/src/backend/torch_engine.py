@@ -186,9 +186,40 @@ def _task_gradients(model, plan, losses, split, shared, others, replicas,
     return g_shared, g_others, weights
 
 
-def _probe(model, plan, x, y, sw, replicas, scale):
-    """The `Probe` of a bilevel rule: forward (and backward) passes at other
-    values of the trainable variables, read through a `StatelessScope`."""
+def _saliency_gradients(model, plan, x, y, sw, replicas):
+    """The gradients of the saliency regulariser (`Balancer.
+    saliency_regularizer`) of every trainable variable: the saliencies
+    `dL_t / dz` of a second forward pass, taken with `create_graph` and
+    differentiated again. Each rank regularises its own shard of the
+    batch; the ranks' gradients are averaged."""
+    balancer = model.balancer
+    variables = [v.value for v in model.trainable_variables]
+    offsets = []
+
+    def shift(z):
+        offsets.append(torch.zeros_like(z, requires_grad=True))
+        return z + offsets[0]
+
+    with split_at(plan.saliency_layer, shift):
+        y_pred = model(x, training=True)
+    losses = balancer.task_losses(y, y_pred, sw, parts=1).losses
+    saliency = torch.stack([
+        torch.autograd.grad(losses[t], offsets[0], retain_graph=True,
+                            create_graph=True)[0]
+        for t in range(len(balancer.task_names))])
+    total, tsr, csa = balancer.saliency_regularizer(saliency)
+    balancer.record_saliency_terms(tsr.detach(), csa.detach())
+    grads = _grad(total, variables)
+    if replicas.count > 1:
+        grads = balancer.unscale([g / replicas.count for g in grads],
+                                 replicas)
+    return [g.detach() for g in grads]
+
+
+def _probe(model, plan, x, y, sw, replicas, scale, parts=1):
+    """The `Probe` of a bilevel rule (or of task-based sharpness, with the
+    rule's `parts`): forward (and backward) passes at other values of the
+    trainable variables, read through a `StatelessScope`."""
     balancer = model.balancer
     variables = plan.shared + plan.others
 
@@ -201,7 +232,7 @@ def _probe(model, plan, x, y, sw, replicas, scale):
                 state_mapping=list(zip(variables, values))):
             rows = balancer.task_losses(
                 y_h, model(x_h, training=True), sw_h, None, replicas, scale,
-                parts=1).row_losses
+                parts=parts).row_losses
         if not differentiate:
             return rows, None
         count = cotangents.shape[0]
@@ -236,7 +267,10 @@ def train_step(model, data):
     losses = balancer.task_losses(y, y_pred, sw, model.regularization_loss(),
                                   replicas, scale)
 
-    if plan.mode == "losses":
+    if balancer.sharpness is not None:
+        g_shared, g_others, weights = _flat_gradients(
+            model, plan, x, y, sw, losses, shared + others, replicas, scale)
+    elif plan.mode == "losses":
         weights = balancer.loss_weights(losses.losses)
         objective = balancer.objective(losses.losses, weights, replicas,
                                        scale)
@@ -252,8 +286,11 @@ def train_step(model, data):
     else:
         g_shared, g_others, weights = _task_gradients(
             model, plan, losses, split, shared, others, replicas, scale)
+    grads = plan.assemble(g_shared, g_others)
+    if balancer.saliency_regularizer is not None:
+        grads = [g + r for g, r in zip(grads, _saliency_gradients(
+            model, plan, x, y, sw, replicas))]
     with torch.no_grad():
-        grads = plan.assemble(g_shared, g_others)
         ok = balancer.check_finite(losses.losses, grads)
         scaled = scale is not None
         conditional = ok is not None or optimizer.gradient_accumulation_steps
@@ -278,6 +315,28 @@ def train_step(model, data):
                 losses, {k: v.detach() for k, v in y_pred.items()}, total,
                 _batch_size(x), weights, ok, replicas)
         return balancer.results(training=True)
+
+
+def _flat_gradients(model, plan, x, y, sw, losses, variables, replicas,
+                    scale):
+    """Task-based sharpness (`Balancer.flat_gradients`) after the logged
+    forward pass: the per-task passes of the probe, plus the regulariser's
+    gradient at the current values."""
+    balancer = model.balancer
+    g_reg = None
+    if losses.reg is not None:
+        g_reg = balancer.unscale(_grad(losses.reg, variables), replicas,
+                                 scale)
+    with torch.no_grad():
+        probe = _probe(model, plan, x, y, sw, replicas, scale,
+                       parts=balancer.batch_splits)
+        g_shared, g_others, weights = balancer.flat_gradients(
+            probe, losses, len(plan.shared), plan.norm_index)
+        if g_reg is not None:
+            g_all = [a + b for a, b in zip(g_shared + g_others, g_reg)]
+            g_shared, g_others = (g_all[: len(g_shared)],
+                                  g_all[len(g_shared):])
+    return g_shared, g_others, weights
 
 
 def _tensor(value):

@@ -49,11 +49,14 @@ from keras.src.saving.keras_saveable import KerasSaveable  # noqa: E402
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.losses import rep_mtl
 from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
 from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.conflict_tracker import ConflictTracker
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
 from keras_mtl.src.models.replicas import SINGLE
+from keras_mtl.src.models.sharpness import TaskSharpness
+from keras_mtl.src.models.sharpness import check_sharpness
 from keras_mtl.src.models.task_means import TaskMeans
 from keras_mtl.src.utils.split_points import split_points
 
@@ -147,14 +150,30 @@ class Balancer(KerasSaveable):
             as they were; the step is counted in the `skipped_steps` log),
             `"raise"` (the same, then `fit` stops with a `FloatingPointError`),
             or `"apply"` (plain Keras: the update is applied anyway).
+        aggregation_groups: see `MultiTaskTrainer.compile`.
+        sharpness: None, or `"task"` for F-MTL's task-based flat gradients
+            (see `sharpness.py`), with radius `rho` and `sharpness_adaptive`.
+        saliency_regularizer: None, or a `keras_mtl.losses.RepMTL` (or
+            `"rep_mtl"`) on the task saliencies of the features.
     """
 
     def __init__(self, task_names, loss, aggregator=None, loss_weights=None,
                  metrics=None, weighted_metrics=None,
                  gradient_mode="parameters", features=None,
                  weight_task_specific=False, vectorize=False,
-                 non_finite="skip", aggregation_groups=None):
+                 non_finite="skip", aggregation_groups=None,
+                 sharpness=None, rho=2.0, sharpness_adaptive=True,
+                 saliency_regularizer=None):
         self.task_names = tuple(task_names)
+        self.saliency_regularizer = rep_mtl.get(saliency_regularizer)
+        if self.saliency_regularizer is not None and (
+                gradient_mode != "features"):
+            raise ValueError(
+                "`saliency_regularizer` acts on the per-task gradients of "
+                "the shared features: it needs gradient_mode='features'. "
+                f"Received: gradient_mode={gradient_mode!r}")
+        self.sharpness, self.rho, self.sharpness_adaptive = check_sharpness(
+            sharpness, rho, sharpness_adaptive)
         if gradient_mode not in GRADIENT_MODES:
             raise ValueError(
                 f"`gradient_mode` must be one of {GRADIENT_MODES}. "
@@ -278,12 +297,27 @@ class Balancer(KerasSaveable):
                 "independent parts of the batch, which share no feature "
                 "rows: it needs gradient_mode='parameters'. Received: "
                 f"gradient_mode={self.gradient_mode!r}")
+        if self.sharpness is not None:
+            self._check_sharpness(aggregator)
         if aggregator.tracks_gradients and self.gradient_mode != "parameters":
             raise ValueError(
                 f"{type(aggregator).__name__} keeps per-parameter state "
                 "and needs gradient_mode='parameters'. Received: "
                 f"gradient_mode={self.gradient_mode!r}"
             )
+
+    def _check_sharpness(self, aggregator):
+        if self.gradient_mode != "parameters":
+            raise ValueError(
+                "sharpness='task' perturbs the shared variables per task and "
+                "needs their per-task gradients: gradient_mode='parameters'. "
+                f"Received: gradient_mode={self.gradient_mode!r}")
+        if aggregator.initial_parameters(len(self.task_names)):
+            raise ValueError(
+                f"{type(aggregator).__name__} learns its weights from its "
+                "own objective of the losses, which has no per-task flat "
+                "gradient; use sharpness=None with it. Received: "
+                f"sharpness={self.sharpness!r}")
 
     def _build_trackers(self, losses, metrics, weighted_metrics):
         task_metrics = []
@@ -320,6 +354,10 @@ class Balancer(KerasSaveable):
             skipped=keras.metrics.Sum(name="skipped_steps"),
             task_metrics=task_metrics,
             conflicts=None,
+            sharpness=None if self.sharpness is None else TaskMeans(
+                [f"{t}_sharpness" for t in names], name="task_sharpness"),
+            saliency=None if self.saliency_regularizer is None else TaskMeans(
+                ["rep_mtl_tsr", "rep_mtl_csa"], name="saliency_terms"),
         )
 
     def track_conflicts(self):
@@ -338,6 +376,10 @@ class Balancer(KerasSaveable):
             metrics.append(t.diagnostics)
         if self.non_finite != "apply":
             metrics.append(t.skipped)
+        if t.sharpness is not None:
+            metrics.append(t.sharpness)
+        if t.saliency is not None:
+            metrics.append(t.saliency)
         if t.conflicts is not None:
             metrics.append(t.conflicts)
         return metrics + [m for _, _, m in t.task_metrics]
@@ -458,6 +500,12 @@ class Balancer(KerasSaveable):
             "vectorize": self.vectorize,
             "non_finite": self.non_finite,
             "aggregation_groups": self.aggregation_groups,
+            "sharpness": self.sharpness,
+            "rho": self.rho,
+            "sharpness_adaptive": self.sharpness_adaptive,
+            "saliency_regularizer": None if self.saliency_regularizer is None
+            else keras.saving.serialize_keras_object(
+                self.saliency_regularizer),
         }
 
     # ------------------------------------------------------------ the plan
@@ -775,6 +823,51 @@ class Balancer(KerasSaveable):
         self._keep_pending(state, group)
         return directions, ops.stop_gradient(weights)
 
+    def flat_gradients(self, probe, losses, num_shared, norm_index=None):
+        """The step's gradients from task-based sharpness (`sharpness.py`).
+
+        Args:
+            probe: a whole-batch `Probe` over the shared variables (the
+                first `num_shared`) and the task-specific ones; its
+                evaluations give the rows of `losses`.
+            losses: the step's `TaskLosses` at the current values.
+            num_shared: the number of shared variables.
+            norm_index: as for `combine`.
+
+        Returns:
+            `(shared_directions, other_gradients, weights)`: the aggregated
+            flat gradients of the shared variables, the task-specific
+            variables' flat gradients summed with `coefficients`, and the
+            row weights. Regularisation is not included.
+        """
+        num_rows = len(losses.rows)
+        sizes, shapes = probe.sizes, probe.shapes
+        size = sum(sizes[:num_shared])
+        rows, sharpness = TaskSharpness(
+            self.rho, self.sharpness_adaptive).gradients(
+                probe, num_rows, size)
+        self._step.sharpness = self.task_weights(sharpness) / (
+            num_rows // len(self.task_names))
+        jacobians = _pieces(rows[:, :size], sizes[:num_shared],
+                            shapes[:num_shared], leading=(num_rows,))
+        if num_shared and self.aggregator.requires_jacobian:
+            directions, weights = self.combine(jacobians, losses.losses,
+                                               norm_index)
+        else:
+            weights = self.loss_weights(losses.losses)
+            directions = [ops.tensordot(weights, j, axes=1)
+                          for j in jacobians]
+        coefficients = self.coefficients(weights, losses)
+        others = ops.tensordot(ops.cast(coefficients, "float32"),
+                               rows[:, size:], axes=1)
+        return (directions, _pieces(others, sizes[num_shared:],
+                                    shapes[num_shared:]), weights)
+
+    def record_saliency_terms(self, tsr, csa):
+        """Keeps the step's saliency terms for the logs."""
+        self._step.saliency = ops.stack([ops.cast(tsr, "float32"),
+                                         ops.cast(csa, "float32")])
+
     def _record_gramian(self, gramian):
         """Adds a row Gramian's `T x T` task part to this step's record
         for `ConflictTracker` (summed over groups of variables)."""
@@ -946,6 +1039,21 @@ class Balancer(KerasSaveable):
                     ops.cast(state[k], "float32")
                     for k in self.aggregator.diagnostics
                 ]))
+        saliency = getattr(self._step, "saliency", None)
+        if t.saliency is not None and saliency is not None:
+            t.saliency.update_state(
+                saliency if ok is None else ops.where(ok, saliency, 0.0),
+                sample_weight=None if ok is None else ops.broadcast_to(
+                    ops.cast(ok, "float32"), (2,)))
+            self._step.saliency = None
+        sharpness = getattr(self._step, "sharpness", None)
+        if t.sharpness is not None and sharpness is not None:
+            counted = None if ok is None else ops.broadcast_to(
+                ops.cast(ok, "float32"), sharpness.shape)
+            t.sharpness.update_state(
+                sharpness if ok is None else ops.where(ok, sharpness, 0.0),
+                sample_weight=counted)
+            self._step.sharpness = None
         if ok is not None:
             t.skipped.update_state(
                 (1.0 - ops.cast(ok, "float32")) / replicas.count)
@@ -986,6 +1094,10 @@ class Balancer(KerasSaveable):
             logs.update(t.task_weight.result())
             if t.diagnostics is not None:
                 logs.update(t.diagnostics.result())
+            if t.sharpness is not None:
+                logs.update(t.sharpness.result())
+            if t.saliency is not None:
+                logs.update(t.saliency.result())
             if self.non_finite != "apply":
                 logs["skipped_steps"] = t.skipped.result()
         for task, _, metric in t.task_metrics:
@@ -995,6 +1107,17 @@ class Balancer(KerasSaveable):
             else:
                 logs[metric.name] = honest(task, result)
         return logs
+
+
+def _pieces(flat, sizes, shapes, leading=()):
+    """`flat` (`(*leading, sum(sizes))`) cut along its last axis into
+    tensors of `shapes`."""
+    if not sizes:
+        return []
+    pieces = ops.split(flat, split_points(sizes), axis=-1) if len(
+        sizes) > 1 else [flat]
+    return [ops.reshape(p, leading + tuple(s))
+            for p, s in zip(pieces, shapes)]
 
 
 def _positive(counts):

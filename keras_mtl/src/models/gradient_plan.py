@@ -31,6 +31,8 @@ class GradientPlan:
         mode: `"losses"` (one backward pass of the weighted loss),
             `"parameters"` or `"features"`.
         features_layer: the split layer in `"features"` mode, else `None`.
+        saliency_layer: the features layer whenever `gradient_mode` is
+            `"features"` (also for a loss-only rule), else `None`.
         norm_index: positions in `shared` of the `gramian_layer`'s variables.
     """
 
@@ -87,6 +89,10 @@ class GradientPlan:
                     "gradient norms. Received: "
                     f"layer={aggregator.gramian_layer!r}"
                 )
+        # The features layer of a saliency regulariser: requested in
+        # features mode, whichever way the rule's step runs.
+        self.saliency_layer = (features_layer
+                               if gradient_mode == "features" else None)
         self.features_layer = None
         if self.mode == "features":
             self.features_layer = features_layer

@@ -232,6 +232,10 @@ class MultiTaskTrainer:
         vectorize=False,
         non_finite="skip",
         aggregation_groups=None,
+        sharpness=None,
+        rho=2.0,
+        sharpness_adaptive=True,
+        saliency_regularizer=None,
         run_eagerly=False,
         jit_compile="auto",
         steps_per_execution=1,
@@ -276,6 +280,23 @@ class MultiTaskTrainer:
                 (shared variables left out form one more group). The task
                 weights logged are the groups' mean. Parameter mode, rules
                 that read the gradients.
+            sharpness: `"task"` takes each task's gradient at its own
+                worst-case point within radius `rho` before the aggregator
+                balances them (F-MTL, Phan et al.: task-based flat regions;
+                about twice the cost of plain per-task gradients; logs
+                `<task>_sharpness`, the loss rise at that point); None
+                (default) takes them at the current values. Parameter mode;
+                every rule without learned parameters.
+            rho: the radius for `sharpness`. Defaults to 2.0, F-MTL's, which
+                goes with `sharpness_adaptive=True`; plain SAM radii are
+                about 0.05.
+            sharpness_adaptive: scale the perturbation by the magnitude of
+                each variable (ASAM), as F-MTL does by default.
+            saliency_regularizer: a `keras_mtl.losses.RepMTL` (or
+                `"rep_mtl"`): Rep-MTL's regularisers of the task saliencies
+                `dL_t / dz`, trained end to end (a second forward pass and
+                double backpropagation per step; logs `rep_mtl_tsr` and
+                `rep_mtl_csa`). Features mode, any aggregator.
             run_eagerly, jit_compile, steps_per_execution: as for
                 `keras.Model.compile`; `jit_compile` is saved as given.
 
@@ -289,7 +310,9 @@ class MultiTaskTrainer:
             gradient_mode=gradient_mode,
             features=features, weight_task_specific=weight_task_specific,
             vectorize=vectorize, non_finite=non_finite,
-            aggregation_groups=aggregation_groups,
+            aggregation_groups=aggregation_groups, sharpness=sharpness,
+            rho=rho, sharpness_adaptive=sharpness_adaptive,
+            saliency_regularizer=saliency_regularizer,
         )
         if gradient_mode == "features":
             self.features_layer(features)  # Fail early on a bad layer name.
@@ -624,6 +647,9 @@ class MultiTaskTrainer:
         config["metrics"] = de(config["metrics"])
         config["weighted_metrics"] = de(config["weighted_metrics"])
         config["aggregator"] = registry.deserialize(config["aggregator"])
+        if config.get("saliency_regularizer") is not None:
+            config["saliency_regularizer"] = de(
+                config["saliency_regularizer"])
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
