@@ -7,8 +7,10 @@ PyTorch. Each engine module provides `train_step(model, ...)` and
 forward pass depends on), `check_distribution(model)` (refuses a
 data-parallel set-up the step cannot run, before anything changes),
 `synchronize_replicas(model)` (gives every replica the same variables before
-training) and `restore_on_failure(model)` (a context that gives the model
-its variables back after a failed step); everything else
+training), `batch_probe(model, x, y, sw)` (a `Probe` of one batch at the
+current variables, and the step's plan, for the analysis tools) and
+`restore_on_failure(model)` (a context that gives the model its variables
+back after a failed step); everything else
 (losses, aggregation, state, metrics) is shared `keras.ops` code in the
 model's `Balancer`.
 """
@@ -18,6 +20,7 @@ import keras
 _BACKEND = keras.config.backend()
 
 if _BACKEND == "jax":
+    from keras_mtl.src.backend.jax_engine import batch_probe
     from keras_mtl.src.backend.jax_engine import check_distribution
     from keras_mtl.src.backend.jax_engine import jit
     from keras_mtl.src.backend.jax_engine import output_dependencies
@@ -26,6 +29,7 @@ if _BACKEND == "jax":
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
 elif _BACKEND == "tensorflow":
+    from keras_mtl.src.backend.tensorflow_engine import batch_probe
     from keras_mtl.src.backend.tensorflow_engine import check_distribution
     from keras_mtl.src.backend.tensorflow_engine import jit
     from keras_mtl.src.backend.tensorflow_engine import output_dependencies
@@ -34,6 +38,7 @@ elif _BACKEND == "tensorflow":
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
 elif _BACKEND == "torch":
+    from keras_mtl.src.backend.torch_engine import batch_probe
     from keras_mtl.src.backend.torch_engine import check_distribution
     from keras_mtl.src.backend.torch_engine import jit
     from keras_mtl.src.backend.torch_engine import output_dependencies
@@ -50,7 +55,7 @@ else:
         )
 
     train_step = test_step = output_dependencies = _unsupported
-    check_distribution = synchronize_replicas = _unsupported
+    check_distribution = synchronize_replicas = batch_probe = _unsupported
 
     def restore_on_failure(model):
         _unsupported()

@@ -121,7 +121,7 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             if plan.mode == "losses":
                 # Only here: another output over every head would make
                 # each task's row pull run through all of them.
-                outputs["tasks"] = losses.losses
+                outputs["tasks"] = losses.row_losses  # tasks or groups
             if plan.mode == "losses" and balancer.parameters:
                 outputs["objective"] = balancer.objective(
                     losses.losses, None, scale=scale)
@@ -199,7 +199,7 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
         variable.assign(value)
 
     (jacobian,) = balancer.unscale(
-        [_per_task(pull, len(balancer.task_names), balancer.vectorize, 2)],
+        [_per_task(pull, len(losses.rows), balancer.vectorize, 2)],
         scale=scale)
     (dz,), weights = balancer.combine([jacobian], losses.losses)
     dz = dz.astype(features.dtype)
@@ -271,10 +271,19 @@ def _probe(model, plan, tv, ntv, x, y, sw, scale, learning_rate, parts=1):
                  evaluate, learning_rate)
 
 
+def batch_probe(model, x, y, sw):
+    """A whole-batch `Probe` of the model's current variables (for the
+    analysis tools; no variable changes)."""
+    plan = model.gradient_plan()
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    return _probe(model, plan, tv, ntv, x, y, sw, None, None), plan
+
+
 def _flat_gradients(model, plan, tv, ntv, x, y, sw, scale):
     """Task-based sharpness (`Balancer.flat_gradients`): the logged
-    forward pass (and the regulariser's gradient) at the current values,
-    then the per-task passes of the probe."""
+    forward pass gives the row gradients at the current values (and the
+    regulariser's), then the probe the ones at the ascent points."""
     balancer = model.balancer
     ntv_vars = model.non_trainable_variables
 
@@ -285,23 +294,30 @@ def _flat_gradients(model, plan, tv, ntv, x, y, sw, scale):
             y_pred = model(x, training=True)
             losses = balancer.task_losses(
                 y, y_pred, sw, model.regularization_loss(), scale=scale)
-        reg = jnp.zeros(()) if losses.reg is None else losses.reg
-        return reg, (y_pred, losses, _new_values(scope, ntv_vars))
+        outputs = {"losses": tuple(losses.rows)}
+        if losses.reg is not None:
+            outputs["reg"] = losses.reg
+        return outputs, (y_pred, losses, _new_values(scope, ntv_vars))
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    g_reg, (y_pred, losses, new_ntv) = jax.grad(
-        forward, argnums=(0, 1), has_aux=True)(shared, others)
+    _, pull, (y_pred, losses, new_ntv) = _linearize(forward, shared, others)
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
+    rows = [pull(lambda o, r=r: o["losses"][r])
+            for r in range(len(losses.rows))]
+    clean = jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
     probe = _probe(model, plan, tv, ntv, x, y, sw, scale, None,
                    parts=balancer.batch_splits)
     g_shared, g_others, weights = balancer.flat_gradients(
-        probe, losses, len(shared), plan.norm_index)
+        probe, losses, len(shared), plan.norm_index,
+        balancer.unscale(list(clean[0]) + list(clean[1]), scale=scale))
     if losses.reg is not None:
-        g_shared, g_others = (
-            [a + b for a, b in zip(g, balancer.unscale(r, scale=scale))]
-            for g, r in zip((g_shared, g_others), g_reg))
+        g_reg = balancer.unscale(
+            [g for part in pull(lambda o: o["reg"]) for g in part],
+            scale=scale)
+        g_shared = [a + b for a, b in zip(g_shared, g_reg)]
+        g_others = [a + b for a, b in zip(g_others, g_reg[len(shared):])]
     grads = plan.assemble(g_shared, g_others)
     return grads, _Step(losses, y_pred, losses.reg, weights)
 

@@ -215,7 +215,8 @@ def _saliency_gradients(model, plan, x, y, sw, replicas):
         with inner:
             with split_at(plan.saliency_layer, shift):
                 y_pred = model(x, training=True)
-            rows = balancer.task_losses(y, y_pred, sw, parts=1).rows
+            losses = balancer.task_losses(y, y_pred, sw, parts=1).losses
+            rows = [losses[t] for t in range(num_tasks)]
         saliency = tf.stack([inner.gradient(rows[t], offsets[0],
                                             unconnected_gradients=ZERO)
                              for t in range(num_tasks)])
@@ -293,26 +294,37 @@ def _probe(model, plan, x, y, sw, replicas, scale, parts=1):
 
 def _flat_gradients(model, plan, x, y, sw, replicas, scale):
     """Task-based sharpness (`Balancer.flat_gradients`): the logged
-    forward pass (and the regulariser's gradient) at the current values,
-    then the per-task passes of the probe."""
+    forward pass gives the row gradients at the current values (and the
+    regulariser's), then the probe the ones at the ascent points."""
     balancer = model.balancer
-    variables = plan.shared + plan.others
-    with tf.GradientTape() as tape:
+    variables = _values(plan.shared + plan.others)
+    with tf.GradientTape(persistent=True) as tape:
         y_pred = model(x, training=True)
         losses = balancer.task_losses(y, y_pred, sw,
                                       model.regularization_loss(),
                                       replicas, scale)
+    rows = [tape.gradient(r, variables, unconnected_gradients=ZERO)
+            for r in losses.rows]
+    clean = balancer.unscale([tf.stack(g) for g in zip(*rows)], replicas,
+                             scale)
     probe = _probe(model, plan, x, y, sw, replicas, scale,
                    parts=balancer.batch_splits)
     g_shared, g_others, weights = balancer.flat_gradients(
-        probe, losses, len(plan.shared), plan.norm_index)
+        probe, losses, len(plan.shared), plan.norm_index, clean)
     if losses.reg is not None:
         g_reg = balancer.unscale(
-            tape.gradient(losses.reg, _values(variables),
+            tape.gradient(losses.reg, variables,
                           unconnected_gradients=ZERO), replicas, scale)
         g_shared = [a + b for a, b in zip(g_shared, g_reg)]
         g_others = [a + b for a, b in zip(g_others, g_reg[len(g_shared):])]
     return g_shared, g_others, losses, y_pred, weights
+
+
+def batch_probe(model, x, y, sw):
+    """A whole-batch `Probe` of the model's current variables (for the
+    analysis tools; no variable changes)."""
+    plan = model.gradient_plan()
+    return _probe(model, plan, x, y, sw, _Replicas(), None), plan
 
 
 def train_step(model, data):

@@ -246,6 +246,13 @@ def _probe(model, plan, x, y, sw, replicas, scale, parts=1):
                  model.optimizer.learning_rate)
 
 
+def batch_probe(model, x, y, sw):
+    """A whole-batch `Probe` of the model's current variables (for the
+    analysis tools; no variable changes)."""
+    plan = model.gradient_plan()
+    return _probe(model, plan, x, y, sw, _Replicas(), None), plan
+
+
 def train_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
@@ -320,18 +327,23 @@ def train_step(model, data):
 def _flat_gradients(model, plan, x, y, sw, losses, variables, replicas,
                     scale):
     """Task-based sharpness (`Balancer.flat_gradients`) after the logged
-    forward pass: the per-task passes of the probe, plus the regulariser's
-    gradient at the current values."""
+    forward pass, which gives the row gradients at the current values (and
+    the regulariser's); the probe gives the ones at the ascent points."""
     balancer = model.balancer
+    count = len(losses.rows)
+    rows = [_grad(r, variables, retain_graph=True) for r in losses.rows]
     g_reg = None
     if losses.reg is not None:
         g_reg = balancer.unscale(_grad(losses.reg, variables), replicas,
                                  scale)
     with torch.no_grad():
+        clean = balancer.unscale(
+            [torch.stack(g) for g in zip(*rows)] if count else [],
+            replicas, scale)
         probe = _probe(model, plan, x, y, sw, replicas, scale,
                        parts=balancer.batch_splits)
         g_shared, g_others, weights = balancer.flat_gradients(
-            probe, losses, len(plan.shared), plan.norm_index)
+            probe, losses, len(plan.shared), plan.norm_index, clean)
         if g_reg is not None:
             g_all = [a + b for a, b in zip(g_shared + g_others, g_reg)]
             g_shared, g_others = (g_all[: len(g_shared)],

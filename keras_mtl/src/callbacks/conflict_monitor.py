@@ -62,7 +62,8 @@ class ConflictMonitor(keras.callbacks.Callback):
         history: dict of NumPy arrays over the records: `"step"` `(n,)`
             (steps trained since `fit` began), `"task_weights"` `(n, T)`,
             `"grad_norms"` `(n, T)` and `"cosines"` `(n, T, T)`.
-        task_names: the tasks, in the arrays' order.
+        task_names: the tasks (or the groups of `compile(task_groups=...)`),
+            in the arrays' order.
 
     Example:
 
@@ -114,7 +115,8 @@ class ConflictMonitor(keras.callbacks.Callback):
                 f"a {type(model).__name__}")
         super().set_model(model)
         self._sums_metric = track()
-        self.task_names = tuple(model.balancer.task_names)
+        # The groups of `compile(task_groups=...)`, if any, else the tasks.
+        self.task_names = tuple(model.balancer.balanced_names)
 
     # ------------------------------------------------------------ events
 

@@ -57,8 +57,9 @@ class RepMTL:
     both default to 0.9. It publishes no code and no temperature, nor
     whether CSA's positive pair also enters the denominator or how it sums
     over tasks: keras_mtl uses the InfoNCE form above (positive in the
-    denominator, mean over tasks) and `temperature=0.5`. CSA holds `B T`
-    matrices of `C x C` floats. Its normalised views change abruptly where
+    denominator, mean over tasks) and `temperature=0.5`. CSA compares `B T`
+    matrices of `C x C` floats in the formula, but computes with smaller
+    factors (see `alignment`). Its normalised views change abruptly where
     a sample's saliency for a task nears zero (its gradient grows like the
     inverse of that saliency's norm).
 
@@ -112,16 +113,31 @@ class RepMTL:
         return ops.mean(-ops.sum(p * ops.log(p + EPSILON), axis=0))
 
     def alignment(self, s):
-        """CSA of the `(T, B, N, C)` saliency."""
-        num_tasks = s.shape[0]
+        """CSA of the `(T, B, N, C)` saliency.
+
+        The `C x C` matrices are never formed: their inner products are
+        those of smaller factors, `<A A^T, S^T S> = |S A|^2`,
+        `<A_b A_b^T, A_k A_k^T> = |A_b^T A_k|^2` and `|S^T S| = |S S^T|`
+        (Frobenius), which costs `O(B T N C + B^2 T^2 C)`.
+        """
+        num_positions, channels = s.shape[2], s.shape[3]
         anchors = ops.mean(s, axis=2)                            # (T, B, C)
-        anchor = ops.einsum("tbc,tbd->bcd", anchors, anchors)    # (B, C, C)
-        views = ops.einsum("tbnc,tbnd->tbcd", s, s)              # (T,B,C,C)
-        batch = anchor.shape[0]
-        anchor = _unit(ops.reshape(anchor, (batch, -1)))
-        views = _unit(ops.reshape(views, (num_tasks, batch, -1)))
-        positive = ops.sum(views * anchor[None], axis=-1) / self.temperature
-        others = (anchor @ ops.transpose(anchor)) / self.temperature
+        cross = ops.einsum("tbc,ukc->bktu", anchors, anchors)    # A_b^T A_k
+        anchor_dots = ops.sum(cross * cross, axis=(2, 3))        # (B, B)
+        anchor_norms = ops.sqrt(ops.diagonal(anchor_dots))       # (B,)
+        projected = ops.einsum("tbnc,ubc->tbnu", s, anchors)     # S_tb A_b
+        view_dots = ops.sum(projected * projected, axis=(2, 3))  # (T, B)
+        if num_positions is not None and num_positions <= channels:
+            gram = ops.einsum("tbnc,tbmc->tbnm", s, s)
+        else:
+            gram = ops.einsum("tbnc,tbnd->tbcd", s, s)
+        view_norms = ops.sqrt(ops.sum(gram * gram, axis=(2, 3)))  # (T, B)
+        batch = anchor_dots.shape[0]
+        unit = anchor_norms + EPSILON
+        positive = view_dots / (unit[None] * (view_norms + EPSILON))
+        positive = positive / self.temperature
+        others = anchor_dots / (unit[:, None] * unit[None, :])
+        others = others / self.temperature
         # The other samples' anchors: the diagonal is left out.
         others = ops.where(ops.eye(batch, dtype="bool"), -1e9, others)
         negatives = ops.logsumexp(others, axis=-1)               # (B,)
@@ -135,12 +151,6 @@ class RepMTL:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _unit(x):
-    """Rows of `x` scaled to unit L2 norm (zero rows stay zero)."""
-    norm = ops.sqrt(ops.sum(x * x, axis=-1, keepdims=True))
-    return x / (norm + EPSILON)
 
 
 def get(identifier):

@@ -51,6 +51,7 @@ from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
 from keras_mtl.src.losses import rep_mtl
 from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
+from keras_mtl.src.models import task_groups as task_groups_lib
 from keras_mtl.src.models import task_losses as task_loss_lib
 from keras_mtl.src.models.conflict_tracker import ConflictTracker
 from keras_mtl.src.models.gradient_plan import GRADIENT_MODES
@@ -155,6 +156,8 @@ class Balancer(KerasSaveable):
             (see `sharpness.py`), with radius `rho` and `sharpness_adaptive`.
         saliency_regularizer: None, or a `keras_mtl.losses.RepMTL` (or
             `"rep_mtl"`) on the task saliencies of the features.
+        task_groups: None, or groups of tasks balanced as one (see
+            `task_groups.py`).
     """
 
     def __init__(self, task_names, loss, aggregator=None, loss_weights=None,
@@ -163,8 +166,13 @@ class Balancer(KerasSaveable):
                  weight_task_specific=False, vectorize=False,
                  non_finite="skip", aggregation_groups=None,
                  sharpness=None, rho=2.0, sharpness_adaptive=True,
-                 saliency_regularizer=None):
+                 saliency_regularizer=None, task_groups=None):
         self.task_names = tuple(task_names)
+        self.task_groups = None if task_groups is None else (
+            dict(task_groups) if isinstance(task_groups, dict)
+            else [list(g) for g in task_groups])
+        self.group_names, self.groups = task_groups_lib.normalize(
+            task_groups, self.task_names)
         self.saliency_regularizer = rep_mtl.get(saliency_regularizer)
         if self.saliency_regularizer is not None and (
                 gradient_mode != "features"):
@@ -262,12 +270,40 @@ class Balancer(KerasSaveable):
             )
         return {task: value.get(task) for task in self.task_names}
 
+    @property
+    def num_balanced(self):
+        """How many losses the aggregator balances: the groups of
+        `task_groups`, else the tasks."""
+        return len(self.task_names if self.groups is None else self.groups)
+
+    @property
+    def balanced_names(self):
+        """The names of what the aggregator balances (tasks or groups)."""
+        return self.task_names if self.groups is None else tuple(
+            self.group_names)
+
+    def balanced_losses(self, losses):
+        """The `(G,)` group losses of `(T,)` task losses (each group's sum),
+        or `losses` when the tasks are not grouped."""
+        if self.groups is None:
+            return losses
+        members = task_groups_lib.membership(self.groups,
+                                             len(self.task_names))
+        return ops.tensordot(members, ops.cast(losses, "float32"), axes=1)
+
     def _check_aggregator(self):
         """Refuses a rule this balancer cannot run (before `compile`
         changes anything)."""
         aggregator = self.aggregator
-        aggregator.check_tasks(len(self.task_names))
-        parameters = aggregator.initial_parameters(len(self.task_names))
+        if self.groups is not None and (
+                aggregator.bilevel or aggregator.batch_splits > 1):
+            raise ValueError(
+                f"{type(aggregator).__name__} evaluates each task on parts "
+                "of the batch, which `task_groups` does not split; use it "
+                "without groups. Received: task_groups="
+                f"{self.task_groups!r}")
+        aggregator.check_tasks(self.num_balanced)
+        parameters = aggregator.initial_parameters(self.num_balanced)
         if parameters and aggregator.requires_jacobian:
             raise ValueError(
                 "Aggregators with learnable parameters must be loss-only "
@@ -312,7 +348,7 @@ class Balancer(KerasSaveable):
                 "sharpness='task' perturbs the shared variables per task and "
                 "needs their per-task gradients: gradient_mode='parameters'. "
                 f"Received: gradient_mode={self.gradient_mode!r}")
-        if aggregator.initial_parameters(len(self.task_names)):
+        if aggregator.initial_parameters(self.num_balanced):
             raise ValueError(
                 f"{type(aggregator).__name__} learns its weights from its "
                 "own objective of the losses, which has no per-task flat "
@@ -364,7 +400,7 @@ class Balancer(KerasSaveable):
         """Makes every training step add its task weights and task Gramian
         to a `ConflictTracker` (created once, then returned)."""
         if self.trackers.conflicts is None:
-            self.trackers.conflicts = ConflictTracker(len(self.task_names))
+            self.trackers.conflicts = ConflictTracker(self.num_balanced)
         return self.trackers.conflicts
 
     @property
@@ -392,7 +428,7 @@ class Balancer(KerasSaveable):
                 aggregated (their total size sizes per-parameter state).
         """
         aggregator = self.aggregator
-        num_tasks = len(self.task_names)
+        num_tasks = self.num_balanced
         parameters = aggregator.initial_parameters(num_tasks)
         shared = list(shared_variables)
         groups = aggregation_groups_lib.resolve(
@@ -450,6 +486,7 @@ class Balancer(KerasSaveable):
             == registry.serialize(self.aggregator)
             and other.task_names == self.task_names
             and other.aggregation_groups == self.aggregation_groups
+            and other.groups == self.groups
         )
         mine, theirs = self.named_variables(), other.named_variables()
         if not same or set(mine) != set(theirs) or any(
@@ -503,6 +540,7 @@ class Balancer(KerasSaveable):
             "sharpness": self.sharpness,
             "rho": self.rho,
             "sharpness_adaptive": self.sharpness_adaptive,
+            "task_groups": self.task_groups,
             "saliency_regularizer": None if self.saliency_regularizer is None
             else keras.saving.serialize_keras_object(
                 self.saliency_regularizer),
@@ -642,6 +680,11 @@ class Balancer(KerasSaveable):
                 n = replicas.count
                 total_reg = summed[-1] if parallel else reg
                 reg = _spread(reg, total_reg / n, factor / n)
+        if parts == 1 and self.groups is not None:
+            task_rows = rows
+            rows = [sum(task_rows[t] for t in g) for g in self.groups]
+            return TaskLosses(rows, ops.stack(task_rows), counts, labelled,
+                              reg, ops.stack(rows))
         row_losses = ops.stack(rows)
         if parts == 1:
             return TaskLosses(rows, row_losses, counts, labelled, reg,
@@ -705,6 +748,7 @@ class Balancer(KerasSaveable):
         computes the same gradient for them: each contributes `1 / count` of
         it (times the loss scale, as for every other gradient).
         """
+        losses = self.balanced_losses(losses)
         if self.parameters:
             parameters = {k: v.value for k, v in self.parameters.items()}
             if replicas.count > 1 or scale is not None:
@@ -733,9 +777,10 @@ class Balancer(KerasSaveable):
         if self.aggregator.requires_jacobian or not isinstance(
                 self.aggregator, Weighting):
             self._pending = None
-            return ops.ones((len(self.task_names),), "float32")
+            return ops.ones((self.num_balanced,), "float32")
         weights, state = self.aggregator.compute_weights(
-            len(self.task_names), None, ops.stop_gradient(losses),
+            self.num_balanced, None,
+            ops.stop_gradient(self.balanced_losses(losses)),
             self._read_state(), self.seed_generator,
         )
         self._keep_pending(state)
@@ -781,9 +826,9 @@ class Balancer(KerasSaveable):
 
     def _combine(self, jacobians, losses, norm_index=None, flat=None,
                  group=0):
-        num_tasks = len(self.task_names)
+        num_tasks = self.num_balanced
         num_rows = num_tasks * self.batch_splits
-        losses = ops.stop_gradient(losses)
+        losses = ops.stop_gradient(self.balanced_losses(losses))
         if flat is None:
             flats = [
                 ops.reshape(ops.cast(j, "float32"), (num_rows, -1))
@@ -823,7 +868,8 @@ class Balancer(KerasSaveable):
         self._keep_pending(state, group)
         return directions, ops.stop_gradient(weights)
 
-    def flat_gradients(self, probe, losses, num_shared, norm_index=None):
+    def flat_gradients(self, probe, losses, num_shared, norm_index=None,
+                       clean=None):
         """The step's gradients from task-based sharpness (`sharpness.py`).
 
         Args:
@@ -833,6 +879,9 @@ class Balancer(KerasSaveable):
             losses: the step's `TaskLosses` at the current values.
             num_shared: the number of shared variables.
             norm_index: as for `combine`.
+            clean: optional `(R, *shape)` row gradients at the current
+                values, one per variable of `probe` (unscaled), from the
+                step's own passes; else the probe computes them.
 
         Returns:
             `(shared_directions, other_gradients, weights)`: the aggregated
@@ -843,11 +892,16 @@ class Balancer(KerasSaveable):
         num_rows = len(losses.rows)
         sizes, shapes = probe.sizes, probe.shapes
         size = sum(sizes[:num_shared])
+        if clean is not None:
+            clean = ops.concatenate(
+                [ops.reshape(ops.cast(g, "float32"), (num_rows, -1))
+                 for g in clean], axis=1)
         rows, sharpness = TaskSharpness(
             self.rho, self.sharpness_adaptive).gradients(
-                probe, num_rows, size)
+                probe, num_rows, size, ops.stop_gradient(losses.row_losses),
+                clean)
         self._step.sharpness = self.task_weights(sharpness) / (
-            num_rows // len(self.task_names))
+            num_rows // self.num_balanced)
         jacobians = _pieces(rows[:, :size], sizes[:num_shared],
                             shapes[:num_shared], leading=(num_rows,))
         if num_shared and self.aggregator.requires_jacobian:
@@ -873,7 +927,7 @@ class Balancer(KerasSaveable):
         for `ConflictTracker` (summed over groups of variables)."""
         if self.trackers.conflicts is None:
             return
-        num_tasks = len(self.task_names)
+        num_tasks = self.num_balanced
         k = gramian.shape[0] // num_tasks
         if k > 1:
             # Rows of independent parts of the batch: the task gradient is
@@ -898,7 +952,7 @@ class Balancer(KerasSaveable):
             return weights
         if losses.shares is not None:
             return ops.stop_gradient(losses.shares)
-        return ops.ones((len(self.task_names),), "float32")
+        return ops.ones((self.num_balanced,), "float32")
 
     @property
     def unit_coefficients(self):
@@ -908,9 +962,15 @@ class Balancer(KerasSaveable):
     def task_weights(self, weights):
         """The `(T,)` task weights of the `(k * T,)` row weights (a
         loss-only step's weights are already per task)."""
-        if weights.shape[0] == len(self.task_names):
+        if weights.shape[0] != self.num_balanced:
+            weights = ops.sum(ops.reshape(weights, (self.batch_splits, -1)),
+                              axis=0)
+        if self.groups is None:
             return weights
-        return ops.sum(ops.reshape(weights, (self.batch_splits, -1)), axis=0)
+        # Each task carries its group's weight.
+        members = task_groups_lib.membership(self.groups,
+                                             len(self.task_names))
+        return ops.tensordot(ops.cast(weights, "float32"), members, axes=1)
 
     # ------------------------------------------- step: finish and commit
 
@@ -985,8 +1045,8 @@ class Balancer(KerasSaveable):
     def after_step(self, losses_before, losses_after, applied=None):
         """Lets the rule learn from the step's effect on the same batch."""
         state = self.aggregator.update_after_step(
-            ops.stop_gradient(losses_before),
-            ops.stop_gradient(losses_after),
+            ops.stop_gradient(self.balanced_losses(losses_before)),
+            ops.stop_gradient(self.balanced_losses(losses_after)),
             self._read_state(),
         )
         self._keep_pending(state)
@@ -1028,8 +1088,12 @@ class Balancer(KerasSaveable):
                                            task_weights.shape)
             t.task_weight.update_state(task_weights, sample_weight=counted)
             if t.conflicts is not None:
+                balanced = weights
+                if weights.shape[0] != self.num_balanced:
+                    balanced = ops.sum(ops.reshape(
+                        weights, (self.batch_splits, -1)), axis=0)
                 t.conflicts.update_state(
-                    self.task_weights(weights),
+                    balanced,
                     getattr(self._step, "gramian", None), ok,
                     replicas.count)
                 self._step.gramian = None

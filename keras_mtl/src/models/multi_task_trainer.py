@@ -236,6 +236,7 @@ class MultiTaskTrainer:
         rho=2.0,
         sharpness_adaptive=True,
         saliency_regularizer=None,
+        task_groups=None,
         run_eagerly=False,
         jit_compile="auto",
         steps_per_execution=1,
@@ -297,6 +298,14 @@ class MultiTaskTrainer:
                 `dL_t / dz`, trained end to end (a second forward pass and
                 double backpropagation per step; logs `rep_mtl_tsr` and
                 `rep_mtl_csa`). Features mode, any aggregator.
+            task_groups: balance groups of tasks instead of single tasks:
+                a list of lists of task names (or `{group: [tasks]}`), each
+                task in one group, e.g. from
+                `keras_mtl.analysis.group_tasks`. A group's loss is the sum
+                of its tasks' losses (several loss terms per balanced
+                group); the step computes one gradient per group, and each
+                task logs its group's weight. Not with the rules that split
+                the batch (bilevel and cross-batch rules).
             run_eagerly, jit_compile, steps_per_execution: as for
                 `keras.Model.compile`; `jit_compile` is saved as given.
 
@@ -313,6 +322,7 @@ class MultiTaskTrainer:
             aggregation_groups=aggregation_groups, sharpness=sharpness,
             rho=rho, sharpness_adaptive=sharpness_adaptive,
             saliency_regularizer=saliency_regularizer,
+            task_groups=task_groups,
         )
         if gradient_mode == "features":
             self.features_layer(features)  # Fail early on a bad layer name.

@@ -16,8 +16,9 @@ task on one part of the batch for the cross-batch rules):
 The shared rows `g_r^SAM` go to the aggregator; each task-specific variable
 receives the rows' task-specific parts, summed with the task coefficients
 (the task weights with `weight_task_specific`). Cost per step: `1 + R`
-forward and `2 R` backward passes of the model (`R = T` rows) on top of the
-logged forward pass, about twice plain per-task gradients. Non-trainable
+forward and `2 R` backward passes of the model (`R = T` rows), the first
+forward and `R` backward passes being the step's own (about twice plain
+per-task gradients). Non-trainable
 updates (batch-norm statistics) of the perturbed passes are discarded, as
 FS-MTL freezes them there.
 """
@@ -79,16 +80,21 @@ class TaskSharpness:
             blocks.append(self.rho * s * scaled / (norm + NORM_EPSILON))
         return ops.concatenate(blocks, axis=1)
 
-    def gradients(self, probe, num_rows, num_shared):
+    def gradients(self, probe, num_rows, num_shared, clean_losses=None,
+                  clean=None):
         """`(R, P)` flat gradients: row `r` is the gradient of row loss `r`
         at its own ascent point, over every variable of `probe` (shared
         ones first, `num_shared` entries).
 
+        `clean_losses` `(R,)` and `clean` `(R, P)`, the row losses and
+        gradients at the current values, are computed with the probe unless
+        given (the engines take them from the step's own forward pass).
         Also returns the `(R,)` sharpness `L_r(w + e_r) - L_r(w)`.
         """
         values = probe.values
         eye = ops.eye(num_rows, dtype="float32")
-        clean_losses, clean = probe.gradients(values, eye, None)
+        if clean is None:
+            clean_losses, clean = probe.gradients(values, eye, None)
         steps = self.ascent_steps(values, clean, num_shared)
         rows, raised = [], []
         for r in range(num_rows):
@@ -96,4 +102,5 @@ class TaskSharpness:
                                             None)
             rows.append(grads[0])
             raised.append(losses[r])
-        return ops.stack(rows), ops.stack(raised) - clean_losses
+        return ops.stack(rows), ops.stack(raised) - ops.cast(
+            clean_losses, "float32")
