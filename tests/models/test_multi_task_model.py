@@ -238,7 +238,8 @@ def test_pcgrad_training_is_reproducible_with_a_seed():
 
 
 @pytest.mark.parametrize(
-    "name", rules_for_backend(keras_mtl.aggregators.ALL_AGGREGATORS))
+    "name", rules_for_backend(keras_mtl.aggregators.ALL_AGGREGATORS,
+                              ("jax", "tensorflow")))
 def test_every_aggregator_trains_inside_the_model(name):
     x, y = make_data(32)
     model = mtl_model()

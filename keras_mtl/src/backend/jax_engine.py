@@ -103,7 +103,10 @@ class _Step:
         self.reg, self.weights = reg, weights
 
 
-def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
+def _step_forward(model, plan, tv, ntv, x, y, sw, scale):
+    """The step's forward pass as a function of the shared and the other
+    trainable values: outputs `{"losses": rows, "reg", ...}` and aux
+    `(y_pred, losses, reg, new non-trainable values)`."""
     balancer = model.balancer
     ntv_vars = model.non_trainable_variables
 
@@ -121,12 +124,20 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             if plan.mode == "losses":
                 # Only here: another output over every head would make
                 # each task's row pull run through all of them.
-                outputs["tasks"] = losses.row_losses  # tasks or groups
+                outputs["tasks"] = balancer.balanced_losses(losses.losses)
             if plan.mode == "losses" and balancer.parameters:
                 outputs["objective"] = balancer.objective(
                     losses.losses, None, scale=scale)
         aux = (y_pred, losses, reg, _new_values(scope, ntv_vars))
         return outputs, aux
+
+    return forward
+
+
+def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
+    balancer = model.balancer
+    ntv_vars = model.non_trainable_variables
+    forward = _step_forward(model, plan, tv, ntv, x, y, sw, scale)
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
@@ -286,22 +297,10 @@ def _flat_gradients(model, plan, tv, ntv, x, y, sw, scale):
     regulariser's), then the probe the ones at the ascent points."""
     balancer = model.balancer
     ntv_vars = model.non_trainable_variables
-
-    def forward(shared, others):
-        values = _replace(_replace(tv, plan.shared_index, shared),
-                          plan.others_index, others)
-        with _scope(model, values, ntv, losses=True) as scope:
-            y_pred = model(x, training=True)
-            losses = balancer.task_losses(
-                y, y_pred, sw, model.regularization_loss(), scale=scale)
-        outputs = {"losses": tuple(losses.rows)}
-        if losses.reg is not None:
-            outputs["reg"] = losses.reg
-        return outputs, (y_pred, losses, _new_values(scope, ntv_vars))
-
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    _, pull, (y_pred, losses, new_ntv) = _linearize(forward, shared, others)
+    _, pull, (y_pred, losses, _, new_ntv) = _linearize(
+        _step_forward(model, plan, tv, ntv, x, y, sw, scale), shared, others)
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
     rows = [pull(lambda o, r=r: o["losses"][r])
