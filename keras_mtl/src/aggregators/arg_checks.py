@@ -4,7 +4,23 @@ Each check raises a `ValueError` naming the argument and the value received,
 and returns the value converted to the type the rule stores.
 """
 
+import math
+import numbers
+
 from keras import ops
+
+
+def check_finite(name, value, minimum=0.0, inclusive=False):
+    """`value` as a float: a finite real number above `minimum` (or equal
+    to it with `inclusive`); booleans and other types are refused."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and math.isfinite(value)
+          and (value >= minimum if inclusive else value > minimum))
+    if not ok:
+        bound = ">=" if inclusive else ">"
+        raise ValueError(f"`{name}` must be a finite number {bound} "
+                         f"{minimum:g}. Received: {name}={value!r}")
+    return float(value)
 
 
 def check_positive(name, value):

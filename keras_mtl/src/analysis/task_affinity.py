@@ -1,7 +1,5 @@
 """`task_affinity`: how much training on one task helps another."""
 
-import math
-import numbers
 import warnings
 
 import keras
@@ -9,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_mtl.src import backend
+from keras_mtl.src.aggregators.arg_checks import check_finite
 from keras_mtl.src.api_export import keras_mtl_export
 
 METHODS = ("lookahead", "cosine")
@@ -148,12 +147,7 @@ def task_affinity(model, data, method="lookahead", learning_rate=None,
         if learning_rate is None:
             learning_rate = float(keras.ops.convert_to_numpy(
                 model.optimizer.learning_rate))
-        if isinstance(learning_rate, bool) or not isinstance(
-                learning_rate, numbers.Real) or not (
-                math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError(
-                "`learning_rate` must be a finite number > 0. Received: "
-                f"learning_rate={learning_rate!r}")
+        learning_rate = check_finite("learning_rate", learning_rate)
     num_tasks = len(model.balancer.task_names)
     total = np.zeros((num_tasks, num_tasks))
     count = np.zeros((num_tasks, num_tasks))

@@ -94,7 +94,7 @@ class ConflictMonitor(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.epoch_logs = bool(epoch_logs)
         self.task_names = ()
-        self.history = {}
+        self._history = None
         self._sums_metric = None
         self._writer = None
         self._records = []
@@ -122,7 +122,7 @@ class ConflictMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._records = []
-        self.history = self._arrays()
+        self._history = None
         self._steps = self._epoch_offset = self._read_at = 0
         if self.log_dir is not None and self._writer is None:
             self._writer = ScalarWriter(self.log_dir)
@@ -198,10 +198,22 @@ class ConflictMonitor(keras.callbacks.Callback):
                 "records its task weights; gradient norms and cosines are "
                 "NaN.", stacklevel=2)
         self._records.append((self._steps, weights, norms, cosines))
-        self.history = self._arrays()
+        self._history = None
         if self._writer is not None:
             self._writer.write(self._summaries(weights, norms, cosines),
                                self._steps)
+
+    @property
+    def history(self):
+        """The records as arrays (see the class docstring), stacked when
+        first read after a new record."""
+        if self._history is None:
+            self._history = self._arrays()
+        return self._history
+
+    @history.setter
+    def history(self, value):
+        self._history = value
 
     def _arrays(self):
         t = len(self.task_names)

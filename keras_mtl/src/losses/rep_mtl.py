@@ -1,24 +1,13 @@
 """`RepMTL`: regularisers on the task saliency of the shared features."""
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
+from keras_mtl.src.aggregators.arg_checks import check_finite
 from keras_mtl.src.api_export import keras_mtl_export
 
 # Keeps the entropy and the normalisations finite at zero saliency.
 EPSILON = 1e-12
-
-
-def _check_weight(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0. Received: "
-            f"{name}={value!r}")
-    return float(value)
 
 
 @keras_mtl_export("keras_mtl.losses.RepMTL")
@@ -78,15 +67,11 @@ class RepMTL:
     """
 
     def __init__(self, tsr_weight=0.9, csa_weight=0.9, temperature=0.5):
-        self.tsr_weight = _check_weight(tsr_weight, "tsr_weight")
-        self.csa_weight = _check_weight(csa_weight, "csa_weight")
-        if isinstance(temperature, bool) or not isinstance(
-                temperature, numbers.Real) or not (
-                math.isfinite(temperature) and temperature > 0):
-            raise ValueError(
-                "`temperature` must be a finite number > 0. Received: "
-                f"temperature={temperature!r}")
-        self.temperature = float(temperature)
+        self.tsr_weight = check_finite("tsr_weight", tsr_weight,
+                                       inclusive=True)
+        self.csa_weight = check_finite("csa_weight", csa_weight,
+                                       inclusive=True)
+        self.temperature = check_finite("temperature", temperature)
 
     def __call__(self, saliency):
         """`(total, tsr, csa)` of a `(T, B, ..., C)` saliency tensor."""

@@ -23,9 +23,9 @@ updates (batch-norm statistics) of the perturbed passes are discarded, as
 FS-MTL freezes them there.
 """
 
-import math
-
 from keras import ops
+
+from keras_mtl.src.aggregators.arg_checks import check_finite
 
 SHARPNESS = (None, "task")
 
@@ -40,15 +40,12 @@ def check_sharpness(sharpness, rho, adaptive):
         raise ValueError(
             f"`sharpness` must be one of {SHARPNESS}. Received: "
             f"sharpness={sharpness!r}")
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (
-            math.isfinite(rho) and rho > 0):
-        raise ValueError(
-            f"`rho` must be a finite number > 0. Received: rho={rho!r}")
+    rho = check_finite("rho", rho)
     if not isinstance(adaptive, bool):
         raise ValueError(
             "`sharpness_adaptive` must be True or False. Received: "
             f"sharpness_adaptive={adaptive!r}")
-    return sharpness, float(rho), adaptive
+    return sharpness, rho, adaptive
 
 
 class TaskSharpness:
