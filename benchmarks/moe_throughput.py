@@ -10,7 +10,10 @@ on inputs of shape (batch, tokens, d). Variants:
   same *active* FLOPs per token as top-1 / top-2 routing;
 - `moe_dense`: `MixtureOfExperts(E, (h, d))`, dense softmax gating;
 - `moe_top1`, `moe_top2`: sparse top-k routing;
-- `moe_top2_cap`: top-2 with `capacity_factor=1.25`.
+- `moe_top2_cap`: top-2 with `capacity_factor=1.25`;
+- `moe_top1_sparse`, `moe_top2_sparse`: top-1 / top-2 with
+  `capacity_factor=1.25` and `dispatch="capacity"` (each expert computed on
+  its routed tokens only).
 
 A training step is `train_on_batch` (Adam, MSE; the mixture's balancing loss
 is included); inference is `predict_on_batch`. All models are compiled and
@@ -37,7 +40,8 @@ from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
 
 VARIANTS = ("ffn_total", "ffn_active1", "ffn_active2", "moe_dense",
-            "moe_top1", "moe_top2", "moe_top2_cap")
+            "moe_top1", "moe_top2", "moe_top2_cap", "moe_top1_sparse",
+            "moe_top2_sparse")
 
 
 def build(variant, args):
@@ -54,10 +58,14 @@ def build(variant, args):
         outputs = keras.layers.Dense(d)(hidden)
     else:
         top_k = {"moe_dense": None, "moe_top1": 1, "moe_top2": 2,
-                 "moe_top2_cap": 2}[variant]
-        capacity = 1.25 if variant == "moe_top2_cap" else None
+                 "moe_top2_cap": 2, "moe_top1_sparse": 1,
+                 "moe_top2_sparse": 2}[variant]
+        capacity = (1.25 if variant.endswith(("_cap", "_sparse"))
+                    else None)
+        dispatch = "capacity" if variant.endswith("_sparse") else "dense"
         outputs = keras_mtl.layers.MixtureOfExperts(
-            E, expert_units=(h, d), top_k=top_k, capacity_factor=capacity
+            E, expert_units=(h, d), top_k=top_k, capacity_factor=capacity,
+            dispatch=dispatch,
         )(inputs)
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(1e-3), "mse")
@@ -124,7 +132,8 @@ def run_backend(backend, args):
 
 
 ACTIVE = {"moe_top1": "ffn_active1", "moe_top2": "ffn_active2",
-          "moe_top2_cap": "ffn_active2"}
+          "moe_top2_cap": "ffn_active2", "moe_top1_sparse": "ffn_active1",
+          "moe_top2_sparse": "ffn_active2"}
 
 
 def main():

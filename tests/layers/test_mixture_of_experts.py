@@ -179,6 +179,80 @@ def test_custom_expert_layer():
     assert np.abs(kernels[0] - kernels[1]).max() > 0  # independent copies
 
 
+def _numpy_capacity_mix(layer, tokens, kernel, k, capacity):
+    """Switch routing, token by token: slot-major ranks, drops, outputs."""
+    E = layer.num_experts
+    logits = tokens @ kernel
+    experts = _numpy_experts(layer, tokens)
+    count = np.zeros(E, int)
+    kept = np.zeros((len(tokens), k), bool)
+    tops = [np.argsort(-row, kind="stable")[:k] for row in logits]
+    for j in range(k):  # every first choice before any second choice
+        for n, top in enumerate(tops):
+            if count[top[j]] < capacity:
+                count[top[j]] += 1
+                kept[n, j] = True
+    y = np.zeros((len(tokens), experts.shape[-1]))
+    for n, top in enumerate(tops):
+        weights = softmax(logits[n, top])
+        for j, e in enumerate(top):
+            if kept[n, j]:
+                y[n] += weights[j] * experts[n, e]
+    return y, kept
+
+
+@pytest.mark.parametrize("k, factor", [(1, 0.5), (2, 0.75), (2, 1.0)])
+def test_capacity_dispatch_matches_switch_routing(k, factor):
+    x = _x((3, 8, 6), seed=1)
+    layer = MoE(4, expert_units=(7, 5), top_k=k, capacity_factor=factor,
+                dispatch="capacity", bias_initializer="random_normal")
+    layer.build(x.shape)
+    kernel = np.random.default_rng(2).normal(size=(6, 4)).astype("float32")
+    layer.router_kernel.assign(kernel)
+    tokens = x.reshape(-1, 6)
+    capacity = int(np.ceil(factor * 24 * k / 4))
+    want, kept = _numpy_capacity_mix(layer, tokens, kernel, k, capacity)
+    assert 0 < kept.sum() < kept.size  # some assignments are dropped
+    got = to_numpy(layer(x, training=True)).reshape(-1, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float(to_numpy(layer.dropped_fraction)) == pytest.approx(
+        1 - kept.mean())
+    # The dense dispatch of the same routing gives the same outputs.
+    dense = MoE(4, expert_units=(7, 5), top_k=k, capacity_factor=factor)
+    dense.build(x.shape)
+    dense.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(dense(x)), got.reshape(3, 8, 5),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_custom_expert, jit_compile",
+                         [(False, "auto"), (False, False), (True, "auto")])
+def test_capacity_dispatch_trains_like_dense_when_nothing_is_dropped(
+        use_custom_expert, jit_compile):
+    # Without XLA, TensorFlow traces an unknown batch size: the capacity is
+    # then a tensor.
+    # capacity_factor = E / k gives every expert room for every token.
+    expert = (dict(expert=keras.layers.Dense(3, activation="tanh"))
+              if use_custom_expert else dict(expert_units=(6, 3)))
+    x, y = _x((16, 6), seed=4), _x((16, 3), seed=5)
+    weights, losses = [], []
+    for dispatch in ("dense", "capacity"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6,))
+        outputs = MoE(4, top_k=2, capacity_factor=2.0, dispatch=dispatch,
+                      **expert)(inputs)
+        model = keras.Model(inputs, outputs)
+        model.compile(keras.optimizers.SGD(0.1), "mse",
+                      jit_compile=jit_compile)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                            shuffle=False)
+        losses.append(history.history["loss"])
+        weights.append(model.get_weights())
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("use_custom_expert", [False, True])
 def test_config_and_keras_round_trip(tmp_path, use_custom_expert):
     expert_kwargs = (
@@ -186,11 +260,14 @@ def test_config_and_keras_round_trip(tmp_path, use_custom_expert):
         else dict(expert_units=[5, 3])
     )
     layer = MoE(4, top_k=2, router="noisy_top_k", capacity_factor=1.25,
-                router_z_loss_weight=1e-3, seed=3, **expert_kwargs)
+                router_z_loss_weight=1e-3, seed=3, dispatch="capacity",
+                **expert_kwargs)
     clone = config_round_trip(layer)
     assert (clone.top_k, clone.capacity_factor) == (2, 1.25)
+    assert clone.dispatch == "capacity"
     inputs = keras.Input((4, 6))
     model = keras.Model(inputs, MoE(4, top_k=2, capacity_factor=1.0,
+                                    dispatch="capacity",
                                     **expert_kwargs)(inputs))
     before, after, _ = round_trip_outputs(model, _x(), tmp_path)
     np.testing.assert_allclose(before, after, rtol=1e-6)
@@ -211,6 +288,9 @@ def test_config_and_keras_round_trip(tmp_path, use_custom_expert):
         (dict(top_k=1, capacity_factor=0), "capacity_factor=0"),
         (dict(load_balancing_loss_weight=-1), "load_balancing_loss_weight=-1"),
         (dict(router_z_loss_weight="a"), "router_z_loss_weight='a'"),
+        (dict(top_k=1, dispatch="sparse"), "dispatch='sparse'"),
+        (dict(top_k=1, dispatch="capacity"), "capacity_factor=None"),
+        (dict(dispatch="capacity"), "top_k=None"),
     ],
 )
 def test_invalid_arguments(kwargs, message):

