@@ -13,9 +13,9 @@ metrics it reports:
   Navon et al. train a message-passing network on the molecular graph; this
   script trains an MLP on the sorted Coulomb-matrix eigenvalues (shared:
   three dense layers of 128 units, SiLU; one linear head per task), which
-  trains on a CPU in minutes but is a much weaker model. Targets are standardised with
-  the training mean and standard deviation for the loss (mean squared
-  error); the metric is the test mean absolute error in the targets' units
+  trains on a CPU in minutes but is a much weaker model. Targets are
+  standardised with the training mean and standard deviation for the loss
+  (mean squared error); the metric is the test mean absolute error in the targets' units
   (lower is better).
 
 Methods: every rule of `keras_mtl.aggregators.ALL_AGGREGATORS` except
