@@ -15,8 +15,8 @@ metrics it reports:
   three dense layers of 128 units, SiLU; one linear head per task), which
   trains on a CPU in minutes but is a much weaker model. Targets are
   standardised with the training mean and standard deviation for the loss
-  (mean squared error); the metric is the test mean absolute error in the targets' units
-  (lower is better).
+  (mean squared error); the metric is the test mean absolute error in the
+  targets' units (lower is better).
 
 Methods: every rule of `keras_mtl.aggregators.ALL_AGGREGATORS` except
 `"constant"` (a user's fixed weights; with equal weights it is `"sum"`),
