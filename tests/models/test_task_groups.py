@@ -119,3 +119,15 @@ def test_bad_groups_are_refused_before_anything_changes():
     model.compile("sgd", loss="mse", task_groups=[["a", "b"], ["c"]])
     with pytest.raises(ValueError, match="task_groups"):
         keras_mtl.analysis.task_affinity(model, data())
+
+
+def test_rules_that_need_more_tasks_are_refused_at_compile():
+    # Two groups of three tasks: too few rows for Krum and the trimmed mean.
+    model = linear_model()
+    for rule, match in (("krum", "needs at least 3 tasks"),
+                        ("trimmed_mean", "needs at least 3 tasks")):
+        with pytest.raises(ValueError, match=match):
+            model.compile("sgd", loss="mse", aggregator=rule,
+                          task_groups=[["a", "b"], ["c"]])
+        assert model.balancer is None
+    model.compile("sgd", loss="mse", aggregator="krum")  # three tasks: fine

@@ -38,13 +38,16 @@ class Krum(Weighting):
         self.n_byzantine = check_count("n_byzantine", n_byzantine, minimum=0)
         self.n_selected = check_count("n_selected", n_selected)
 
-    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+    def check_tasks(self, num_tasks):
         if num_tasks < self.n_byzantine + 3 or num_tasks < self.n_selected:
             raise ValueError(
                 f"Krum(n_byzantine={self.n_byzantine}, n_selected="
                 f"{self.n_selected}) needs at least "
                 f"{max(self.n_byzantine + 3, self.n_selected)} tasks. "
                 f"Received: num_tasks={num_tasks}")
+
+    def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
+        self.check_tasks(num_tasks)
         gramian = ops.cast(gramian, "float32")
         diag = ops.diagonal(gramian)
         distances = ops.relu(diag[:, None] + diag[None, :] - 2.0 * gramian)

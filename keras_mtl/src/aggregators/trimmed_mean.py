@@ -37,14 +37,17 @@ class TrimmedMean(Aggregator):
         super().__init__(name=name)
         self.trim_number = check_count("trim_number", trim_number, minimum=0)
 
-    def aggregate(self, jacobian, losses=None, state=None, seed=None):
-        jacobian, _ = jacobian_and_state(self, jacobian, {})
-        num_tasks = jacobian.shape[0]
+    def check_tasks(self, num_tasks):
         if num_tasks < 2 * self.trim_number + 1:
             raise ValueError(
                 f"TrimmedMean(trim_number={self.trim_number}) needs at least "
                 f"{2 * self.trim_number + 1} tasks. "
                 f"Received: num_tasks={num_tasks}")
+
+    def aggregate(self, jacobian, losses=None, state=None, seed=None):
+        jacobian, _ = jacobian_and_state(self, jacobian, {})
+        num_tasks = jacobian.shape[0]
+        self.check_tasks(num_tasks)
         kept = ops.sort(jacobian, axis=0)[
             self.trim_number: num_tasks - self.trim_number]
         weights = ops.full((num_tasks,), 1.0 / num_tasks)
