@@ -20,7 +20,9 @@ metrics it reports:
 
 Methods: every rule of `keras_mtl.aggregators.ALL_AGGREGATORS` except
 `"constant"` (a user's fixed weights; with equal weights it is `"sum"`),
-then F-MTL (`compile(sharpness="task")`, F-MTL's defaults, on `"sum"`) and
+then F-MTL (`compile(sharpness="task")` on `"sum"`: `f_mtl` with F-MTL's
+defaults, rho 2 and adaptive, and `f_mtl_sam` with its multi-MNIST code's,
+plain SAM with rho 0.05) and
 Rep-MTL (`saliency_regularizer="rep_mtl"` on the shared representation, on
 `"sum"`), all with each rule's defaults and the same optimiser, schedule and
 number of epochs. Each is trained for every seed; the test metrics of the
@@ -74,6 +76,9 @@ PUBLISHED_QM9 = {
 }
 EXTRA_METHODS = {
     "f_mtl": {"aggregator": "sum", "sharpness": "task"},
+    # F-MTL's multi-MNIST code default: plain SAM with a small radius.
+    "f_mtl_sam": {"aggregator": "sum", "sharpness": "task", "rho": 0.05,
+                  "sharpness_adaptive": False},
     "rep_mtl": {
         "aggregator": "sum",
         "gradient_mode": "features",
