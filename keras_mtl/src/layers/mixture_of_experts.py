@@ -374,13 +374,15 @@ class MixtureOfExperts(keras.layers.Layer):
         kept = ops.sum(route["kept"], axis=-1) > 0.5  # (N, k)
         slot = route["top_index"] * C + ops.cast(route["rank"], "int32")
         slot = ops.where(kept, slot, slots)  # dropped -> one spare slot
-        owner = ops.scatter(
-            ops.reshape(slot, (-1, 1)),
+        # 1 + the token in each slot, 0 for an empty slot (a segment sum,
+        # not `ops.scatter`, which loops over the indices on PyTorch).
+        owner = ops.segment_sum(
             ops.reshape(ops.broadcast_to(
                 ops.arange(1, num_tokens + 1, dtype="int32")[:, None],
                 ops.shape(slot)), (-1,)),
-            (slots + 1,),
-        )[:slots]  # 1 + the token in each slot, 0 for an empty slot
+            ops.reshape(slot, (-1,)),
+            num_segments=slots + 1,
+        )[:slots]
         padded = ops.concatenate(
             [ops.zeros_like(tokens[:1]), tokens], axis=0)
         buffers = ops.reshape(ops.take(padded, owner, axis=0), (E, C, -1))
