@@ -241,6 +241,11 @@ def test_every_aggregator_trains_without_shared_variables(name):
         (mtl_model(shared_variables=[]), LOSSES),
         (mtl_model(tasks=("reg",)), {"reg": "mse"}),
     ):
+        if name in ("krum", "trimmed_mean") and len(losses) < 3:
+            # They need three tasks, and say so at compile.
+            with pytest.raises(ValueError, match="needs at least 3 tasks"):
+                model.compile("sgd", loss=losses, aggregator=get(name))
+            continue
         # Eager: one step each (test_exact_resume.py runs every rule traced).
         model.compile(keras.optimizers.SGD(0.1), loss=losses,
                       aggregator=get(name), run_eagerly=True)
