@@ -229,12 +229,12 @@ def test_capacity_dispatch_matches_switch_routing(k, factor):
                          [(False, "auto"), (False, False), (True, "auto")])
 def test_capacity_dispatch_trains_like_dense_when_nothing_is_dropped(
         use_custom_expert, jit_compile):
-    # Without XLA, TensorFlow traces an unknown batch size: the capacity is
-    # then a tensor.
+    # Without XLA, TensorFlow retraces the last, smaller batch with an
+    # unknown batch size: the capacity is then a tensor.
     # capacity_factor = E / k gives every expert room for every token.
     expert = (dict(expert=keras.layers.Dense(3, activation="tanh"))
               if use_custom_expert else dict(expert_units=(6, 3)))
-    x, y = _x((16, 6), seed=4), _x((16, 3), seed=5)
+    x, y = _x((20, 6), seed=4), _x((20, 3), seed=5)
     weights, losses = [], []
     for dispatch in ("dense", "capacity"):
         keras.utils.set_random_seed(0)

@@ -338,7 +338,8 @@ class MixtureOfExperts(keras.layers.Layer):
                      top_index=top_index)
         if self.capacity_factor is not None:
             rank, capacity = self._rank_in_expert(chosen)
-            kept = chosen * ops.cast(rank < capacity, chosen.dtype)
+            fits = ops.less(rank, ops.cast(capacity, rank.dtype))
+            kept = chosen * ops.cast(fits, chosen.dtype)
             route.update(rank=ops.sum(rank * chosen, axis=-1),
                          capacity=capacity)
         route.update(
