@@ -324,18 +324,21 @@ class MixtureOfExperts(keras.layers.Layer):
                 ops.shape(logits), seed=self.seed_generator
             )
             logits = logits + noise * scale
-        probs = ops.softmax(logits, axis=-1)
         E = self.num_experts
         if self.top_k is None:
+            probs = ops.softmax(logits, axis=-1)
             chosen = ops.one_hot(ops.argmax(probs, axis=-1), E)[:, None, :]
             return dict(gates=probs, logits=logits, probs=probs,
                         chosen=chosen, kept=chosen)
-        top_probs, top_index = ops.top_k(probs, self.top_k)
-        top_probs = top_probs / ops.sum(top_probs, axis=-1, keepdims=True)
+        # The softmax restricted to the top k is the softmax of their logits;
+        # the full one is only needed for the balancing loss in training.
+        top_logits, top_index = ops.top_k(logits, self.top_k)
+        top_probs = ops.softmax(top_logits, axis=-1)
         chosen = ops.one_hot(top_index, E)  # (N, k, E)
         kept = chosen
-        route = dict(logits=logits, probs=probs, chosen=chosen,
-                     top_index=top_index)
+        route = dict(logits=logits, chosen=chosen, top_index=top_index)
+        if training:
+            route["probs"] = ops.softmax(logits, axis=-1)
         if self.capacity_factor is not None:
             rank, capacity = self._rank_in_expert(chosen)
             fits = ops.less(rank, ops.cast(capacity, rank.dtype))
