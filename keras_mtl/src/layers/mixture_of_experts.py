@@ -6,21 +6,14 @@ from keras import ops
 from keras_mtl.src.api_export import keras_mtl_export
 from keras_mtl.src.layers.expert_stack import ExpertStack
 from keras_mtl.src.layers.expert_stack import normalize_units
+from keras_mtl.src.layers.validation import check_choice
+from keras_mtl.src.layers.validation import check_non_negative
 from keras_mtl.src.layers.validation import check_positive_int
+from keras_mtl.src.layers.validation import check_positive_number
 from keras_mtl.src.layers.validation import serialize_objects
 
 ROUTERS = ("softmax", "noisy_top_k")
 DISPATCHES = ("dense", "capacity")
-
-
-def _check_weight(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        value < 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a number >= 0. Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 @keras_mtl_export("keras_mtl.layers.MixtureOfExperts")
@@ -183,11 +176,7 @@ class MixtureOfExperts(keras.layers.Layer):
                     "`top_k` must be at most `num_experts` "
                     f"({num_experts}). Received: top_k={top_k!r}"
                 )
-        if router not in ROUTERS:
-            raise ValueError(
-                f"`router` must be one of {ROUTERS}. Received: "
-                f"router={router!r}"
-            )
+        check_choice("router", router, ROUTERS)
         if router == "noisy_top_k" and top_k is None:
             raise ValueError(
                 "`router='noisy_top_k'` needs `top_k`. Received: "
@@ -200,21 +189,9 @@ class MixtureOfExperts(keras.layers.Layer):
                     f"Received: capacity_factor={capacity_factor!r} with "
                     "top_k=None"
                 )
-            if (
-                isinstance(capacity_factor, bool)
-                or not isinstance(capacity_factor, (int, float))
-                or capacity_factor <= 0
-            ):
-                raise ValueError(
-                    "`capacity_factor` must be a positive number or None. "
-                    f"Received: capacity_factor={capacity_factor!r}"
-                )
-            capacity_factor = float(capacity_factor)
-        if dispatch not in DISPATCHES:
-            raise ValueError(
-                f"`dispatch` must be one of {DISPATCHES}. Received: "
-                f"dispatch={dispatch!r}"
-            )
+            capacity_factor = float(
+                check_positive_number("capacity_factor", capacity_factor))
+        check_choice("dispatch", dispatch, DISPATCHES)
         if dispatch == "capacity" and capacity_factor is None:
             raise ValueError(
                 "`dispatch='capacity'` needs `top_k` and `capacity_factor` "
@@ -229,12 +206,10 @@ class MixtureOfExperts(keras.layers.Layer):
         self.router = router
         self.capacity_factor = capacity_factor
         self.dispatch = dispatch
-        self.load_balancing_loss_weight = _check_weight(
-            load_balancing_loss_weight, "load_balancing_loss_weight"
-        )
-        self.router_z_loss_weight = _check_weight(
-            router_z_loss_weight, "router_z_loss_weight"
-        )
+        self.load_balancing_loss_weight = check_non_negative(
+            "load_balancing_loss_weight", load_balancing_loss_weight)
+        self.router_z_loss_weight = check_non_negative(
+            "router_z_loss_weight", router_z_loss_weight)
         self.activation = keras.activations.get(activation)
         self.output_activation = keras.activations.get(output_activation)
         self.use_bias = use_bias
@@ -336,20 +311,17 @@ class MixtureOfExperts(keras.layers.Layer):
         top_probs = ops.softmax(top_logits, axis=-1)
         chosen = ops.one_hot(top_index, E)  # (N, k, E)
         kept = chosen
-        route = dict(logits=logits, chosen=chosen, top_index=top_index)
+        route = dict(logits=logits, chosen=chosen, top_index=top_index,
+                     top_probs=top_probs)
         if training:
             route["probs"] = ops.softmax(logits, axis=-1)
         if self.capacity_factor is not None:
             rank, capacity = self._rank_in_expert(chosen)
             fits = ops.less(rank, ops.cast(capacity, rank.dtype))
             kept = chosen * ops.cast(fits, chosen.dtype)
-            route.update(rank=ops.sum(rank * chosen, axis=-1),
-                         capacity=capacity)
-        route.update(
-            kept=kept,
-            gates=ops.sum(kept * top_probs[..., None], axis=1),
-            weights=top_probs * ops.sum(kept, axis=-1),  # (N, k)
-        )
+            route.update(rank=rank, capacity=capacity)
+        route.update(kept=kept,
+                     gates=ops.sum(kept * top_probs[..., None], axis=1))
         return route
 
     def _rank_in_expert(self, chosen):
@@ -375,9 +347,10 @@ class MixtureOfExperts(keras.layers.Layer):
         E, C = self.num_experts, route["capacity"]
         num_tokens = ops.shape(tokens)[0]
         slots = E * C
-        kept = ops.sum(route["kept"], axis=-1) > 0.5  # (N, k)
-        slot = route["top_index"] * C + ops.cast(route["rank"], "int32")
-        slot = ops.where(kept, slot, slots)  # dropped -> one spare slot
+        kept = ops.sum(route["kept"], axis=-1)  # (N, k): 1 kept, 0 dropped
+        rank = ops.sum(route["rank"] * route["chosen"], axis=-1)
+        slot = route["top_index"] * C + ops.cast(rank, "int32")
+        slot = ops.where(kept > 0.5, slot, slots)  # dropped: a spare slot
         # 1 + the token in each slot, 0 for an empty slot (a segment sum,
         # not `ops.scatter`, which loops over the indices on PyTorch).
         owner = ops.segment_sum(
@@ -398,7 +371,7 @@ class MixtureOfExperts(keras.layers.Layer):
         outputs = ops.reshape(outputs, (slots, self.units))
         outputs = ops.concatenate([outputs, ops.zeros_like(outputs[:1])], 0)
         picked = ops.take(outputs, slot, axis=0)  # (N, k, units)
-        weights = ops.cast(route["weights"], picked.dtype)
+        weights = ops.cast(route["top_probs"] * kept, picked.dtype)
         return ops.sum(picked * weights[..., None], axis=1)
 
     def _statistics(self, route):
