@@ -141,10 +141,7 @@ class Benchmark:
             self.offset = {t: float(y[t].mean()) for t in self.tasks}
             self.scale = {t: float(y[t].std()) for t in self.tasks}
         else:
-            raise ValueError(
-                "`dataset` must be 'multi_mnist' or 'qm9'. "
-                f"Received: dataset={name!r}"
-            )
+            raise ValueError(f"Unknown data set {name!r}.")
         if train_size is not None and train_size < len(x):
             keep = np.sort(rng.choice(len(x), train_size, replace=False))
             x, y = x[keep], {t: v[keep] for t, v in y.items()}
@@ -340,6 +337,10 @@ def main(datasets=("multi_mnist", "qm9"), methods=None, seeds=(0, 1, 2),
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; choose from "
                          f"{all_methods()}. Received: methods={methods}")
+    unknown = [d for d in datasets if d not in DEFAULTS]
+    if unknown:
+        raise ValueError(f"`datasets` must name {tuple(DEFAULTS)}. "
+                         f"Received: datasets={list(datasets)}")
     results = {}
     for name in datasets:
         budget = dict(DEFAULTS[name])
