@@ -119,6 +119,124 @@ def test_fair_weights_warm_start_from_the_previous_solution():
     np.testing.assert_allclose(to_numpy(fallback), to_numpy(cold))
 
 
+@pytest.mark.parametrize("num_tasks", [3, 8, 16])
+def test_min_norm_warm_start_reaches_the_same_point(num_tasks):
+    from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
+
+    jacobian = ref.graded_jacobian(num_tasks, conflicting=True, seed=7)
+    # One task without a gradient: a start with weight on it must not use it.
+    jacobian[1] = 0.0
+    gramian = jacobian @ jacobian.T
+    # The solver leaves zero gradients out (they would make the point 0).
+    expected = ref.mgda(np.delete(jacobian, 1, axis=0).astype("float64"))
+    solution, _, cold_iterations = min_norm_weights(gramian)
+    rng = np.random.default_rng(num_tasks)
+    starts = {
+        "solution": to_numpy(solution),
+        "uniform": np.full(num_tasks, 1.0 / num_tasks),
+        "random": rng.dirichlet(np.ones(num_tasks)),
+        "vertex of the zero task": np.eye(num_tasks)[1],
+        "zeros": np.zeros(num_tasks),
+    }
+    for label, start in starts.items():
+        weights, gap, iterations = min_norm_weights(
+            gramian, start=start.astype("float32"))
+        direction = to_numpy(weights) @ jacobian.astype("float64")
+        assert ref.cosine(direction, expected) >= 0.9999, label
+        assert float(to_numpy(gap)) < 1e-5, label
+        if label == "solution":
+            assert int(to_numpy(iterations)) == 1
+        if label in ("zeros", "vertex of the zero task"):
+            assert int(to_numpy(iterations)) == int(to_numpy(cold_iterations))
+
+
+def test_min_norm_warm_start_from_a_neighbouring_problem_compiled():
+    # CAGrad's search starts each solve from the last one. On TensorFlow's
+    # XLA this start once lost its point (NaN weights) in its second step;
+    # the solver now starts again from the vertex.
+    from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
+
+    jacobian = ref.graded_jacobian(32, conflicting=True, seed=32)
+    jacobian = jacobian.astype("float64")
+    gramian = jacobian @ jacobian.T
+    mean = np.full(32, 1.0 / 32)
+    linear = gramian @ mean
+    mean_norm_sq = mean @ linear
+    high = np.log(np.sqrt(np.diag(gramian)).max())
+
+    def shifted(offset):
+        shift = np.exp(high + offset) / (0.5 * np.sqrt(mean_norm_sq))
+        return (gramian + shift * (linear[:, None] + linear[None, :])
+                + shift**2 * mean_norm_sq).astype("float32")
+
+    solve = backend.jit(
+        lambda g, start: min_norm_weights(g, start=start)[:2])
+    previous, _ = solve(shifted(-10.127), np.zeros(32, "float32"))
+    problem = shifted(-8.406)
+    cold, _ = solve(problem, np.zeros(32, "float32"))
+    warm, gap = solve(problem, to_numpy(previous))
+    assert np.all(np.isfinite(to_numpy(warm)))
+    assert float(to_numpy(gap)) < 1e-5
+    np.testing.assert_allclose(to_numpy(warm), to_numpy(cold), atol=1e-5)
+
+
+def test_cagrad_root_search_warm_starts_from_the_previous_root():
+    from keras import ops
+
+    from keras_mtl.src.aggregators.cagrad import conflict_averse_dual
+
+    cold_residuals = []
+    for num_tasks in (3, 8, 16):
+        for conflicting in (False, True):
+            jacobian = ref.graded_jacobian(
+                num_tasks, conflicting=conflicting, seed=11)
+            gramian = ops.convert_to_tensor(jacobian @ jacobian.T)
+            w, _, _, _, root = conflict_averse_dual(gramian, 0.5, 30, 1e-4)
+            warm_w, _, _, warm, _ = conflict_averse_dual(
+                gramian, 0.5, 2, 1e-4, start=w, guess=root)
+            _, _, _, cold, _ = conflict_averse_dual(gramian, 0.5, 2, 1e-4)
+            assert float(to_numpy(warm)) <= 1e-4, (num_tasks, conflicting)
+            np.testing.assert_allclose(
+                to_numpy(warm_w), to_numpy(w), atol=1e-4)
+            cold_residuals.append(float(to_numpy(cold)))
+    assert max(cold_residuals) > 1e-4  # Two solves do not suffice cold.
+
+
+@pytest.mark.parametrize("num_tasks", [3, 8, 32])
+def test_cagrad_at_pareto_stationary_gradients(num_tasks):
+    # One gradient is minus half the sum of the others: 0 is in their hull,
+    # and float32 turns the root of the dual's search into a jump.
+    rng = np.random.default_rng(1)
+    jacobian = rng.normal(size=(num_tasks, 40))
+    jacobian[0] = -0.5 * jacobian[1:].sum(axis=0)
+    jacobian = jacobian.astype("float32")
+    agg = aggregators.CAGrad(rescale=0)
+    direction, _, state = agg.aggregate(jacobian)
+    expected = ref.cagrad(jacobian.astype("float64"))
+    assert ref.cosine(to_numpy(direction), expected) >= 0.9999
+    np.testing.assert_allclose(
+        np.linalg.norm(to_numpy(direction)), np.linalg.norm(expected),
+        rtol=1e-4)
+    assert float(to_numpy(state["solver_gap"])) <= agg.tolerance
+
+
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "cagrad_c0.9"])
+def test_warm_started_rules_stay_exact_over_changing_steps(name):
+    # The state carries the last solution into the next step; the steps
+    # alternate between problems with different active tasks.
+    make, reference = RULES[name]
+    agg = make()
+    state = None
+    for step in range(6):
+        jacobian = ref.graded_jacobian(
+            8, conflicting=step % 2 == 0, seed=step % 3)
+        direction, _, state = agg.aggregate(jacobian, state=state)
+        expected = reference(jacobian.astype("float64"))
+        assert ref.cosine(to_numpy(direction), expected) >= 0.9999, step
+    key = "weights" if name == "mgda" else "dual_weights"
+    assert np.isclose(to_numpy(state[key]).sum(), 1.0, atol=1e-5)
+
+
 def test_krum_selects_as_the_float64_definition():
     # A discrete choice: compared on well-separated scores, where float32
     # distances cannot reorder them.

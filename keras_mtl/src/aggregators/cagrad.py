@@ -9,9 +9,13 @@ from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.gramian_utils import cosine_gramian
 from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
 from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
+from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.api_export import keras_mtl_export
 
 RESCALES = (0, 1, 2)
+# Squared norms below this fraction of the terms they are summed from are
+# cancellation noise in float32.
+_CANCELLED = 1e-6
 
 
 @keras_mtl_export("keras_mtl.aggregators.CAGrad")
@@ -24,15 +28,20 @@ class CAGrad(Weighting):
     (`rescale=1`, LibMTL's default), `1 + c` (`rescale=2`) or not at all
     (`rescale=0`, TorchJD). Defaults follow LibMTL and the official
     multi-task code (`c=0.5`); the Nash-MTL and FAMO experiments use
-    `c=0.4` and multiply by T. The dual is solved exactly on the device by an
-    active-set method (`simplex_minimizer`, a few iterations per task) on the
-    cosine matrix of the gradients, so it stays accurate in float32 when
-    their norms span many orders of magnitude. LibMTL and the official code
+    `c=0.4` and multiply by T. The dual is solved exactly on the device
+    (`conflict_averse_dual`: a root search over minimum-norm problems, each
+    solved by Wolfe's active-set method on the cosine matrix of the shifted
+    gradients), so it stays accurate in float32 when their norms span many
+    orders of magnitude. LibMTL and the official code
     call SciPy's SLSQP on the host instead; TorchJD's version returns 0 on
     such inputs. Mean scale. Cost: Gramian. Deterministic.
 
     State keys: `solver_gap`, the largest relative violation of the dual's
-    optimality conditions (0 at the optimum), logged as `cagrad_solver_gap`.
+    optimality conditions (0 at the optimum), logged as `cagrad_solver_gap`;
+    `dual_weights` and `dual_root`, the last dual solution and its `log t`
+    (relative to the largest gradient norm), where the next step's search
+    starts (a warm start: two or three solves of one iteration each when
+    the gradients change little).
 
     Args:
         c: the conflict-aversion radius, >= 0 (`c = 0` is the mean).
@@ -62,22 +71,30 @@ class CAGrad(Weighting):
     diagnostics = ("solver_gap",)
 
     def initial_state(self, num_tasks, num_params=None):
-        return {"solver_gap": ops.zeros(())}
+        return {"solver_gap": ops.zeros(()),
+                "dual_weights": ops.zeros((num_tasks,)),
+                "dual_root": ops.zeros(())}
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
         finite, gramian = zero_if_non_finite(ops.cast(gramian, "float32"))
         mean = ops.full((num_tasks,), 1.0 / num_tasks)
         if self.c == 0.0 or num_tasks == 1:
             return mean, {**state, "solver_gap": ops.zeros(())}
-        w, combined_norm, radius, gap = conflict_averse_dual(
-            gramian, self.c, self.max_iters, self.tolerance)
+        warm = ops.sum(state["dual_weights"]) > 0.0
+        w, combined_norm, radius, gap, root = conflict_averse_dual(
+            gramian, self.c, self.max_iters, self.tolerance,
+            start=state["dual_weights"],
+            guess=ops.where(warm, state["dual_root"], float("nan")))
         weights = mean + ops.divide_no_nan(radius, combined_norm) * w
         if self.rescale == 1:
             weights = weights / (1.0 + self.c**2)
         elif self.rescale == 2:
             weights = weights / (1.0 + self.c)
         weights = ops.where(finite, weights, float("nan"))
-        return weights, {**state, "solver_gap": gap}
+        solved = ops.all(ops.isfinite(w))
+        return weights, {**state, "solver_gap": gap,
+                         "dual_weights": ops.where(solved, w, 0.0),
+                         "dual_root": ops.where(solved, root, 0.0)}
 
     def get_config(self):
         return {
@@ -89,22 +106,35 @@ class CAGrad(Weighting):
         }
 
 
-def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
+def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
+                         start=None, guess=None):
     """Solves CAGrad's dual `min_{w in simplex} b . w + r ||g_w||`.
 
     `b = G 1 / T` and `r = c ||g_0||`. Writing `||g_w|| = min_t (t / 2 +
     ||g_w||^2 / (2 t))` turns the dual, for a fixed `t`, into the
     minimum-norm point of the shifted gradients `g_i + (t / r) g_0` (solved
     exactly by `min_norm_weights`, on their own cosine matrix); the optimal
-    `t` is the root of `log t - log ||g_w(t)||`, which is increasing in `t`
-    and bracketed by `[1e-7 max ||g_i||, max ||g_i||]`. The root is found
-    by the Illinois variant of regula falsi in `log t`, at most `max_iters`
-    evaluations.
+    `t` is the root of `f(u) = u - log ||g_w(e^u)||`, which is increasing in
+    `u = log t` and bracketed by `[log(1e-7 m), log m]`, `m = max ||g_i||`.
+
+    The root search starts at `guess` (a `u - log m`, for example the
+    previous step's root; `u = log ||g_0||` when it is `None` or not
+    finite), takes a fixed-point
+    step `u <- log ||g_w(e^u)||` and then secant steps, each kept inside the
+    bracket of the points evaluated so far (a step that leaves it evaluates
+    the bracket's end the first time, and bisects after that; a step after
+    one that did not halve `|f|` bisects too): at most
+    `max_iters` evaluations, usually two or three when warm. The search
+    also ends when the bracket is narrower than `tolerance`: float32 can
+    turn the root into a jump of `f`, where the two sides' weights agree. Each solve
+    starts from the previous one's weights, the first from `start`
+    (optional `(T,)` simplex weights).
 
     Returns:
-        `(w, norm, radius, residual)`: the dual weights, `||g_w||`,
-        `r = c ||g_0||`, and the last `|log t - log ||g_w(t)|||` (0 at the
-        optimum).
+        `(w, norm, radius, residual, root)`: the dual weights, `||g_w||`,
+        `r = c ||g_0||`, the last `|f(u)|` or the bracket's width, whichever
+        is smaller (0 at the optimum), and the root
+        as `u - log m` (the next step's `guess`).
     """
     num_tasks = gramian.shape[0]
     mean = ops.full((num_tasks,), 1.0 / num_tasks)
@@ -115,49 +145,89 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6):
     radius = c * ops.sqrt(mean_norm_sq)
     safe_radius = ops.where(radius > 0.0, radius, 1.0)
     _, norms, cosines = cosine_gramian(gramian)
+    high = ops.log(ops.maximum(ops.max(norms), 1e-30))
+    low = high + math.log(1e-7)
+    positions = ops.arange(num_tasks)
 
-    def evaluate(log_t):
+    def evaluate(log_t, start):
         shift = ops.exp(log_t) / safe_radius
         shifted = (gramian + shift * (linear[:, None] + linear[None, :])
                    + shift * shift * mean_norm_sq)
-        w, _, _ = min_norm_weights(shifted, norms > 0.0)
+        w, _, _ = min_norm_weights(shifted, norms > 0.0, start=start)
+        # A shifted gradient that cancels to rounding noise (g_i parallel
+        # to -g_0, at t = r ||g_i|| / ||g_0||) is 0: it is the minimum-norm
+        # point, which the solver cannot tell from noise.
+        magnitude = (ops.diagonal(gramian) + 2.0 * shift * abs(linear)
+                     + shift * shift * mean_norm_sq)
+        vanishing = ((ops.diagonal(shifted) <= _CANCELLED * magnitude)
+                     & (norms > 0.0))
+        w = ops.where(ops.any(vanishing),
+                      one_hot(ops.argmax(ops.cast(vanishing, "float32")),
+                              positions),
+                      w)
         scaled = w * norms
         norm = ops.sqrt(ops.relu(ops.sum(scaled * ops.matmul(cosines, scaled))))
-        return log_t - ops.log(ops.maximum(norm, 1e-30)), w, norm
+        value = log_t - ops.log(ops.maximum(norm, 1e-30))
+        if c < 1.0:
+            # At Pareto-stationary gradients, exact arithmetic gives
+            # f(u) = log c < 0 for small t, but float32 cannot resolve
+            # g_w(t) = -(t / r) g_0 there (it comes from cancellation):
+            # keep the bracket's lower end negative.
+            value = ops.where(log_t <= low, ops.minimum(value, math.log(c)),
+                              value)
+        return value, w, norm
 
-    high = ops.log(ops.maximum(ops.max(norms), 1e-30))
-    low = high + ops.log(1e-7)
-    f_low, w_low, n_low = evaluate(low)
-    if c < 1.0:
-        # When the gradients are Pareto-stationary, exact arithmetic gives
-        # log t - log ||g_w(t)|| = log c < 0 for small t, but float32 cannot
-        # resolve g_w(t) = -(t / r) g_0 there (it comes from cancellation):
-        # keep the bracket's lower end negative.
-        f_low = ops.minimum(f_low, math.log(c))
-    f_high, _, _ = evaluate(high)
+    first = 0.5 * ops.log(ops.maximum(mean_norm_sq, 1e-60))
+    if guess is not None:
+        first = ops.where(ops.isfinite(guess), high + guess, first)
+    first = ops.clip(first, low, high)
+    value, w, norm = evaluate(first, start)
+    # Bracket: the root lies in [lo, hi]; an end is "known" once evaluated.
+    lo = ops.where(value > 0.0, low, first)
+    hi = ops.where(value > 0.0, first, high)
 
-    def cond(step, low, f_low, high, f_high, side, w, norm, value):
-        return (step < max_iters) & (abs(value) > tolerance)
+    def cond(step, lo, hi, lo_known, hi_known, u_prev, f_prev, u, value, w,
+             norm):
+        # A root below the bracket (Pareto-stationary gradients, c >= 1)
+        # ends at the lower end, which is then exact.
+        below = (u <= low) & (value >= 0.0)
+        return ((step < max_iters) & (abs(value) > tolerance)
+                & (hi - lo > tolerance) & ~below)
 
-    def body(step, low, f_low, high, f_high, side, w, norm, value):
-        u = (low * f_high - high * f_low) / (f_high - f_low)
-        value, w, norm = evaluate(u)
-        upper = value > 0.0
-        # Illinois: halve the kept end's value when it is kept twice.
-        f_low_kept = ops.where(side > 0.5, 0.5 * f_low, f_low)
-        f_high_kept = ops.where(side < -0.5, 0.5 * f_high, f_high)
+    def body(step, lo, hi, lo_known, hi_known, u_prev, f_prev, u, value, w,
+             norm):
+        slope = (value - f_prev) / (u - u_prev)
+        proposal = u - value / slope
+        # Secant steps that stop halving |f| (one-sided convergence, or a
+        # jump of f) give way to bisection.
+        stalled = (step > 1) & (abs(value) > 0.5 * abs(f_prev))
+        inside = ((proposal > lo) & (proposal < hi) & ops.isfinite(proposal)
+                  & ~stalled)
+        end = ops.where(proposal <= lo, lo, hi)
+        end_known = ops.where(proposal <= lo, lo_known, hi_known) | stalled
+        proposal = ops.where(
+            inside, proposal,
+            ops.where(end_known, 0.5 * (lo + hi), end))
+        new_value, new_w, new_norm = evaluate(proposal, w)
+        upper = new_value > 0.0
         return (step + 1,
-                ops.where(upper, low, u),
-                ops.where(upper, f_low_kept, value),
-                ops.where(upper, u, high),
-                ops.where(upper, value, f_high_kept),
-                ops.where(upper, 1.0, -1.0),
-                w, norm, value)
+                ops.where(upper, lo, proposal),
+                ops.where(upper, proposal, hi),
+                lo_known | ~upper,
+                hi_known | upper,
+                u, value, proposal, new_value, new_w, new_norm)
 
-    # A root below the bracket (Pareto-stationary gradients) keeps w(low).
-    start_value = ops.where(f_low >= 0.0, 0.0, f_low)
+    known = ops.convert_to_tensor(True)
+    # A virtual previous point of slope 1 makes the first step the
+    # fixed-point step u <- log ||g_w(e^u)||.
     result = ops.while_loop(
         cond, body,
-        (ops.convert_to_tensor(0, "int32"), low, f_low, high, f_high,
-         ops.zeros(()), w_low, n_low, start_value))
-    return result[6], result[7], radius, abs(result[8])
+        (ops.convert_to_tensor(1, "int32"), lo, hi,
+         ops.where(value > 0.0, ~known, known),
+         ops.where(value > 0.0, known, ~known),
+         first - 1.0, value - 1.0, first, value, w, norm))
+    lo, hi = result[1:3]
+    u, value, w, norm = result[7:]
+    below = (u <= low) & (value >= 0.0)
+    residual = ops.where(below, 0.0, ops.minimum(abs(value), hi - lo))
+    return w, norm, radius, residual, u - high

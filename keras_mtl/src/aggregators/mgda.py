@@ -33,8 +33,10 @@ class MGDA(Weighting):
     Deterministic.
 
     State keys: `solver_gap` (Frank-Wolfe duality gap of the last solve on the
-    trace-normalised Gramian; near 0 means converged) and `solver_iterations`;
-    both are logged by `MultiTaskModel`.
+    trace-normalised Gramian; near 0 means converged) and `solver_iterations`,
+    both logged by `MultiTaskModel`; `weights`, the last solution, where the
+    next solve starts (a warm start: when the active tasks do not change, the
+    solve ends after one iteration).
 
     Args:
         normalization: one of `"none"` (default, as in LibMTL), `"l2"`,
@@ -69,6 +71,7 @@ class MGDA(Weighting):
 
     def initial_state(self, num_tasks, num_params=None):
         return {
+            "weights": ops.zeros((num_tasks,)),
             "solver_gap": ops.zeros(()),
             "solver_iterations": ops.zeros(()),
         }
@@ -93,9 +96,11 @@ class MGDA(Weighting):
         scaled = gramian * scale[:, None] * scale[None, :]
         valid = ops.logical_and(squared_norms > 0.0, scale > 0.0)
         weights, gap, iterations = min_norm_weights(
-            scaled, valid, self.max_iters, self.tolerance
+            scaled, valid, self.max_iters, self.tolerance,
+            start=state["weights"],
         )
         new_state = {
+            "weights": ops.where(ops.isfinite(weights), weights, 0.0),
             "solver_gap": gap,
             "solver_iterations": ops.cast(iterations, "float32"),
         }

@@ -38,7 +38,8 @@ _RIDGE = 1e-7
 _ZERO = 1e-2
 
 
-def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
+def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
+                     start=None):
     """Wolfe's minimum-norm point of the simplex under the metric `G`.
 
     Args:
@@ -49,6 +50,12 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
         max_iters: maximum number of iterations.
         tolerance: stop when no task violates optimality by more than this
             (the scale-free test above).
+        start: optional `(T,)` weights to start from, for example the
+            solution of a nearby problem; their support becomes the first
+            corral, and a start from the optimal support ends after one
+            iteration. Any point of the simplex is a valid start; one
+            without weight on a valid task falls back to the default
+            vertex.
 
     Returns:
         `(weights, gap, iterations)`: the `(T,)` weights on the simplex (all
@@ -97,7 +104,7 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
         # the gradients are Pareto-stationary, and rounding decides cz.
         return (cz - norm * norm * a) / ops.maximum(norm, _ZERO) + excluded
 
-    def body(step, z, corral, done):
+    def body(step, z, corral, done, fresh):
         y = affine_minimizer(corral)
         # A numerically singular system (affinely dependent gradients let in
         # by rounding) ends the search at the current point.
@@ -111,20 +118,40 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6):
         moved, kept = shrink_support(z, y, corral, positions)
         new_z = ops.where(feasible, y, moved / ops.sum(a * moved))
         new_corral = ops.where(feasible, grown, kept)
-        return step + 1, new_z, new_corral, (feasible & ~improving) | ~usable
+        # A warm start can put dependent tasks in the corral, or lose the
+        # point (seen under XLA on TensorFlow): start again from the vertex,
+        # once; after that, end at the current point.
+        failed = (~usable | ~ops.all(ops.isfinite(new_z))
+                  | (ops.max(new_corral) < 0.5))
+        restart = failed & ~fresh
+        new_z = ops.where(restart, vertex_z, ops.where(failed, z, new_z))
+        new_corral = ops.where(
+            restart, vertex, ops.where(failed, corral, new_corral))
+        done = ((feasible & ~improving) | failed) & ~restart
+        return step + 1, new_z, new_corral, done, fresh | restart
 
-    def cond(step, z, corral, done):
+    def cond(step, z, corral, done, fresh):
         return (step < max_iters) & ~done
 
     # Start from the valid task of smallest norm (largest a).
-    start_corral = one_hot(
+    vertex = one_hot(
         ops.argmax(a[0] - excluded[0]), positions)[None, :] * any_valid
-    start = start_corral / ops.maximum(ops.sum(a * start_corral), 1e-30)
-    iterations, z, _, _ = ops.while_loop(
+    vertex_z = vertex / ops.maximum(ops.sum(a * vertex), 1e-30)
+    corral, z, fresh = vertex, vertex_z, ops.convert_to_tensor(True)
+    if start is not None:
+        given = ops.relu(ops.reshape(ops.cast(start, "float32"),
+                                     (1, num_tasks)))
+        # z = N w, on the valid tasks.
+        given = ops.where(present[None, :], given * norms[None, :], 0.0)
+        fresh = ops.sum(given) <= 0.0
+        corral = ops.where(fresh, corral, ops.cast(given > 0.0, "float32"))
+        z = ops.where(fresh, z,
+                      given / ops.maximum(ops.sum(a * given), 1e-30))
+    iterations, z, _, _, _ = ops.while_loop(
         cond,
         body,
-        (ops.convert_to_tensor(0, "int32"), start, start_corral,
-         any_valid < 0.5),
+        (ops.convert_to_tensor(0, "int32"), z, corral, any_valid < 0.5,
+         fresh),
     )
     gap = ops.relu(-ops.min(violations(z)))
     gap = ops.where(any_valid > 0.0, gap, 0.0)
