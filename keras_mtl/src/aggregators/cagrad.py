@@ -125,10 +125,10 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
     the bracket's end the first time, and bisects after that; a step after
     one that did not halve `|f|` bisects too): at most
     `max_iters` evaluations, usually two or three when warm. The search
-    also ends when the bracket is narrower than `tolerance`: float32 can
-    turn the root into a jump of `f`, where the two sides' weights agree. Each solve
-    starts from the previous one's weights, the first from `start`
-    (optional `(T,)` simplex weights).
+    also ends when the bracket is narrower than `tolerance` (rounding can
+    turn a steep root into a jump of `f`). Each solve starts from the
+    previous one's weights, the first from `start` (optional `(T,)`
+    simplex weights).
 
     Returns:
         `(w, norm, radius, residual, root)`: the dual weights, `||g_w||`,
