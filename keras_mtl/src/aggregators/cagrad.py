@@ -119,22 +119,21 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
 
     The root search starts at `guess` (a `u - log m`, for example the
     previous step's root; `u = log ||g_0||` when it is `None` or not
-    finite), takes a fixed-point
-    step `u <- log ||g_w(e^u)||` and then secant steps, each kept inside the
-    bracket of the points evaluated so far (a step that leaves it evaluates
-    the bracket's end the first time, and bisects after that; a step after
-    one that did not halve `|f|` bisects too): at most
-    `max_iters` evaluations, usually two or three when warm. The search
-    also ends when the bracket is narrower than `tolerance` (rounding can
-    turn a steep root into a jump of `f`). Each solve starts from the
-    previous one's weights, the first from `start` (optional `(T,)`
-    simplex weights).
+    finite), takes a fixed-point step `u <- log ||g_w(e^u)||` and then
+    secant steps, each kept inside the bracket of the points evaluated so
+    far. A step that leaves the bracket evaluates its end the first time
+    and bisects after that; a step after one that did not halve `|f|`
+    bisects too. It takes at most `max_iters` evaluations, usually two or
+    three when warm, and also ends when the bracket is narrower than
+    `tolerance` (rounding can turn a steep root into a jump of `f`). Each
+    solve starts from the previous one's weights, the first from `start`
+    (optional `(T,)` simplex weights).
 
     Returns:
         `(w, norm, radius, residual, root)`: the dual weights, `||g_w||`,
         `r = c ||g_0||`, the last `|f(u)|` or the bracket's width, whichever
-        is smaller (0 at the optimum), and the root
-        as `u - log m` (the next step's `guess`).
+        is smaller (0 at the optimum), and the root as `u - log m` (the
+        next step's `guess`).
     """
     num_tasks = gramian.shape[0]
     mean = ops.full((num_tasks,), 1.0 / num_tasks)
