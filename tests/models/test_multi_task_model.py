@@ -216,11 +216,37 @@ def test_mgda_state_is_restored_by_saving(tmp_path):
     assert float(to_numpy(loaded.balancer.state["solver_gap"])) == 0.25
 
 
+def test_balancing_state_of_an_earlier_version_or_another_rule(tmp_path):
+    model = compiled("mgda")
+    model.balancer.state["solver_gap"].assign(0.25)
+    model.balancer.state["weights"].assign([0.5, 0.25, 0.25])
+    saved = dict(model.balancer.named_variables())
+    # A file written before MGDA kept its weights: the rest is restored.
+    older = {k: to_numpy(v) for k, v in saved.items()
+             if k != "state.weights"}
+    fresh = compiled("mgda")
+    with pytest.warns(UserWarning, match="state.weights"):
+        fresh.balancer.load_own_variables(older)
+    assert float(to_numpy(fresh.balancer.state["solver_gap"])) == 0.25
+    np.testing.assert_array_equal(
+        to_numpy(fresh.balancer.state["weights"]), np.zeros(3))
+    # A file of another rule changes nothing.
+    other = compiled("nash_mtl")
+    before = {k: to_numpy(v)
+              for k, v in other.balancer.named_variables().items()}
+    with pytest.warns(UserWarning, match="another aggregator"):
+        other.balancer.load_own_variables(
+            {k: to_numpy(v) for k, v in saved.items()})
+    for key, variable in other.balancer.named_variables().items():
+        np.testing.assert_array_equal(to_numpy(variable), before[key])
+
+
 def test_recompiling_replaces_aggregator_state():
     model = compiled("mgda")
     n = len(model.non_trainable_variables)
     model.compile("sgd", loss=LOSSES, aggregator="pcgrad")
-    assert len(model.non_trainable_variables) == n - 2
+    mgda_state = keras_mtl.aggregators.MGDA().initial_state(3)
+    assert len(model.non_trainable_variables) == n - len(mgda_state)
     model.compile("sgd", loss=LOSSES, aggregator="mgda")
     assert len(model.non_trainable_variables) == n
 

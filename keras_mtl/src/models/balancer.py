@@ -509,12 +509,14 @@ class Balancer(KerasSaveable):
             store[key] = variable
 
     def load_own_variables(self, store):
-        """Restores saved state; a file of another rule is skipped with a
-        warning (as Keras does for an optimizer of another size)."""
+        """Restores saved state. A file of another rule is skipped with a
+        warning (as Keras does for an optimizer of another size); state
+        keys that a file of an earlier version lacks keep their initial
+        values, with a warning naming them."""
         named = self.named_variables()
         keys = set(store.keys())
-        if keys != set(named) or any(
-            tuple(store[k].shape) != tuple(named[k].shape) for k in named
+        if not keys <= set(named) or any(
+            tuple(store[k].shape) != tuple(named[k].shape) for k in keys
         ):
             warnings.warn(
                 "Skipping the saved balancing state: it belongs to another "
@@ -525,8 +527,16 @@ class Balancer(KerasSaveable):
                 stacklevel=2,
             )
             return
-        for key, variable in named.items():
-            variable.assign(ops.cast(store[key], variable.dtype))
+        missing = sorted(set(named) - keys)
+        if missing:
+            warnings.warn(
+                f"The saved balancing state has no {missing} (a file of an "
+                f"earlier version of {type(self.aggregator).__name__}): "
+                "they keep their initial values; the rest is restored.",
+                stacklevel=2,
+            )
+        for key in keys:
+            named[key].assign(ops.cast(store[key], named[key].dtype))
 
     def get_config(self):
         return {
