@@ -535,8 +535,11 @@ class Balancer(KerasSaveable):
                 "they keep their initial values; the rest is restored.",
                 stacklevel=2,
             )
-        for key in keys:
-            named[key].assign(ops.cast(store[key], named[key].dtype))
+        # In the balancer's own order: on several JAX processes every
+        # assignment is a collective that must match across processes.
+        for key, variable in named.items():
+            if key in keys:
+                variable.assign(ops.cast(store[key], variable.dtype))
 
     def get_config(self):
         return {
