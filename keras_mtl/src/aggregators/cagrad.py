@@ -80,11 +80,9 @@ class CAGrad(Weighting):
         mean = ops.full((num_tasks,), 1.0 / num_tasks)
         if self.c == 0.0 or num_tasks == 1:
             return mean, {**state, "solver_gap": ops.zeros(())}
-        warm = ops.sum(state["dual_weights"]) > 0.0
         w, combined_norm, radius, gap, root = conflict_averse_dual(
             gramian, self.c, self.max_iters, self.tolerance,
-            start=state["dual_weights"],
-            guess=ops.where(warm, state["dual_root"], float("nan")))
+            start=state["dual_weights"], guess=state["dual_root"])
         weights = mean + ops.divide_no_nan(radius, combined_norm) * w
         if self.rescale == 1:
             weights = weights / (1.0 + self.c**2)
@@ -118,16 +116,16 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
     `u = log t` and bracketed by `[log(1e-7 m), log m]`, `m = max ||g_i||`.
 
     The root search starts at `guess` (a `u - log m`, for example the
-    previous step's root; `u = log ||g_0||` when it is `None` or not
-    finite), takes a fixed-point step `u <- log ||g_w(e^u)||` and then
-    secant steps, each kept inside the bracket of the points evaluated so
-    far. A step that leaves the bracket evaluates its end the first time
-    and bisects after that; a step after one that did not halve `|f|`
-    bisects too. It takes at most `max_iters` evaluations, usually two or
-    three when warm, and also ends when the bracket is narrower than
-    `tolerance` (rounding can turn a steep root into a jump of `f`). Each
-    solve starts from the previous one's weights, the first from `start`
-    (optional `(T,)` simplex weights).
+    previous step's root; `u = log ||g_0||` without a `start` that has
+    weight, such as an initial state of zeros), takes a fixed-point step
+    `u <- log ||g_w(e^u)||` and then secant steps, each kept inside the
+    bracket of the points evaluated so far. A step that leaves the bracket
+    evaluates its end the first time and bisects after that; a step after
+    one that did not halve `|f|` bisects too. It takes at most `max_iters`
+    evaluations, usually two or three when warm, and also ends when the
+    bracket is narrower than `tolerance` (rounding can turn a steep root
+    into a jump of `f`). Each solve starts from the previous one's weights,
+    the first from `start` (optional `(T,)` simplex weights).
 
     Returns:
         `(w, norm, radius, residual, root)`: the dual weights, `||g_w||`,
@@ -177,21 +175,23 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
         return value, w, norm
 
     first = 0.5 * ops.log(ops.maximum(mean_norm_sq, 1e-60))
-    if guess is not None:
-        first = ops.where(ops.isfinite(guess), high + guess, first)
+    if start is not None and guess is not None:
+        first = ops.where(ops.sum(start) > 0.0, high + guess, first)
     first = ops.clip(first, low, high)
     value, w, norm = evaluate(first, start)
     # Bracket: the root lies in [lo, hi]; an end is "known" once evaluated.
     lo = ops.where(value > 0.0, low, first)
     hi = ops.where(value > 0.0, first, high)
 
-    def cond(step, lo, hi, lo_known, hi_known, u_prev, f_prev, u, value, w,
-             norm):
+    def below_bracket(u, value):
         # A root below the bracket (Pareto-stationary gradients, c >= 1)
         # ends at the lower end, which is then exact.
-        below = (u <= low) & (value >= 0.0)
+        return (u <= low) & (value >= 0.0)
+
+    def cond(step, lo, hi, lo_known, hi_known, u_prev, f_prev, u, value, w,
+             norm):
         return ((step < max_iters) & (abs(value) > tolerance)
-                & (hi - lo > tolerance) & ~below)
+                & (hi - lo > tolerance) & ~below_bracket(u, value))
 
     def body(step, lo, hi, lo_known, hi_known, u_prev, f_prev, u, value, w,
              norm):
@@ -216,17 +216,15 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
                 hi_known | upper,
                 u, value, proposal, new_value, new_w, new_norm)
 
-    known = ops.convert_to_tensor(True)
     # A virtual previous point of slope 1 makes the first step the
     # fixed-point step u <- log ||g_w(e^u)||.
     result = ops.while_loop(
         cond, body,
         (ops.convert_to_tensor(1, "int32"), lo, hi,
-         ops.where(value > 0.0, ~known, known),
-         ops.where(value > 0.0, known, ~known),
+         value <= 0.0, value > 0.0,
          first - 1.0, value - 1.0, first, value, w, norm))
     lo, hi = result[1:3]
     u, value, w, norm = result[7:]
-    below = (u <= low) & (value >= 0.0)
-    residual = ops.where(below, 0.0, ops.minimum(abs(value), hi - lo))
+    residual = ops.where(below_bracket(u, value), 0.0,
+                         ops.minimum(abs(value), hi - lo))
     return w, norm, radius, residual, u - high
