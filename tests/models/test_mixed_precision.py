@@ -52,6 +52,9 @@ def weights(model):
 @pytest.mark.parametrize("aggregator,mode", [
     ("mgda", "parameters"), ("pcgrad", "features"),
     ("uncertainty_weighting", "parameters"),
+    # The scale-dependent Nash-MTL: its Gramian must be unscaled by the
+    # square of the loss scale.
+    ("nash_mtl", "gramian"),
 ])
 @pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
 def test_one_mixed_precision_step_equals_float32_step(

@@ -30,6 +30,7 @@ import torch
 
 from keras_mtl.src.backend import processes
 from keras_mtl.src.models.feature_split import split_at
+from keras_mtl.src.models.gradient_plan import check_replicas
 from keras_mtl.src.models.probe import Probe
 from keras_mtl.src.models.probe import half_of
 
@@ -89,7 +90,8 @@ def _summed_updates(metrics, replicas):
 
 
 def check_distribution(model):
-    """Nothing to refuse: any process group of `keras_mtl.distribute`."""
+    """Refuses only `gradient_mode="gramian"` with several ranks."""
+    check_replicas(model.balancer.gradient_mode, processes.process_count())
 
 
 def synchronize_replicas(model):
@@ -106,7 +108,7 @@ def synchronize_replicas(model):
 
 
 def _grad(outputs, inputs, grad_outputs=None, retain_graph=False,
-          batched=False):
+          batched=False, create_graph=False):
     if not inputs:
         return []
     grads = torch.autograd.grad(
@@ -114,6 +116,7 @@ def _grad(outputs, inputs, grad_outputs=None, retain_graph=False,
         inputs,
         grad_outputs=grad_outputs,
         retain_graph=retain_graph,
+        create_graph=create_graph,
         allow_unused=True,
         is_grads_batched=batched,
     )
@@ -269,6 +272,9 @@ def train_step(model, data):
     if plan.mode == "features":
         with split_at(plan.features_layer, _detach) as split:
             y_pred = model(x, training=True)
+    elif plan.mode == "gramian":
+        with _twice_differentiable():
+            y_pred = model(x, training=True)
     else:
         y_pred = model(x, training=True)
     losses = balancer.task_losses(y, y_pred, sw, model.regularization_loss(),
@@ -286,6 +292,9 @@ def train_step(model, data):
         grads = balancer.unscale(_grad(objective, shared + others),
                                  replicas, scale)
         g_shared, g_others = grads[: len(shared)], grads[len(shared):]
+    elif plan.mode == "gramian":
+        g_shared, g_others, weights = _gramian_step(
+            balancer, losses, shared, others, plan.norm_index, scale)
     elif not (plan.mode == "features" or balancer.vectorize):
         g_shared, g_others, weights = _per_task_step(
             balancer, losses, shared, others, plan.norm_index, replicas,
@@ -357,6 +366,57 @@ def _tensor(value):
 
 def _batch_size(x):
     return next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
+
+
+def _twice_differentiable():
+    """The forward pass of `gradient_mode="gramian"`, whose backward pass
+    is differentiated again: attention runs as plain operations
+    (PyTorch's fused attention kernels have no second derivative)."""
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _gramian_step(balancer, losses, shared, others, norm_index, scale):
+    """`gradient_mode="gramian"`: the rows' Gramian one column at a time,
+    `J g_r` with `g_r = J^T e_r` taken with `create_graph`, as the
+    derivative of that backward pass with respect to its output gradient
+    `e_r`, so one row gradient exists at a time; then one backward pass of
+    the weighted loss. One rank only (see `check_distribution`)."""
+    rows, reg = losses.row_losses, losses.reg
+    num_rows = rows.shape[0]
+    eye = torch.eye(num_rows, dtype=rows.dtype, device=rows.device)
+    columns, layer_rows = [], []
+    for r in range(num_rows):
+        pick = eye[r].clone().requires_grad_(True)
+        grads = _grad(rows, shared, pick, retain_graph=True, create_graph=True)
+        with torch.no_grad():
+            tangents = balancer.unscale(grads, scale=scale)
+        linked = [(g, t.to(g.dtype)) for g, t in zip(grads, tangents)
+                  if g.requires_grad]
+        column = torch.autograd.grad(
+            [g for g, _ in linked], pick, [t for _, t in linked],
+            allow_unused=True)[0] if linked else None
+        columns.append(torch.zeros_like(pick) if column is None
+                       else column.detach())
+        if norm_index is not None:
+            layer_rows.append(torch.cat(
+                [tangents[k].detach().reshape(-1) for k in norm_index]))
+        del grads, tangents, linked
+    with torch.no_grad():
+        weights = balancer.gramian_weights(columns, losses.losses, scale,
+                                           layer_rows or None)
+    outputs, cotangents = [rows], [weights.to(rows.dtype)]
+    if reg is not None:
+        outputs.append(reg)
+        cotangents.append(torch.ones_like(reg))
+    g_shared = balancer.unscale(
+        _grad(outputs, shared, cotangents, retain_graph=True), scale=scale)
+    cotangents[0] = balancer.coefficients(weights, losses)
+    g_others = balancer.unscale(_grad(outputs, others, cotangents),
+                                scale=scale)
+    return g_shared, g_others, weights
 
 
 def _per_task_step(balancer, losses, shared, others, norm_index, replicas,

@@ -141,7 +141,7 @@ class Balancer(KerasSaveable):
         loss_weights: optional `{task: weight}` (or one weight for every
             task); shorthand for a `Constant` aggregator.
         metrics, weighted_metrics: dicts `{task: [metrics]}` or one list.
-        gradient_mode: `"parameters"` or `"features"`.
+        gradient_mode: `"parameters"`, `"features"` or `"gramian"`.
         features: the shared layer's name for `"features"` mode.
         weight_task_specific: scale the non-shared gradients by the task
             weights.
@@ -327,7 +327,18 @@ class Balancer(KerasSaveable):
                 "from a virtual step of the whole model; it cannot keep one "
                 "per group of variables. Received: aggregation_groups="
                 f"{self.aggregation_groups!r}")
-        if aggregator.batch_splits > 1 and self.gradient_mode != "parameters":
+        if self.gradient_mode == "gramian" and aggregator.requires_jacobian \
+                and not isinstance(aggregator, Weighting):
+            raise ValueError(
+                "gradient_mode='gramian' gives the rule the Gramian of the "
+                "task gradients and never the gradients themselves; "
+                f"{type(aggregator).__name__} reads the gradients. Use "
+                "gradient_mode='parameters' with it, or a rule that "
+                "weights the tasks from their Gramian (e.g. 'upgrad', "
+                "'mgda', 'cagrad', 'nash_mtl'). Received: "
+                f"aggregator={aggregator!r}, gradient_mode='gramian'")
+        if aggregator.batch_splits > 1 and self.gradient_mode not in (
+                "parameters", "gramian"):
             raise ValueError(
                 f"{type(aggregator).__name__} compares the gradients of "
                 "independent parts of the batch, which share no feature "
@@ -821,6 +832,49 @@ class Balancer(KerasSaveable):
             return self._combine_groups(jacobians, losses)
         return self._combine(jacobians, losses, norm_index, flat)
 
+    def gramian_weights(self, columns, losses, scale=None, layer_rows=None):
+        """The row weights of a Gramian rule (a `Weighting`) in
+        `gradient_mode="gramian"`, which never forms the Jacobian.
+
+        Args:
+            columns: `R` tensors `(R,)`, the columns `J g_r` of the rows'
+                Gramian: the Jacobian of the row losses times one row's
+                (unscaled) gradient `g_r`. In a mixed-precision step that
+                Jacobian is of the scaled losses, so a column is `scale`
+                times the true one (the tangent is unscaled first, which
+                keeps float16 intermediates of order `scale`, not
+                `scale ** 2`).
+            losses: `(T,)` task losses.
+            scale: the loss scale of a mixed-precision step, or `None`.
+            layer_rows: `R` unscaled flat gradients of the aggregator's
+                `gramian_layer` alone (small, so kept), or `None`.
+
+        Returns:
+            The `(R,)` row weights; the step's direction is their
+            combination of the row gradients, one more backward pass.
+        """
+        gramian = ops.cast(ops.stack(columns, axis=1), "float32")
+        if scale is not None:
+            gramian = gramian / scale
+        # Each column is its own backward pass: equal up to rounding.
+        gramian = 0.5 * (gramian + ops.transpose(gramian))
+        losses = ops.stop_gradient(self.balanced_losses(losses))
+        state = self._read_state()
+        if layer_rows is not None:
+            rows = ops.cast(ops.stack(layer_rows), "float32")
+            state["layer_gramian"] = rows @ ops.transpose(rows)
+        weights = self._weights_from_gramian(gramian, losses, state)
+        self._keep_pending(state)
+        return ops.stop_gradient(weights)
+
+    def _weights_from_gramian(self, gramian, losses, state):
+        """Runs the rule on `gramian`; updates `state` to its new state."""
+        self._record_gramian(gramian)
+        weights, new_state = self.aggregator.compute_weights(
+            self.num_balanced, gramian, losses, state, self.seed_generator)
+        state.update(new_state)
+        return ops.cast(weights, "float32")
+
     def _combine_groups(self, jacobians, losses):
         """`combine` once per group of shared variables, each with its own
         state; the weights returned are the groups' mean."""
@@ -856,12 +910,7 @@ class Balancer(KerasSaveable):
             gramians = [f @ ops.transpose(f) for f in flats]
             if norm_index is not None:
                 state["layer_gramian"] = sum(gramians[k] for k in norm_index)
-            gramian = sum(gramians)
-            self._record_gramian(gramian)
-            weights, state = self.aggregator.compute_weights(
-                num_tasks, gramian, losses, state, self.seed_generator
-            )
-            weights = ops.cast(weights, "float32")
+            weights = self._weights_from_gramian(sum(gramians), losses, state)
             directions = [
                 ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
                 for j in jacobians

@@ -3,7 +3,21 @@
 import math
 import warnings
 
-GRADIENT_MODES = ("parameters", "features")
+GRADIENT_MODES = ("parameters", "features", "gramian")
+
+
+def check_replicas(gradient_mode, count):
+    """Refuses `gradient_mode="gramian"` over several replicas (processes
+    or `tf.distribute` devices), each with its own part of the batch: the
+    global Gramian `(sum_k J_k)(sum_k J_k)^T` needs the replicas' Jacobians,
+    which that mode never forms. JAX's `keras.distribution` runs one program
+    over the global batch and is not refused."""
+    if gradient_mode == "gramian" and count > 1:
+        raise ValueError(
+            "gradient_mode='gramian' cannot sum the replicas' Gramians into "
+            "the Gramian of the global batch. Use gradient_mode='parameters' "
+            "with several replicas, or the JAX backend's "
+            f"keras.distribution. Received: {count} replicas")
 
 
 class GradientPlan:
@@ -14,7 +28,7 @@ class GradientPlan:
         shared_ids: `id`s of the variables whose per-task gradients are
             aggregated.
         aggregator: the compiled aggregator.
-        gradient_mode: `"parameters"` or `"features"`.
+        gradient_mode: `"parameters"`, `"features"` or `"gramian"`.
         features_layer: the layer whose output is split off in
             `"features"` mode (see `feature_split.split_at`).
         features_ids: `id`s of the variables that layer's output depends
@@ -29,7 +43,9 @@ class GradientPlan:
             variable; `shared_index` / `others_index` are their positions in
             `trainable`.
         mode: `"losses"` (one backward pass of the weighted loss),
-            `"parameters"` or `"features"`.
+            `"parameters"`, `"features"` or `"gramian"` (the row Gramian
+            of the shared variables' task gradients, column by column, then
+            one backward pass of the weighted loss).
         features_layer: the split layer in `"features"` mode, else `None`.
         saliency_layer: the features layer whenever `gradient_mode` is
             `"features"` (also for a loss-only rule), else `None`.
@@ -72,10 +88,10 @@ class GradientPlan:
                 )
         self.norm_index = None
         if layer_variable_ids is not None and self.mode != "losses":
-            if self.mode != "parameters":
+            if self.mode not in ("parameters", "gramian"):
                 raise ValueError(
                     f"{name}(layer={aggregator.gramian_layer!r}) needs "
-                    "gradient_mode='parameters'. Received: "
+                    "gradient_mode='parameters' or 'gramian'. Received: "
                     f"gradient_mode={self.mode!r}"
                 )
             self.norm_index = [

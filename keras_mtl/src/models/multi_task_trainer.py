@@ -257,9 +257,19 @@ class MultiTaskTrainer:
             aggregator: a `keras_mtl.aggregators.Aggregator` or its name
                 (e.g. `"pcgrad"`). Defaults to `"sum"`.
             gradient_mode: `"parameters"` (exact per-task gradients of the
-                shared variables) or `"features"` (per-task gradients of the
+                shared variables), `"features"` (per-task gradients of the
                 shared representation named by `features`, then one backward
-                pass through the trunk; MGDA-UB style).
+                pass through the trunk; MGDA-UB style) or `"gramian"` (for
+                rules that read only the Gramian of the task gradients, the
+                `Weighting` rules such as UPGrad, MGDA, CAGrad, Nash-MTL,
+                PCGrad: the exact Gramian `J J^T` of the shared variables
+                one column at a time, `J (J^T e_t)`, by differentiating each
+                task's backward pass once more, so only one task gradient
+                is held at a time instead of the `T x P` Jacobian; then one
+                backward pass of the weighted loss. Same steps as
+                `"parameters"`, peak memory about that of plain training;
+                about twice the backward passes. One replica, or JAX's
+                `keras.distribution`).
             features: name of the layer whose output is the shared
                 representation, for `gradient_mode="features"`.
             weight_task_specific: if `True`, non-shared variables receive

@@ -1,0 +1,153 @@
+"""`compile(gradient_mode="gramian")`: a Gramian rule's step from the rows'
+Gramian, computed one column at a time without the `T x P` Jacobian, then
+one backward pass of the weighted loss. It must train exactly as parameter
+mode does."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_mtl
+from keras_mtl.src.models.gradient_plan import check_replicas
+from tests.helpers import BACKEND
+from tests.helpers import LOSSES
+from tests.helpers import make_data
+from tests.helpers import mtl_model
+from tests.helpers import to_numpy
+
+
+def _train(make_model, mode, aggregator, x, y, epochs=2, **compile_args):
+    model = make_model()
+    model.compile(keras.optimizers.SGD(0.1), loss=compile_args.pop(
+        "loss", LOSSES), aggregator=aggregator, gradient_mode=mode,
+        **compile_args)
+    history = model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False,
+                        verbose=0)
+    return model, history.history
+
+
+def _assert_same_training(make_model, aggregator, x, y, **compile_args):
+    parameters, logs_p = _train(make_model, "parameters", aggregator, x, y,
+                                **dict(compile_args))
+    gramian, logs_g = _train(make_model, "gramian", aggregator, x, y,
+                             **dict(compile_args))
+    for a, b in zip(parameters.trainable_variables,
+                    gramian.trainable_variables):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-4,
+                                   atol=1e-5, err_msg=a.path)
+    weight_logs = [k for k in logs_p if k.endswith("_weight")]
+    assert weight_logs
+    for key in weight_logs:
+        np.testing.assert_allclose(logs_g[key], logs_p[key], rtol=1e-4,
+                                   atol=1e-6, err_msg=key)
+    return gramian
+
+
+# Stateless, warm-started (state) and a fixed point; compiled where the
+# backend compiles by default.
+@pytest.mark.parametrize("aggregator", ["upgrad", "mgda", "cagrad",
+                                        "nash_mtl"])
+def test_gramian_mode_trains_as_parameter_mode(aggregator):
+    x, y = make_data(64)
+    _assert_same_training(mtl_model, aggregator, x, y)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps eagerly")
+def test_gramian_mode_eager_step():
+    x, y = make_data(32)
+    _assert_same_training(mtl_model, "aligned_mtl", x, y, epochs=1,
+                          jit_compile=False)
+
+
+def test_gramian_mode_with_a_layer_gramian_and_regularisation():
+    """GradNorm balancing one layer reads that layer's own Gramian; an L2
+    regulariser's gradient is added to the direction, not balanced."""
+    def regularised():
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(8, activation="tanh", name="trunk_1",
+                               kernel_regularizer="l2")(inputs)
+        z = keras.layers.Dense(8, activation="tanh", name="features")(h)
+        units = {"reg": 1, "cls": 3, "bin": 1}
+        return keras_mtl.MultiTaskModel(inputs, {
+            t: keras.layers.Dense(u, name=f"head_{t}")(z)
+            for t, u in units.items()})
+
+    x, y = make_data(64)
+    rule = keras_mtl.aggregators.GradNorm(layer="features",
+                                          initial_loss="first_step")
+    model = _assert_same_training(regularised, rule, x, y,
+                                  weight_task_specific=True)
+    assert model.balancer.state  # GradNorm's state moved with the steps.
+
+
+def _transformer():
+    """Embedding, attention, layer normalisation: the layers of a
+    transformer trunk (an embedding's gradient is sparse on TensorFlow;
+    PyTorch's fused attention has no second derivative)."""
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input((5,), dtype="int32")
+    h = keras_hub.layers.TokenAndPositionEmbedding(20, 5, 16)(tokens)
+    h = keras_hub.layers.TransformerEncoder(32, 2)(h)
+    z = keras.layers.GlobalAveragePooling1D()(h)
+    return keras_mtl.MultiTaskModel(tokens, {
+        "a": keras.layers.Dense(1, name="a")(z),
+        "b": keras.layers.Dense(1, name="b")(z),
+        "c": keras.layers.Dense(1, name="c")(z),
+    })
+
+
+def test_gramian_mode_on_a_transformer_trunk():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, (32, 5)).astype("int32")
+    y = {t: rng.normal(size=(32, 1)).astype("float32") for t in "abc"}
+    _assert_same_training(_transformer, "upgrad", x, y, epochs=1,
+                          loss={t: "mse" for t in "abc"})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"aggregator": "graddrop"}, "reads the gradients"),
+    ({"aggregator": "mgda", "aggregation_groups": "layer"},
+     "aggregation_groups"),
+    ({"aggregator": "mgda", "sharpness": "task"}, "sharpness"),
+])
+def test_rules_and_options_that_need_the_jacobian_are_refused(kwargs,
+                                                               message):
+    model = mtl_model()
+    model.compile("sgd", loss=LOSSES, aggregator="upgrad")
+    with pytest.raises(ValueError, match=message) as info:
+        model.compile("sgd", loss=LOSSES, gradient_mode="gramian", **kwargs)
+    assert "gramian" in str(info.value)
+    # The failed compile left the model as it was.
+    assert model.balancer.aggregator.name == "upgrad"
+    assert model.balancer.gradient_mode == "parameters"
+
+
+def test_a_loss_only_rule_runs_its_usual_step():
+    x, y = make_data(32)
+    model = mtl_model()
+    model.compile("sgd", loss=LOSSES, aggregator="dwa",
+                  gradient_mode="gramian")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert model.gradient_plan().mode == "losses"
+
+
+def test_gramian_mode_is_saved_with_the_model(tmp_path):
+    x, y = make_data(32)
+    model, _ = _train(mtl_model, "gramian", "mgda", x, y, epochs=1)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.balancer.gradient_mode == "gramian"
+    np.testing.assert_allclose(
+        to_numpy(loaded.balancer.state["weights"]),
+        to_numpy(model.balancer.state["weights"]))
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+def test_several_replicas_are_refused():
+    check_replicas("gramian", 1)
+    check_replicas("parameters", 4)
+    with pytest.raises(ValueError, match="Received: 2 replicas"):
+        check_replicas("gramian", 2)
