@@ -20,6 +20,10 @@ Every aggregator starts from the same initial weights. Run with any backend:
     KERAS_BACKEND=jax python examples/keras_hub_subclassed.py
     KERAS_BACKEND=torch python examples/keras_hub_subclassed.py \\
         --aggregators sum cagrad --epochs 3
+
+`--gradient-mode gramian` trains the Gramian rules (UPGrad, MGDA, PCGrad,
+CAGrad, ...) without holding every task's gradient of the backbone at once
+(`compile(gradient_mode="gramian")`), with the same steps.
 """
 
 import argparse
@@ -104,7 +108,7 @@ def build_model(seed=0):
 
 
 def train(aggregator, train_data, test_data, epochs, batch_size,
-          learning_rate, seed=0):
+          learning_rate, seed=0, gradient_mode="parameters"):
     model = build_model(seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -113,6 +117,7 @@ def train(aggregator, train_data, test_data, epochs, batch_size,
         metrics={task: [keras.metrics.SparseCategoricalAccuracy(
             name="accuracy")] for task in TASKS},
         aggregator=aggregator,
+        gradient_mode=gradient_mode,
     )
     history = model.fit(*train_data, batch_size=batch_size, epochs=epochs,
                         shuffle=True, verbose=0)
@@ -132,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--aggregators", nargs="+",
                         default=["sum", "upgrad", "mgda", "pcgrad"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient-mode", default="parameters",
+                        choices=["parameters", "gramian"])
     args = parser.parse_args(argv)
 
     num_train = args.steps * args.batch_size
@@ -145,7 +152,8 @@ def main(argv=None):
     for aggregator in args.aggregators:
         model, history, results = train(
             aggregator, train_data, test_data, args.epochs, args.batch_size,
-            args.learning_rate, seed=args.seed)
+            args.learning_rate, seed=args.seed,
+            gradient_mode=args.gradient_mode)
         backbone = model.backbone.trainable_weights
         print(f"\n{aggregator}: {len(model.shared_variables)} shared "
               f"variables found (the backbone has {len(backbone)} trainable "

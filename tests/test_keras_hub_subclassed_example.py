@@ -1,6 +1,8 @@
 """The keras-hub subclassed example runs on a small budget: a random-weight
 BERT backbone with two heads, trained through `MultiTaskTrainer.fit`."""
 
+import keras
+import numpy as np
 import pytest
 
 from tests.test_examples import load
@@ -69,3 +71,22 @@ def test_features_mode_splits_inside_the_keras_hub_backbone(aggregator):
     assert any("embedding" in p for p in changed), sorted(changed)
     for head in model.heads.values():
         assert {v.path for v in head.trainable_weights} <= changed
+
+
+@not_on_jax
+def test_keras_hub_subclassed_example_in_gramian_mode(capsys):
+    """The Gramian of a real backbone's task gradients (attention, layer
+    normalisation, embeddings, dropout) gives parameter mode's training."""
+    argv = ["--steps", "4", "--epochs", "1", "--num-test", "32",
+            "--aggregators", "upgrad", "mgda"]
+    parameters = load("keras_hub_subclassed").main(argv)
+    gramian = load("keras_hub_subclassed").main(
+        argv + ["--gradient-mode", "gramian"])
+    for aggregator in ("upgrad", "mgda"):
+        a, b = parameters[aggregator]["model"], gramian[aggregator]["model"]
+        assert b.balancer.gradient_mode == "gramian"
+        for va, vb in zip(a.trainable_variables, b.trainable_variables):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(vb),
+                keras.ops.convert_to_numpy(va), rtol=1e-3, atol=1e-5,
+                err_msg=f"{aggregator}: {va.path}")

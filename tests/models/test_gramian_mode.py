@@ -53,6 +53,17 @@ def test_gramian_mode_trains_as_parameter_mode(aggregator):
     _assert_same_training(mtl_model, aggregator, x, y)
 
 
+@pytest.mark.parametrize("aggregator, compile_args", [
+    ("modo", {}),  # Rows of independent parts of the batch.
+    ("mgda", {"task_groups": [["reg", "cls"], ["bin"]]}),
+])
+def test_gramian_mode_with_parts_of_the_batch_and_task_groups(
+        aggregator, compile_args):
+    x, y = make_data(64)
+    _assert_same_training(mtl_model, aggregator, x, y, epochs=1,
+                          **compile_args)
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps eagerly")
 def test_gramian_mode_eager_step():
     x, y = make_data(32)
@@ -151,3 +162,16 @@ def test_several_replicas_are_refused():
     check_replicas("parameters", 4)
     with pytest.raises(ValueError, match="Received: 2 replicas"):
         check_replicas("gramian", 2)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile only")
+def test_compiled_pytorch_step_is_refused_before_training():
+    x, y = make_data(32)
+    model = mtl_model()
+    model.compile("sgd", loss=LOSSES, aggregator="upgrad",
+                  gradient_mode="gramian", jit_compile=True)
+    before = [to_numpy(v) for v in model.trainable_variables]
+    with pytest.raises(ValueError, match="jit_compile=False"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(b, to_numpy(v))

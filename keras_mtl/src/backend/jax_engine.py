@@ -5,6 +5,8 @@ data)` receives the variable values and returns new ones. One forward pass is
 linearised with `jax.linearize`, and its transpose gives each task's
 gradient (a loop of backward passes, each through its own task's part of the
 graph only, or `jax.vmap` over one-hot task weights with `vectorize=True`).
+In Gramian mode the linearised pass itself, applied to each row gradient,
+gives one column of the Gramian (see `_gramian_weights`).
 Aggregator state and metrics are updated inside a `keras.StatelessScope`,
 which maps every model variable to its value in the incoming state and
 records the assignments.

@@ -3,7 +3,10 @@
 One persistent `tf.GradientTape` records the forward pass; the per-task
 gradients of the shared variables are `T` calls of `tape.gradient` (or one
 `tape.jacobian` with `vectorize=True`), and every other gradient is one more
-`tape.gradient` with `output_gradients` set to the task coefficients.
+`tape.gradient` with `output_gradients` set to the task coefficients. In
+Gramian mode a second tape differentiates each row's `tape.gradient` call
+with respect to its one-hot `output_gradients`: one column of the Gramian
+per row (see `_gramian_gradients`).
 
 Distribution: under `tf.distribute.MirroredStrategy` the step runs once per
 replica on its shard of the global batch. The task losses take the global

@@ -7,8 +7,10 @@ Jacobian, and the non-shared gradients are combined with the task
 coefficients afterwards. With `vectorize=True`, and in features mode, the
 per-task gradients come from one batched call (`is_grads_batched=True`) or a
 loop over the features tensor, and the other gradients from one more call
-with the task coefficients as `grad_outputs`. `.grad` fields are never
-touched.
+with the task coefficients as `grad_outputs`. In Gramian mode each row
+gradient is taken with `create_graph=True` and differentiated once more
+with respect to its one-hot `grad_outputs`, which gives one column of the
+Gramian (see `_gramian_step`). `.grad` fields are never touched.
 
 Distribution: with an initialised `torch.distributed` process group of
 several ranks (see `keras_mtl.distribute`), each rank runs the step on its
@@ -90,8 +92,17 @@ def _summed_updates(metrics, replicas):
 
 
 def check_distribution(model):
-    """Refuses only `gradient_mode="gramian"` with several ranks."""
-    check_replicas(model.balancer.gradient_mode, processes.process_count())
+    """Refuses `gradient_mode="gramian"` with several ranks, or compiled:
+    `torch.compile` (aot_autograd) has no double backward."""
+    mode = model.balancer.gradient_mode
+    check_replicas(mode, processes.process_count())
+    if mode == "gramian" and model.jit_compile:
+        raise ValueError(
+            "gradient_mode='gramian' differentiates each task's backward "
+            "pass once more, which torch.compile does not support (no "
+            "double backward in aot_autograd). Compile with "
+            "jit_compile=False, PyTorch's default. Received: "
+            "jit_compile=True")
 
 
 def synchronize_replicas(model):
