@@ -14,7 +14,9 @@ process:
 
 Memory is the process's peak resident set (max RSS) and, in the ratios, its
 rise over the RSS once the backend is imported (before the model is built),
-so that the backend's own footprint does not flatter the ratio. Step time is
+so that the backend's own footprint does not flatter the ratio; "steps' own
+peak" restarts the peak after the first call, which on JAX and TensorFlow
+also compiles the step (XLA's compiler holds memory of its own). Step time is
 the median of the timed `train_on_batch` calls after one warm-up call (which
 compiles on JAX and TensorFlow).
 
@@ -43,12 +45,23 @@ from one_core import pin_to_one_core
 VARIANTS = ("plain", "parameters", "gramian")
 
 
-def _rss_mb():
+def _status_mb(field):
+    """`VmRSS` (resident now) or `VmHWM` (its peak) of this process."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _reset_peak():
+    """Restarts `VmHWM` from the current resident set (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(args):
@@ -60,7 +73,7 @@ def worker(args):
     import keras_mtl
 
     keras.ops.ones(())  # Starts the backend.
-    base_mb = _rss_mb()
+    base_mb = _status_mb("VmRSS")
     keras.utils.set_random_seed(0)
     tasks = [f"task_{i}" for i in range(args.tasks)]
     tokens = keras.Input((args.seq_len,), dtype="int32")
@@ -74,11 +87,13 @@ def worker(args):
     losses = {t: "mse" for t in tasks}
     if args.variant == "plain":
         model = keras.Model(tokens, outputs)
-        model.compile(keras.optimizers.Adam(1e-4), loss=losses)
+        model.compile(keras.optimizers.Adam(1e-4), loss=losses,
+                      jit_compile=args.jit_compile)
     else:
         model = keras_mtl.MultiTaskModel(tokens, outputs)
         model.compile(keras.optimizers.Adam(1e-4), loss=losses,
-                      aggregator="upgrad", gradient_mode=args.variant)
+                      aggregator="upgrad", gradient_mode=args.variant,
+                      jit_compile=args.jit_compile)
     rng = np.random.default_rng(0)
     x = rng.integers(0, args.vocab, (args.batch_size, args.seq_len),
                      dtype="int32")
@@ -91,10 +106,16 @@ def worker(args):
         float(logs["loss"])  # Forces the step to finish.
         if i:
             times.append(time.perf_counter() - start)
+        else:
+            # The first call also compiles (JAX, TensorFlow): the steps'
+            # own peak is measured from here.
+            peak_reset = _reset_peak()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_peak_mb = _status_mb("VmHWM") if peak_reset else float("nan")
     print(json.dumps({
         "median_s": statistics.median(times),
         "peak_rss_mb": peak_mb,
+        "step_peak_rss_mb": step_peak_mb,
         "base_rss_mb": base_mb,
         "params_m": model.count_params() / 1e6,
     }))
@@ -107,7 +128,7 @@ def run_variant(backend, variant, tasks, args):
         "--tasks", str(tasks), "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
         "--layers", str(args.layers), "--width", str(args.width),
-        "--vocab", str(args.vocab),
+        "--vocab", str(args.vocab), "--jit-compile", str(args.jit_compile),
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -128,6 +149,9 @@ def main():
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--vocab", type=int, default=30522)
+    parser.add_argument("--jit-compile", default="auto",
+                        type=lambda v: v if v == "auto" else v == "True",
+                        help="compile(jit_compile=...): auto, True or False")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -136,9 +160,10 @@ def main():
         args.tasks = args.tasks[0]
         return worker(args)
 
-    print("| backend | T | variant | params (M) | median step (s) | vs plain "
-          "| peak RSS (MB) | rise over backend (MB) | vs plain |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| backend | T | variant | median step (s) | vs plain | peak RSS "
+          "(MB) | rise over backend (MB) | vs plain | steps' own peak rise "
+          "(MB) | vs plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for backend in args.backends:
         for tasks in args.tasks:
@@ -147,18 +172,24 @@ def main():
             plain = found.get("plain")
             for variant, r in found.items():
                 rise = r["peak_rss_mb"] - r["base_rss_mb"]
+                step_rise = r["step_peak_rss_mb"] - r["base_rss_mb"]
                 r.update(backend=backend, tasks=tasks, variant=variant,
-                         rise_mb=rise)
+                         rise_mb=rise, step_rise_mb=step_rise)
+                nan = float("nan")
                 if plain is not None:
                     r["time_ratio"] = r["median_s"] / plain["median_s"]
                     r["memory_ratio"] = rise / (
                         plain["peak_rss_mb"] - plain["base_rss_mb"])
+                    r["step_memory_ratio"] = step_rise / (
+                        plain["step_peak_rss_mb"] - plain["base_rss_mb"])
                 results.append(r)
                 print(f"| {backend} | {tasks} | {variant} | "
-                      f"{r['params_m']:.1f} | {r['median_s']:.2f} | "
-                      f"{r.get('time_ratio', float('nan')):.2f}x | "
+                      f"{r['median_s']:.2f} | "
+                      f"{r.get('time_ratio', nan):.2f}x | "
                       f"{r['peak_rss_mb']:.0f} | {rise:.0f} | "
-                      f"{r.get('memory_ratio', float('nan')):.2f}x |",
+                      f"{r.get('memory_ratio', nan):.2f}x | "
+                      f"{step_rise:.0f} | "
+                      f"{r.get('step_memory_ratio', nan):.2f}x |",
                       flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -5,8 +5,9 @@ data)` receives the variable values and returns new ones. One forward pass is
 linearised with `jax.linearize`, and its transpose gives each task's
 gradient (a loop of backward passes, each through its own task's part of the
 graph only, or `jax.vmap` over one-hot task weights with `vectorize=True`).
-In Gramian mode the linearised pass itself, applied to each row gradient,
-gives one column of the Gramian (see `_gramian_weights`).
+In Gramian mode the backward pass's transpose (the forward-mode product),
+applied to each row gradient, gives one column of the Gramian (see
+`_gramian_gradients`).
 Aggregator state and metrics are updated inside a `keras.StatelessScope`,
 which maps every model variable to its value in the incoming state and
 records the assignments.
@@ -56,9 +57,7 @@ def _replace(values, index, new):
 def _linearize(forward, *primals):
     """`jax.vjp` that can pull back a chosen combination of the outputs.
 
-    Returns `(outputs, pull, push, aux)`. `push(*tangents)` is the
-    linearised forward pass (a Jacobian-vector product). `pull(select)` is
-    the vector-Jacobian
+    Returns `(outputs, pull, aux)`. `pull(select)` is the vector-Jacobian
     product of the scalar `select(outputs)` (a linear combination of some of
     the outputs), as the transpose of the linearised forward pass. Outputs
     that `select` leaves out are symbolic zeros, so their part of the graph
@@ -73,7 +72,7 @@ def _linearize(forward, *primals):
             jnp.ones((), "float32")
         )
 
-    return outputs, pull, jvp, aux
+    return outputs, pull, aux
 
 
 def _weighted(coefficients, reg=False, key="losses"):
@@ -99,19 +98,33 @@ def _per_task(pull, num_tasks, vectorize, part):
     return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
 
 
-def _gramian_weights(balancer, plan, losses, pull, push, shared, others,
-                     scale):
+def _gramian_gradients(model, plan, tv, ntv, x, y, sw, scale):
     """`gradient_mode="gramian"`: the rows' Gramian one column at a time,
-    `J g_r` (the linearised forward pass at `g_r = J^T e_r`, the transposed
-    one). The columns are a `lax.scan`, whose body XLA runs in turn, so one
-    row gradient exists at a time (an unrolled loop let XLA keep them all:
-    3.4x plain training's memory at T = 8)."""
-    no_others = [jnp.zeros_like(o) for o in others]
+    `J g_r` with `g_r = J^T e_r`: the backward pass (`jax.vjp`, as plain
+    training keeps it) and its transpose, the forward-mode product. The
+    columns are a `lax.scan`, which XLA runs in turn, so one row gradient
+    exists at a time (an unrolled loop let XLA keep them all: 3.4x plain
+    training's memory at T = 8). Then one backward pass of the weighted
+    loss."""
+    balancer = model.balancer
+    forward = _step_forward(model, plan, tv, ntv, x, y, sw, scale)
+    shared = [tv[i] for i in plan.shared_index]
+    others = [tv[i] for i in plan.others_index]
+    outputs, vjp, (y_pred, losses, reg, new_ntv) = jax.vjp(
+        forward, shared, others, has_aux=True)
+    for variable, value in zip(model.non_trainable_variables, new_ntv):
+        variable.assign(value)
+
+    def pull(select):
+        return vjp(jax.grad(select)(outputs))
+
+    push = jax.linear_transpose(lambda ct: vjp(ct)[0], outputs)
 
     def column(carry, pick):
         grads = balancer.unscale(pull(_weighted(pick))[0], scale=scale)
         tangents = [g.astype(v.dtype) for g, v in zip(grads, shared)]
-        found = jnp.stack(push(tangents, no_others)["losses"])
+        (found,) = push(tangents)
+        found = jnp.stack(found["losses"])
         if plan.norm_index is None:
             return carry, (found, jnp.zeros((0,), "float32"))
         return carry, (found, jnp.concatenate(
@@ -119,9 +132,16 @@ def _gramian_weights(balancer, plan, losses, pull, push, shared, others,
 
     eye = jnp.eye(len(losses.rows), dtype="float32")
     _, (columns, layer_rows) = jax.lax.scan(column, None, eye)
-    return balancer.gramian_weights(
+    weights = balancer.gramian_weights(
         list(columns), losses.losses, scale,
         None if plan.norm_index is None else list(layer_rows))
+    has_reg = reg is not None
+    g_shared, _ = pull(_weighted(weights, has_reg))
+    _, g_others = pull(_weighted(balancer.coefficients(weights, losses),
+                                 has_reg))
+    grads = plan.assemble(*(balancer.unscale(g, scale=scale)
+                            for g in (g_shared, g_others)))
+    return grads, _Step(losses, y_pred, reg, weights)
 
 
 class _Step:
@@ -170,7 +190,7 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
 
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    _, pull, push, (y_pred, losses, reg, new_ntv) = _linearize(
+    _, pull, (y_pred, losses, reg, new_ntv) = _linearize(
         forward, shared, others)
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
@@ -185,14 +205,6 @@ def _parameter_gradients(model, plan, tv, ntv, x, y, sw, scale):
             select = _weighted(weights, has_reg, key="tasks")
         g_shared, g_others = (balancer.unscale(g, scale=scale)
                               for g in pull(select))
-    elif plan.mode == "gramian":
-        weights = _gramian_weights(balancer, plan, losses, pull, push,
-                                   shared, others, scale)
-        g_shared, _ = pull(_weighted(weights, has_reg))
-        _, g_others = pull(_weighted(balancer.coefficients(weights, losses),
-                                     has_reg))
-        g_shared, g_others = (balancer.unscale(g, scale=scale)
-                              for g in (g_shared, g_others))
     else:
         jacobians = balancer.unscale(
             _per_task(pull, len(losses.rows), balancer.vectorize, 0),
@@ -241,7 +253,7 @@ def _feature_gradients(model, plan, tv, ntv, x, y, sw, scale):
     features = jax.eval_shape(
         lambda: forward(shared, others, None)[0]["features"])
     offset = jnp.zeros(features.shape, features.dtype)
-    _, pull, _, aux = _linearize(forward, shared, others, offset)
+    _, pull, aux = _linearize(forward, shared, others, offset)
     y_pred, losses, reg, new_ntv = aux
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
@@ -336,7 +348,7 @@ def _flat_gradients(model, plan, tv, ntv, x, y, sw, scale):
     ntv_vars = model.non_trainable_variables
     shared = [tv[i] for i in plan.shared_index]
     others = [tv[i] for i in plan.others_index]
-    _, pull, _, (y_pred, losses, _, new_ntv) = _linearize(
+    _, pull, (y_pred, losses, _, new_ntv) = _linearize(
         _step_forward(model, plan, tv, ntv, x, y, sw, scale), shared, others)
     for variable, value in zip(ntv_vars, new_ntv):
         variable.assign(value)
@@ -405,6 +417,7 @@ def train_step(model, state, data):
                 _learning_rate(optimizer, ov)))
         gradients = (_flat_gradients if balancer.sharpness is not None
                      else _feature_gradients if plan.mode == "features"
+                     else _gramian_gradients if plan.mode == "gramian"
                      else _parameter_gradients)
         grads, step = gradients(model, plan, tv, ntv, x, y, sw, scale)
         if balancer.saliency_regularizer is not None:

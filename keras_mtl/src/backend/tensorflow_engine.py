@@ -233,11 +233,12 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
         return found, tf.concat([tf.reshape(tf.cast(tangents[k], "float32"),
                                             [-1]) for k in plan.norm_index], 0)
 
-    # A loop, not unrolled: the graph then holds one row gradient at a time
-    # (unrolled, XLA kept several: 2.0x plain training's memory at T = 8).
+    # A loop of one iteration at a time, not unrolled: the graph then holds
+    # one row gradient at a time (unrolled, XLA kept several: 2.0x plain
+    # training's memory at T = 8).
     columns, layer_rows = tf.map_fn(
         column, tf.eye(len(losses.rows), dtype=rows.dtype),
-        fn_output_signature=(rows.dtype, tf.float32))
+        fn_output_signature=(rows.dtype, tf.float32), parallel_iterations=1)
     columns = tf.unstack(columns)
     layer_rows = None if plan.norm_index is None else tf.unstack(layer_rows)
     weights = balancer.gramian_weights(columns, losses.losses, scale,
