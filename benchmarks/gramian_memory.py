@@ -93,7 +93,9 @@ def worker(args):
         model = keras_mtl.MultiTaskModel(tokens, outputs)
         model.compile(keras.optimizers.Adam(1e-4), loss=losses,
                       aggregator="upgrad", gradient_mode=args.variant,
-                      jit_compile=args.jit_compile)
+                      jit_compile=args.jit_compile,
+                      **({} if args.non_finite is None
+                         else {"non_finite": args.non_finite}))
     rng = np.random.default_rng(0)
     x = rng.integers(0, args.vocab, (args.batch_size, args.seq_len),
                      dtype="int32")
@@ -129,6 +131,7 @@ def run_variant(backend, variant, tasks, args):
         "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
         "--layers", str(args.layers), "--width", str(args.width),
         "--vocab", str(args.vocab), "--jit-compile", str(args.jit_compile),
+        *(["--non-finite", args.non_finite] if args.non_finite else []),
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -152,6 +155,10 @@ def main():
     parser.add_argument("--jit-compile", default="auto",
                         type=lambda v: v if v == "auto" else v == "True",
                         help="compile(jit_compile=...): auto, True or False")
+    parser.add_argument(
+        "--non-finite", choices=["skip", "raise", "apply"],
+        help="compile(non_finite=...); the default is the library's "
+             "(\"skip\": the update is applied only when finite)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
