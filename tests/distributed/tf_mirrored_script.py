@@ -94,6 +94,17 @@ def extra_checks(strategy, data):
         model = runs.build()
         runs.compile_case(model, case)
     failures += refused(model, data, "CentralStorageStrategy")
+    # Gramian mode cannot sum the replicas' Gramians: training is refused,
+    # evaluation runs.
+    with strategy.scope():
+        model = runs.build()
+        runs.compile_case(model, ("mgda", "gramian"))
+    failures += refused(model, data, "Received: 2 replicas")
+    x, y, sw = data
+    try:
+        model.evaluate(x, y, sample_weight=sw, verbose=0)
+    except ValueError as error:
+        failures.append(f"gramian-mode evaluation refused: {error}")
     return failures
 
 

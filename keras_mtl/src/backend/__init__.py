@@ -4,8 +4,9 @@ This package is the only place in keras_mtl that imports TensorFlow, JAX or
 PyTorch. Each engine module provides `train_step(model, ...)` and
 `test_step(model, ...)` with the signature of its Keras trainer,
 `output_dependencies(model, outputs)` (which variables each tensor of a
-forward pass depends on), `check_distribution(model)` (refuses a
-data-parallel set-up the step cannot run, before anything changes),
+forward pass depends on), `check_distribution(model, training)` (refuses a
+data-parallel set-up the step, or with `training=False` the evaluation,
+cannot run, before anything changes),
 `synchronize_replicas(model)` (gives every replica the same variables before
 training), `batch_probe(model, x, y, sw)` (a `Probe` of one batch at the
 current variables, and the step's plan, for the analysis tools) and

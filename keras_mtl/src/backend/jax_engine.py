@@ -535,7 +535,7 @@ def restore_on_failure(model):
         raise
 
 
-def check_distribution(model):
+def check_distribution(model, training=True):
     """Nothing to refuse: `keras.distribution` runs one SPMD program."""
 
 

@@ -61,8 +61,9 @@ class _Replicas:
         return gathered, local
 
 
-def check_distribution(model):
-    """Refuses a `tf.distribute` strategy the step cannot run exactly."""
+def check_distribution(model, training=True):
+    """Refuses a `tf.distribute` strategy the step (or with `training=False`
+    the evaluation) cannot run exactly."""
     strategy = model.distribute_strategy
     name = type(strategy).__name__
     if isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
@@ -91,7 +92,8 @@ def check_distribution(model):
             f"strategy={name}"
         )
     replicas = strategy.num_replicas_in_sync
-    check_replicas(model.balancer.gradient_mode, replicas)
+    if training:
+        check_replicas(model.balancer.gradient_mode, replicas)
     steps = getattr(model.optimizer, "gradient_accumulation_steps", None)
     inner = getattr(model.optimizer, "inner_optimizer", None)
     steps = steps or getattr(inner, "gradient_accumulation_steps", None)

@@ -91,9 +91,11 @@ def _summed_updates(metrics, replicas):
         variable.assign(start + delta)
 
 
-def check_distribution(model):
-    """Refuses `gradient_mode="gramian"` with several ranks, or compiled:
-    `torch.compile` (aot_autograd) has no double backward."""
+def check_distribution(model, training=True):
+    """Refuses training in `gradient_mode="gramian"` with several ranks, or
+    compiled: `torch.compile` (aot_autograd) has no double backward."""
+    if not training:
+        return
     mode = model.balancer.gradient_mode
     check_replicas(mode, processes.process_count())
     if mode == "gramian" and model.jit_compile:

@@ -541,13 +541,14 @@ class MultiTaskTrainer:
     # -------------------------------------------------------- fit wiring
 
     def _prepare(self, x, y, sample_weight, validation_data=None,
-                 training=False):
-        """Checks the distribution set-up and the first batch of every input
-        before Keras traces a step, and finds the shared variables of a
-        subclassed model; before `fit` trains, synchronises the replicas
-        (once per `fit`, not per `train_on_batch`)."""
+                 training=False, steps=True):
+        """Checks the distribution set-up (for training `steps`, or only
+        evaluation) and the first batch of every input before Keras traces
+        a step, and finds the shared variables of a subclassed model; before
+        `fit` trains, synchronises the replicas (once per `fit`, not per
+        `train_on_batch`)."""
         self._check_compiled()
-        backend.check_distribution(self)
+        backend.check_distribution(self, steps)
         x, y, sample_weight, batch = first_batch.peek(x, y, sample_weight)
         if batch is not None:
             self._check_batch(batch, "x", x)
@@ -615,7 +616,8 @@ class MultiTaskTrainer:
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto",
                  sample_weight=None, **kwargs):
-        x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
+        x, y, sample_weight, _ = self._prepare(x, y, sample_weight,
+                                               steps=False)
         with backend.restore_on_failure(self), self._evaluation():
             return super().evaluate(
                 x, y, batch_size=batch_size, verbose=verbose,
@@ -638,7 +640,8 @@ class MultiTaskTrainer:
                 x, y, sample_weight=sample_weight, **kwargs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        x, y, sample_weight, _ = self._prepare(x, y, sample_weight)
+        x, y, sample_weight, _ = self._prepare(x, y, sample_weight,
+                                               steps=False)
         with backend.restore_on_failure(self), self._evaluation():
             return super().test_on_batch(
                 x, y, sample_weight=sample_weight, **kwargs)
