@@ -175,3 +175,21 @@ def test_compiled_pytorch_step_is_refused_before_training():
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     for b, v in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(b, to_numpy(v))
+
+
+def test_conflict_monitor_reads_the_same_gramian():
+    x, y = make_data(32)
+    logs = {}
+    for mode in ("parameters", "gramian"):
+        model = mtl_model()
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      aggregator="upgrad", gradient_mode=mode)
+        history = model.fit(
+            x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+            callbacks=[keras_mtl.callbacks.ConflictMonitor()])
+        logs[mode] = {k: v[-1] for k, v in history.history.items()}
+    assert "cos_reg_cls" in logs["gramian"]
+    assert logs["gramian"].keys() == logs["parameters"].keys()
+    for key, value in logs["parameters"].items():
+        np.testing.assert_allclose(logs["gramian"][key], value, rtol=1e-4,
+                                   atol=1e-6, err_msg=key)
