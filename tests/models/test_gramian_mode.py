@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_mtl
+from keras_mtl.src.models.balancer import Balancer
 from keras_mtl.src.models.gradient_plan import check_replicas
 from tests.helpers import BACKEND
 from tests.helpers import LOSSES
@@ -27,11 +28,31 @@ def _train(make_model, mode, aggregator, x, y, epochs=2, **compile_args):
     return model, history.history
 
 
+def _train_counting_gramians(make_model, aggregator, x, y, **compile_args):
+    """`_train` in Gramian mode, checking that its steps formed the
+    Gramian from columns (not a silent parameter-mode step)."""
+    calls = []
+    original = Balancer.gramian_weights
+
+    def counted(self, columns, *args, **kwargs):
+        calls.append(len(columns))
+        return original(self, columns, *args, **kwargs)
+
+    Balancer.gramian_weights = counted
+    try:
+        model, logs = _train(make_model, "gramian", aggregator, x, y,
+                             **compile_args)
+    finally:
+        Balancer.gramian_weights = original
+    assert calls, "the Gramian-mode step never formed the Gramian"
+    return model, logs
+
+
 def _assert_same_training(make_model, aggregator, x, y, **compile_args):
     parameters, logs_p = _train(make_model, "parameters", aggregator, x, y,
                                 **dict(compile_args))
-    gramian, logs_g = _train(make_model, "gramian", aggregator, x, y,
-                             **dict(compile_args))
+    gramian, logs_g = _train_counting_gramians(
+        make_model, aggregator, x, y, **dict(compile_args))
     for a, b in zip(parameters.trainable_variables,
                     gramian.trainable_variables):
         np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-4,
