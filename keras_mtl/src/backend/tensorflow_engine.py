@@ -248,9 +248,13 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
     targets, cotangents = [rows], [tf.cast(weights, rows.dtype)]
     if reg is not None:
         targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
-    g_shared = balancer.unscale(tape.gradient(
-        targets, shared, output_gradients=cotangents,
-        unconnected_gradients=ZERO), replicas, scale)
+    # Dense, as parameter mode's directions are: the optimizer treats an
+    # embedding's IndexedSlices as a sparse update (Adam's moments of the
+    # rows not in the batch then do not decay).
+    g_shared = tape.gradient(targets, shared, output_gradients=cotangents,
+                             unconnected_gradients=ZERO)
+    g_shared = balancer.unscale([tf.convert_to_tensor(g) for g in g_shared],
+                                replicas, scale)
     cotangents[0] = balancer.coefficients(weights, losses)
     g_others = balancer.unscale(tape.gradient(
         targets, others, output_gradients=cotangents,

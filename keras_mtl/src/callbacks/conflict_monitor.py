@@ -33,10 +33,10 @@ class ConflictMonitor(keras.callbacks.Callback):
     extra forward or backward pass is run. The norms are `sqrt(G_ii)` and
     the cosines `G_ij / sqrt(G_ii G_jj)`, of the gradients of the shared
     variables (`gradient_mode="parameters"` or `"gramian"`) or of the
-    shared features (`"features"`). Loss-level rules (e.g. `"uncertainty_weighting"`, `"dwa"`)
-    compute no per-task gradients: for them only the weights are recorded,
-    and the norms and cosines are NaN. Steps skipped as non-finite are left
-    out.
+    shared features (`"features"`). Loss-level rules (e.g.
+    `"uncertainty_weighting"`, `"dwa"`) compute no per-task gradients: for
+    them only the weights are recorded, and the norms and cosines are NaN.
+    Steps skipped as non-finite are left out.
 
     Every `every` training steps the monitor reads the model's running
     sums: a record holds the weights and the Gramian statistics of the mean
