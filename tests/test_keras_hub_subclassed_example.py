@@ -78,15 +78,13 @@ def test_keras_hub_subclassed_example_in_gramian_mode(capsys):
     """The Gramian of a real backbone's task gradients (attention, layer
     normalisation, embeddings, dropout) gives parameter mode's training."""
     argv = ["--steps", "4", "--epochs", "1", "--num-test", "32",
-            "--aggregators", "upgrad", "mgda"]
+            "--aggregators", "upgrad"]
     parameters = load("keras_hub_subclassed").main(argv)
     gramian = load("keras_hub_subclassed").main(
         argv + ["--gradient-mode", "gramian"])
-    for aggregator in ("upgrad", "mgda"):
-        a, b = parameters[aggregator]["model"], gramian[aggregator]["model"]
-        assert b.balancer.gradient_mode == "gramian"
-        for va, vb in zip(a.trainable_variables, b.trainable_variables):
-            np.testing.assert_allclose(
-                keras.ops.convert_to_numpy(vb),
-                keras.ops.convert_to_numpy(va), rtol=1e-3, atol=1e-5,
-                err_msg=f"{aggregator}: {va.path}")
+    a, b = parameters["upgrad"]["model"], gramian["upgrad"]["model"]
+    assert b.balancer.gradient_mode == "gramian"
+    for va, vb in zip(a.trainable_variables, b.trainable_variables):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(vb), keras.ops.convert_to_numpy(va),
+            rtol=1e-3, atol=1e-5, err_msg=va.path)
