@@ -11,14 +11,12 @@ them. Each backend runs in its own process, pinned to one thread.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
+from one_core import run_worker
 
 
 def worker(args):
@@ -76,18 +74,12 @@ def main():
         return worker(args)
     measured = {}
     for backend in args.backends:
-        env = dict(os.environ, **ONE_THREAD_ENV, KERAS_BACKEND=backend)
         command = [sys.executable, __file__, "--worker", "--params",
                    str(args.params), "--repeats", str(args.repeats), "--tasks",
                    *map(str, args.tasks)]
         if args.methods:
             command += ["--methods", *args.methods]
-        out = subprocess.run(command, env=env, capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines()
-                 if line.startswith("{")]
-        if out.returncode or not lines:
-            raise RuntimeError(out.stderr[-3000:])
-        measured[backend] = json.loads(lines[-1])
+        measured[backend] = run_worker(command, backend, backend)
     names = sorted({key.split("/")[0] for m in measured.values() for key in m})
     header = " | ".join(f"{b} T={t}" for b in args.backends for t in args.tasks)
     print(f"Aggregation time in ms, Jacobian (T, {args.params}), median of "

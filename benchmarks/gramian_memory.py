@@ -32,15 +32,13 @@ Threads are pinned to one core per process (see `one_core.py`). Target
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
+from one_core import run_worker
 
 VARIANTS = ("plain", "parameters", "gramian")
 
@@ -124,7 +122,6 @@ def worker(args):
 
 
 def run_variant(backend, variant, tasks, args):
-    env = dict(os.environ, **ONE_THREAD_ENV, KERAS_BACKEND=backend)
     command = [
         sys.executable, __file__, "--worker", "--variant", variant,
         "--tasks", str(tasks), "--steps", str(args.steps),
@@ -133,11 +130,7 @@ def run_variant(backend, variant, tasks, args):
         "--vocab", str(args.vocab), "--jit-compile", str(args.jit_compile),
         *(["--non-finite", args.non_finite] if args.non_finite else []),
     ]
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{backend}/{variant} failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_worker(command, backend, f"{backend}/{variant}")
 
 
 def main():

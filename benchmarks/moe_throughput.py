@@ -32,12 +32,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
+from one_core import run_worker
 
 VARIANTS = ("ffn_total", "ffn_active1", "ffn_active2", "moe_dense",
             "moe_top1", "moe_top2", "moe_top2_cap", "moe_top1_sparse",
@@ -114,7 +113,6 @@ def run_backend(backend, args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(ONE_THREAD_ENV, KERAS_BACKEND=backend)
     command = [
         sys.executable, __file__, "--worker",
         "--steps", str(args.steps), "--repeats", str(args.repeats),
@@ -124,11 +122,8 @@ def run_backend(backend, args):
         "--variants", *args.variants,
     ]
     start = time.perf_counter()
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{backend} failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1]), time.perf_counter() - start
+    result = run_worker(command, backend, backend, env)
+    return result, time.perf_counter() - start
 
 
 ACTIVE = {"moe_top1": "ffn_active1", "moe_top2": "ffn_active2",

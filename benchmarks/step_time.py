@@ -24,14 +24,12 @@ otherwise). Targets: `sum` <= 1.05x plain; parameter mode <= 1.2x of
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-from one_core import ONE_THREAD_ENV
 from one_core import pin_to_one_core
+from one_core import run_worker
 
 VARIANTS = {
     # name: (aggregator, gradient_mode, vectorize[, more compile args])
@@ -142,7 +140,6 @@ def worker(args):
 
 
 def run_variant(backend, variant, args):
-    env = dict(os.environ, **ONE_THREAD_ENV, KERAS_BACKEND=backend)
     command = [
         sys.executable, __file__, "--worker", "--variant", variant,
         "--tasks", str(args.tasks_now), "--steps", str(args.steps),
@@ -151,11 +148,7 @@ def run_variant(backend, variant, args):
         "--input-dim", str(args.input_dim),
         *(["--non-finite", args.non_finite] if args.non_finite else []),
     ]
-    out = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{backend}/{variant} failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return run_worker(command, backend, f"{backend}/{variant}")
 
 
 def main():
