@@ -131,6 +131,22 @@ def _weighted_loss_gradients(model, plan, x, y, sw, replicas, scale):
     return grads[: len(shared)], grads[len(shared):], losses, y_pred, weights
 
 
+def _other_gradients(balancer, tape, losses, weights, others, replicas,
+                     scale):
+    """The non-shared variables' gradients: the row losses weighted by the
+    task coefficients, plus the regularisation loss."""
+    if not others:
+        return []
+    targets = [losses.row_losses]
+    cotangents = [balancer.coefficients(weights, losses)]
+    if losses.reg is not None:
+        targets.append(losses.reg)
+        cotangents.append(tf.ones_like(losses.reg))
+    return balancer.unscale(tape.gradient(
+        targets, others, output_gradients=cotangents,
+        unconnected_gradients=ZERO), replicas, scale)
+
+
 def _task_gradients(model, plan, x, y, sw, replicas, scale):
     """Per-task gradients of the shared variables (or of the features),
     reduced over the replicas and aggregated; each task's gradient runs
@@ -190,14 +206,8 @@ def _task_gradients(model, plan, x, y, sw, replicas, scale):
                 tape.gradient(reg, shared, unconnected_gradients=ZERO),
                 replicas, scale)
             g_shared = [a + b for a, b in zip(g_shared, g_reg)]
-    targets = [losses.row_losses]
-    cotangents = [balancer.coefficients(weights, losses)]
-    if reg is not None:
-        targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
-    g_others = balancer.unscale(tape.gradient(
-        targets, others, output_gradients=cotangents,
-        unconnected_gradients=ZERO,
-    ), replicas, scale) if others else []
+    g_others = _other_gradients(balancer, tape, losses, weights, others,
+                                replicas, scale)
     return g_shared, g_others, losses, y_pred, weights
 
 
@@ -255,11 +265,8 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
                              unconnected_gradients=ZERO)
     g_shared = balancer.unscale([tf.convert_to_tensor(g) for g in g_shared],
                                 replicas, scale)
-    cotangents[0] = balancer.coefficients(weights, losses)
-    g_others = balancer.unscale(tape.gradient(
-        targets, others, output_gradients=cotangents,
-        unconnected_gradients=ZERO,
-    ), replicas, scale) if others else []
+    g_others = _other_gradients(balancer, tape, losses, weights, others,
+                                replicas, scale)
     return g_shared, g_others, losses, y_pred, weights
 
 

@@ -29,6 +29,8 @@ import operator
 
 import keras
 import torch
+from torch.nn.attention import SDPBackend
+from torch.nn.attention import sdpa_kernel
 
 from keras_mtl.src.backend import processes
 from keras_mtl.src.models.feature_split import split_at
@@ -385,9 +387,6 @@ def _twice_differentiable():
     """The forward pass of `gradient_mode="gramian"`, whose backward pass
     is differentiated again: attention runs as plain operations
     (PyTorch's fused attention kernels have no second derivative)."""
-    from torch.nn.attention import SDPBackend
-    from torch.nn.attention import sdpa_kernel
-
     return sdpa_kernel([SDPBackend.MATH])
 
 
