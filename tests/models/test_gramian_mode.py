@@ -144,6 +144,53 @@ def test_gramian_mode_on_a_transformer_trunk():
                           loss={t: "mse" for t in "abc"}, optimizer="adam")
 
 
+def _with_a_bad_trunk(cause):
+    """A trunk whose gradient is NaN while every loss is finite: through
+    `sqrt(|h|)` at `h = 0` (a zero input row), or through the same
+    function as the regulariser of a zero kernel."""
+    def make():
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((6,))
+        root = lambda t: keras.ops.sqrt(keras.ops.abs(t))  # noqa: E731
+        if cause == "regulariser":
+            h = keras.layers.Dense(
+                8, kernel_initializer="zeros", name="trunk",
+                kernel_regularizer=lambda w: keras.ops.sum(root(w)))(inputs)
+        else:
+            h = keras.layers.Dense(8, use_bias=False, name="trunk")(inputs)
+            h = keras.layers.Lambda(root)(h)
+        return keras_mtl.MultiTaskModel(inputs, {
+            t: keras.layers.Dense(u, name=f"head_{t}")(h)
+            for t, u in {"reg": 1, "cls": 3, "bin": 1}.items()})
+    return make
+
+
+@pytest.mark.parametrize("cause", ["gradient", "regulariser"])
+def test_gramian_mode_skips_a_step_with_finite_losses_and_nan_gradients(
+        cause):
+    """The skip decision reads the Gramian and the regulariser's gradient
+    (on TensorFlow the weighted backward pass runs only inside the skip's
+    conditional, after the decision)."""
+    x, y = make_data(16)
+    x[3] = 0.0
+    model = _with_a_bad_trunk(cause)()
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES,
+                  aggregator="upgrad", gradient_mode="gramian")
+    model.build(x.shape)
+    model.optimizer.build(model.trainable_variables)
+    before = [to_numpy(v) for v in model.variables + model.optimizer.variables]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.all(np.isfinite([logs[f"{t}_loss"] for t in LOSSES]))
+    assert logs["skipped_steps"] == 1.0
+    after = [to_numpy(v) for v in model.variables + model.optimizer.variables]
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    if cause == "gradient":
+        logs = model.train_on_batch(x[4:], {t: v[4:] for t, v in y.items()},
+                                    return_dict=True)
+        assert logs["skipped_steps"] == 0.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"aggregator": "graddrop"}, "reads the gradients"),
     ({"aggregator": "mgda", "aggregation_groups": "layer"},

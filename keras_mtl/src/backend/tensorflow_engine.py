@@ -256,18 +256,43 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
     weights = balancer.gramian_weights(columns, losses.losses, scale,
                                        layer_rows)
     targets, cotangents = [rows], [tf.cast(weights, rows.dtype)]
+    evidence = columns + [weights]
     if reg is not None:
         targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
-    # Dense, as parameter mode's directions are: the optimizer treats an
-    # embedding's IndexedSlices as a sparse update (Adam's moments of the
-    # rows not in the batch then do not decay).
-    g_shared = tape.gradient(targets, shared, output_gradients=cotangents,
-                             unconnected_gradients=ZERO)
-    g_shared = balancer.unscale([tf.convert_to_tensor(g) for g in g_shared],
+        evidence += tape.gradient(reg, shared, unconnected_gradients=ZERO)
+
+    def weighted_backward():
+        # Dense, as parameter mode's directions are: the optimizer treats an
+        # embedding's IndexedSlices as a sparse update (Adam's moments of the
+        # rows not in the batch then do not decay).
+        g_shared = tape.gradient(targets, shared, output_gradients=cotangents,
+                                 unconnected_gradients=ZERO)
+        return balancer.unscale([tf.convert_to_tensor(g) for g in g_shared],
                                 replicas, scale)
+
     g_others = _other_gradients(balancer, tape, losses, weights, others,
                                 replicas, scale)
-    return g_shared, g_others, losses, y_pred, weights
+    return (_Deferred(weighted_backward, evidence), g_others, losses, y_pred,
+            weights)
+
+
+class _Deferred:
+    """Gramian mode's shared gradients, not computed yet.
+
+    `run()` is the weighted backward pass. Called inside the conditional that
+    skips a non-finite step (see `_apply`), its gradients can be applied as
+    they are produced, layer by layer, instead of all existing before the
+    conditional starts: about one gradient's worth less memory (1.57x ->
+    1.23x plain training at T = 8 in `benchmarks/gramian_memory.py`). The
+    finiteness check then reads `evidence` instead: the Gramian (a
+    non-finite element of any task gradient makes its diagonal entry
+    non-finite), the task weights and the regulariser's gradient. Their sum
+    is finite too, unless it overflows float32.
+    """
+
+    def __init__(self, run, evidence):
+        self.run = run
+        self.evidence = evidence
 
 
 def _saliency_gradients(model, plan, x, y, sw, replicas):
@@ -305,10 +330,13 @@ def _saliency_gradients(model, plan, x, y, sw, replicas):
     return grads
 
 
-def _apply(optimizer, grads, variables, ok, replicas, scaled):
-    """The optimizer step; skipped where the finiteness flag `ok` is False.
+def _apply(optimizer, gradients, variables, ok, replicas, scaled):
+    """The optimizer step of the gradients `gradients()` returns; skipped
+    where the finiteness flag `ok` is False.
 
-    A `LossScaleOptimizer` (`scaled`) decides itself: it received NaN
+    Without a strategy, `gradients()` runs inside the `tf.cond` (a deferred
+    backward pass then runs there too, see `_Deferred`). A
+    `LossScaleOptimizer` (`scaled`) decides itself: it received NaN
     gradients where `ok` is False, skips the step and lowers its scale.
     Under a strategy (even of one replica), `apply` calls `merge_call`,
     which may not run inside a `tf.cond` of a replica context: the
@@ -316,15 +344,18 @@ def _apply(optimizer, grads, variables, ok, replicas, scaled):
     `LossScaleOptimizer` does (`ok` is the same on every replica).
     """
     if ok is None or scaled:
-        optimizer.apply(grads, variables)
+        optimizer.apply(gradients(), variables)
         return
     if not tf.distribute.has_strategy():
         def apply():
-            optimizer.apply(grads, variables)
+            # The optimizer's all-reduce wants every gradient in the
+            # branch's graph, computed there or not.
+            optimizer.apply([tf.identity(g) for g in gradients()], variables)
             return tf.constant(True)
 
         tf.cond(ok, apply, lambda: tf.constant(False))
         return
+    grads = gradients()
 
     def cross_replica(distribution, grads, ok):
         first = distribution.experimental_local_results(ok)[0]
@@ -403,6 +434,29 @@ def batch_probe(model, x, y, sw):
     return _probe(model, plan, x, y, sw, _Replicas(), None), plan
 
 
+def _checked_gradients(model, plan, x, y, sw, replicas, scale, g_shared,
+                       g_others, losses):
+    """The finiteness flag of the step (`Balancer.check_finite`) and a
+    function returning all its gradients, in `plan`'s order. A deferred
+    backward pass (`_Deferred`) stays deferred where the step is skipped
+    by a `tf.cond` of ours; everywhere else it runs now."""
+    balancer = model.balancer
+    deferred = isinstance(g_shared, _Deferred)
+    if deferred and balancer.non_finite != "apply" and scale is None and (
+            balancer.saliency_regularizer is None
+            and not tf.distribute.has_strategy()):
+        ok = balancer.check_finite(losses.losses,
+                                   g_shared.evidence + g_others)
+        return ok, lambda: plan.assemble(g_shared.run(), g_others)
+    if deferred:
+        g_shared = g_shared.run()
+    grads = plan.assemble(g_shared, g_others)
+    if balancer.saliency_regularizer is not None:
+        grads = [g + r for g, r in zip(grads, _saliency_gradients(
+            model, plan, x, y, sw, replicas))]
+    return balancer.check_finite(losses.losses, grads), lambda: grads
+
+
 def train_step(model, data):
     x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
     balancer, optimizer = model.balancer, model.optimizer
@@ -417,18 +471,14 @@ def train_step(model, data):
                  else _task_gradients)
     g_shared, g_others, losses, y_pred, weights = gradients(
         model, plan, x, y, sw, replicas, scale)
-    grads = plan.assemble(g_shared, g_others)
-    if balancer.saliency_regularizer is not None:
-        grads = [g + r for g, r in zip(grads, _saliency_gradients(
-            model, plan, x, y, sw, replicas))]
-    ok = balancer.check_finite(losses.losses, grads)
-
+    ok, grads = _checked_gradients(model, plan, x, y, sw, replicas, scale,
+                                   g_shared, g_others, losses)
     conditional = ok is not None or optimizer.gradient_accumulation_steps
     before = tf.identity(optimizer.iterations) if conditional else None
     # Keras' optimizer sums the gradients over the replicas again.
-    grads = balancer.optimizer_gradients(grads, ok, scale, replicas.count)
-    _apply(optimizer, grads, model.trainable_variables, ok, replicas,
-           scale is not None)
+    _apply(optimizer, lambda: balancer.optimizer_gradients(
+        grads(), ok, scale, replicas.count), model.trainable_variables, ok,
+        replicas, scale is not None)
     applied = optimizer.iterations > before if conditional else None
 
     balancer.commit(applied)
