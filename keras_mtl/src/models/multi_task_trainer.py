@@ -344,7 +344,7 @@ class MultiTaskTrainer:
         super().compile(
             optimizer=optimizer,
             run_eagerly=run_eagerly,
-            jit_compile=jit_compile,
+            jit_compile=backend.step_jit_compile(jit_compile),
             steps_per_execution=steps_per_execution,
         )
         self._compile_args = {"jit_compile": jit_compile}
