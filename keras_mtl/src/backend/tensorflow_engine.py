@@ -282,12 +282,13 @@ class _Deferred:
     `run()` is the weighted backward pass. Called inside the conditional that
     skips a non-finite step (see `_apply`), its gradients can be applied as
     they are produced, layer by layer, instead of all existing before the
-    conditional starts: about one gradient's worth less memory (1.57x ->
-    1.23x plain training at T = 8 in `benchmarks/gramian_memory.py`). The
-    finiteness check then reads `evidence` instead: the Gramian (a
+    conditional starts: about one gradient's worth less memory (1.33x ->
+    1.02x plain training's peak at T = 8 in `benchmarks/gramian_memory.py`).
+    The finiteness check then reads `evidence` instead: the Gramian (a
     non-finite element of any task gradient makes its diagonal entry
-    non-finite), the task weights and the regulariser's gradient. Their sum
-    is finite too, unless it overflows float32.
+    non-finite), the task weights and the regulariser's gradient, with the
+    losses and the other variables' gradients. The weighted sum of finite
+    gradients is finite too, unless it overflows float32.
     """
 
     def __init__(self, run, evidence):
