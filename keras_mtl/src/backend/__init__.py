@@ -11,8 +11,9 @@ cannot run, before anything changes),
 training), `batch_probe(model, x, y, sw)` (a `Probe` of one batch at the
 current variables, and the step's plan, for the analysis tools) and
 `restore_on_failure(model)` (a context that gives the model its variables
-back after a failed step) and `step_jit_compile(jit_compile)` (the
-`jit_compile` Keras builds the step with); everything else
+back after a failed step); PyTorch's also `step_jit_compile(jit_compile)`
+(the `jit_compile` Keras builds the step with; as given elsewhere);
+everything else
 (losses, aggregation, state, metrics) is shared `keras.ops` code in the
 model's `Balancer`.
 """
@@ -27,7 +28,6 @@ if _BACKEND == "jax":
     from keras_mtl.src.backend.jax_engine import jit
     from keras_mtl.src.backend.jax_engine import output_dependencies
     from keras_mtl.src.backend.jax_engine import restore_on_failure
-    from keras_mtl.src.backend.jax_engine import step_jit_compile
     from keras_mtl.src.backend.jax_engine import synchronize_replicas
     from keras_mtl.src.backend.jax_engine import test_step
     from keras_mtl.src.backend.jax_engine import train_step
@@ -37,7 +37,6 @@ elif _BACKEND == "tensorflow":
     from keras_mtl.src.backend.tensorflow_engine import jit
     from keras_mtl.src.backend.tensorflow_engine import output_dependencies
     from keras_mtl.src.backend.tensorflow_engine import restore_on_failure
-    from keras_mtl.src.backend.tensorflow_engine import step_jit_compile
     from keras_mtl.src.backend.tensorflow_engine import synchronize_replicas
     from keras_mtl.src.backend.tensorflow_engine import test_step
     from keras_mtl.src.backend.tensorflow_engine import train_step
@@ -68,5 +67,9 @@ else:
     def jit(fn):
         return fn
 
+
+if _BACKEND != "torch":
     def step_jit_compile(jit_compile):
+        """The `jit_compile` Keras builds the training step with: as given
+        (PyTorch's engine decides otherwise)."""
         return jit_compile

@@ -547,8 +547,3 @@ def synchronize_replicas(model):
 def jit(fn):
     """Compiles `fn` with XLA (used to check that aggregators trace)."""
     return jax.jit(fn)
-
-
-def step_jit_compile(jit_compile):
-    """The `jit_compile` Keras builds the training step with: as given."""
-    return jit_compile

@@ -256,10 +256,14 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
     weights = balancer.gramian_weights(columns, losses.losses, scale,
                                        layer_rows)
     targets, cotangents = [rows], [tf.cast(weights, rows.dtype)]
-    evidence = columns + [weights]
     if reg is not None:
         targets, cotangents = targets + [reg], cotangents + [tf.ones_like(reg)]
-        evidence += tape.gradient(reg, shared, unconnected_gradients=ZERO)
+
+    def evidence():
+        found = columns + [weights]
+        if reg is not None:
+            found += tape.gradient(reg, shared, unconnected_gradients=ZERO)
+        return found
 
     def weighted_backward():
         # Dense, as parameter mode's directions are: the optimizer treats an
@@ -279,12 +283,13 @@ def _gramian_gradients(model, plan, x, y, sw, replicas, scale):
 class _Deferred:
     """Gramian mode's shared gradients, not computed yet.
 
-    `run()` is the weighted backward pass. Called inside the conditional that
+    `run()` is the weighted backward pass, `evidence()` the tensors the
+    finiteness check reads in its place. Called inside the conditional that
     skips a non-finite step (see `_apply`), its gradients can be applied as
     they are produced, layer by layer, instead of all existing before the
     conditional starts: about one gradient's worth less memory (1.33x ->
     1.02x plain training's peak at T = 8 in `benchmarks/gramian_memory.py`).
-    The finiteness check then reads `evidence` instead: the Gramian (a
+    The finiteness check then reads the evidence: the Gramian (a
     non-finite element of any task gradient makes its diagonal entry
     non-finite), the task weights and the regulariser's gradient, with the
     losses and the other variables' gradients. The weighted sum of finite
@@ -447,7 +452,7 @@ def _checked_gradients(model, plan, x, y, sw, replicas, scale, g_shared,
             balancer.saliency_regularizer is None
             and not tf.distribute.has_strategy()):
         ok = balancer.check_finite(losses.losses,
-                                   g_shared.evidence + g_others)
+                                   g_shared.evidence() + g_others)
         return ok, lambda: plan.assemble(g_shared.run(), g_others)
     if deferred:
         g_shared = g_shared.run()
@@ -529,8 +534,3 @@ def synchronize_replicas(model):
 def jit(fn):
     """Compiles `fn` with XLA (used to check that aggregators trace)."""
     return tf.function(fn, jit_compile=True)
-
-
-def step_jit_compile(jit_compile):
-    """The `jit_compile` Keras builds the training step with: as given."""
-    return jit_compile
