@@ -238,30 +238,6 @@ def test_several_replicas_are_refused():
         check_replicas("gramian", 2)
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile only")
-@pytest.mark.parametrize("mode", ["parameters", "gramian"])
-def test_compiled_pytorch_step_runs_eagerly_with_a_warning(mode, tmp_path):
-    """`jit_compile=True` on PyTorch (asked for, or from a file saved on
-    JAX) trains as the eager step does, at its speed, and says so; the
-    config keeps the flag."""
-    x, y = make_data(32)
-    eager, _ = _train(mtl_model, mode, "upgrad", x, y, epochs=1)
-    with pytest.warns(UserWarning, match="eagerly.*jit_compile=True"):
-        compiled, _ = _train(mtl_model, mode, "upgrad", x, y, epochs=1,
-                             jit_compile=True)
-    assert compiled.jit_compile is False
-    for a, b in zip(eager.trainable_variables,
-                    compiled.trainable_variables):
-        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-6,
-                                   atol=1e-7, err_msg=a.path)
-    path = str(tmp_path / "model.keras")
-    compiled.save(path)
-    with pytest.warns(UserWarning, match="eagerly"):
-        loaded = keras.saving.load_model(path)
-    assert loaded.get_compile_config()["jit_compile"] is True
-    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
-
-
 def test_conflict_monitor_reads_the_same_gramian():
     x, y = make_data(32)
     logs = {}

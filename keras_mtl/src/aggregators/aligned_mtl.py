@@ -68,7 +68,7 @@ class AlignedMTL(Weighting):
         rank = ops.sum(keep_f)
         safe = ops.where(keep, eigenvalues, 1.0)
         if self.scale_mode == "min":
-            scale = ops.min(ops.where(keep, eigenvalues, float("inf")))
+            scale = ops.amin(ops.where(keep, eigenvalues, float("inf")))
         elif self.scale_mode == "rmse":
             scale = ops.divide_no_nan(ops.sum(eigenvalues * keep_f), rank)
         else:

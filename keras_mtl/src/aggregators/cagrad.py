@@ -11,6 +11,7 @@ from keras_mtl.src.aggregators.gramian_utils import zero_if_non_finite
 from keras_mtl.src.aggregators.min_norm_solver import min_norm_weights
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.backend import traceable_ops
 
 RESCALES = (0, 1, 2)
 # Squared norms below this fraction of the terms they are summed from are
@@ -155,7 +156,7 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
     radius = c * ops.sqrt(mean_norm_sq)
     safe_radius = ops.where(radius > 0.0, radius, 1.0)
     _, norms, cosines = cosine_gramian(gramian)
-    high = ops.log(ops.maximum(ops.max(norms), 1e-30))
+    high = ops.log(ops.maximum(ops.amax(norms), 1e-30))
 
     # Without a start: the vertex of smallest dual value, b_i + r ||g_i||.
     support = one_hot(ops.argmin(linear + radius * norms),
@@ -173,7 +174,7 @@ def conflict_averse_dual(gramian, c, max_iters=100, tolerance=1e-6,
                             norms, cosines, high, c, max_iters, tolerance,
                             start, guess)
 
-    w, norm, gap, root = ops.cond(
+    w, norm, gap, root = traceable_ops.cond(
         certified,
         lambda: (w, norm, gap, ops.log(ops.maximum(norm, 1e-30)) - high),
         search)
@@ -216,7 +217,8 @@ def active_set_dual(norms, cosines, projections, mean_norm, radius, support,
         # `block` is symmetric. Solving with its transpose keeps XLA from
         # giving the Gramian's matmul LAPACK's column-major layout (4 ms
         # more per step at T = 3 on JAX's CPU backend, measured).
-        solved = ops.solve(ops.transpose(block), ops.stack([a, p], axis=1))
+        solved = traceable_ops.solve(ops.transpose(block),
+                                     ops.stack([a, p], axis=1))
         alpha, beta = solved[:, 0], solved[:, 1]
         aa, ab = ops.sum(a * alpha), ops.sum(a * beta)
         pb = ops.sum(p * beta)
@@ -229,14 +231,14 @@ def active_set_dual(norms, cosines, projections, mean_norm, radius, support,
         q = ops.sqrt(ops.relu(ops.sum(z * cz)))
         slack = (projections + ops.divide_no_nan(radius, q) * cz
                  - mu * inverse) / scale
-        negative = -z / ops.maximum(ops.max(z), 1e-30)
+        negative = -z / ops.maximum(ops.amax(z), 1e-30)
         outside = ops.where(support > 0.0, 0.0, -slack)
-        gap = ops.max(ops.maximum(
+        gap = ops.amax(ops.maximum(
             ops.where(support > 0.0, abs(slack), outside), negative))
         gap = ops.where(ops.isfinite(gap), gap, float("inf"))
         certified = (gap <= tolerance) & (q > 0.0) & usable
-        leaving = ops.max(negative) > tolerance
-        entering = ops.max(outside) > tolerance
+        leaving = ops.amax(negative) > tolerance
+        entering = ops.amax(outside) > tolerance
         moving = ~certified & usable & (leaving | entering)
         following = ops.where(
             leaving, support - one_hot(ops.argmax(negative), positions),
@@ -253,7 +255,7 @@ def active_set_dual(norms, cosines, projections, mean_norm, radius, support,
     def body(step, support, w, q, gap, certified, moving):
         return (step + 1, *attempt(support))
 
-    result = ops.while_loop(
+    result = traceable_ops.while_loop(
         cond, body, (ops.convert_to_tensor(1, "int32"), *attempt(support)))
     return result[2:6]
 
@@ -337,7 +339,7 @@ def _root_search(gramian, linear, mean_norm_sq, safe_radius, norms, cosines,
 
     # A virtual previous point of slope 1 makes the first step the
     # fixed-point step u <- log ||g_w(e^u)||.
-    result = ops.while_loop(
+    result = traceable_ops.while_loop(
         cond, body,
         (ops.convert_to_tensor(1, "int32"), lo, hi,
          value <= 0.0, value > 0.0,

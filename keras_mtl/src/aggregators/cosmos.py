@@ -1,4 +1,3 @@
-import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Weighting
@@ -8,6 +7,7 @@ from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.arg_checks import check_preference
 from keras_mtl.src.aggregators.arg_checks import preference_for
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.backend import traceable_ops
 
 
 @keras_mtl_export("keras_mtl.aggregators.COSMOS")
@@ -50,7 +50,7 @@ class COSMOS(Weighting):
         if self.preference is None:
             # Flat Dirichlet: normalised exponential draws (XLA compiles
             # uniform draws on every backend, not gamma ones).
-            uniform = keras.random.uniform((num_tasks,), seed=seed_from(seed))
+            uniform = traceable_ops.uniform((num_tasks,), seed=seed_from(seed))
             draws = -ops.log1p(-uniform)
             return draws / ops.sum(draws)
         return preference_for(self.preference, num_tasks)

@@ -67,7 +67,7 @@ class DBMTL(Aggregator):
         log_gradients = jacobian / shifted[:, None]
         average = beta * state["average"] + (1.0 - beta) * log_gradients
         norms = ops.sqrt(ops.sum(average * average, axis=1))
-        scales = ops.max(norms) / (norms + self.eps)
+        scales = ops.amax(norms) / (norms + self.eps)
         direction = ops.matmul(scales, average)
         return direction, scales, {"average": average, "step": step}
 

@@ -14,6 +14,8 @@ row of `lower`) are solved at once.
 
 from keras import ops
 
+from keras_mtl.src.backend import traceable_ops
+
 
 def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
     """Solves `min_{v >= lower[k]} v^T G v` for every row `k` of `lower`.
@@ -53,9 +55,9 @@ def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
 
     def body(step, v, change):
         new_v = sweep(v)
-        return step + 1, new_v, ops.max(abs(new_v - v))
+        return step + 1, new_v, ops.amax(abs(new_v - v))
 
-    _, v, _ = ops.while_loop(
+    _, v, _ = traceable_ops.while_loop(
         cond,
         body,
         (
@@ -64,5 +66,5 @@ def project_weights(gramian, lower, max_sweeps=200, tolerance=1e-7):
             ops.convert_to_tensor(float("inf"), gramian.dtype),
         ),
     )
-    residual = ops.max(ops.abs(ops.minimum(v - lower, ops.matmul(v, gramian))))
+    residual = ops.amax(ops.abs(ops.minimum(v - lower, ops.matmul(v, gramian))))
     return v, residual

@@ -23,6 +23,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.gramian_utils import cosine_gramian
 from keras_mtl.src.aggregators.solver_ops import ratio_test
+from keras_mtl.src.backend import traceable_ops
 
 
 def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6, initial=None):
@@ -70,23 +71,23 @@ def fair_weights(gramian, alpha, max_iters=30, tolerance=1e-6, initial=None):
     def body(step, z, change):
         r = residual(z)
         curvature = ops.transpose(-exponent * right * z ** (exponent - 1.0))
-        newton = ops.solve(regularized + eye * curvature, r)
+        newton = traceable_ops.solve(regularized + eye * curvature, r)
         # Fraction-to-the-boundary rule keeps every weight positive.
-        t = ops.minimum(1.0, 0.95 * ops.min(ratio_test(z, newton)))
+        t = ops.minimum(1.0, 0.95 * ops.amin(ratio_test(z, newton)))
         # When no positive solution exists (exactly opposite gradients) the
         # objective is unbounded and z grows; the box keeps it finite, the
         # residual reports it, and the direction of such z is ~0 anyway.
         new_z = ops.clip(z - t * newton, 1e-6, 1e6)
-        return step + 1, new_z, ops.max(abs(new_z - z) / z)
+        return step + 1, new_z, ops.amax(abs(new_z - z) / z)
 
-    _, z, _ = ops.while_loop(
+    _, z, _ = traceable_ops.while_loop(
         cond,
         body,
         (ops.convert_to_tensor(0, "int32"), start,
          ops.convert_to_tensor(float("inf"))),
     )
     target = right * z**exponent
-    error = ops.max(abs(residual(z)) / target * valid_column)
+    error = ops.amax(abs(residual(z)) / target * valid_column)
     weights = (z / safe_norms * valid_column)[:, 0]
     nan = float("nan")
     return (ops.where(finite, weights, nan), ops.where(finite, error, nan))

@@ -1,4 +1,3 @@
-import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import Aggregator
@@ -6,6 +5,7 @@ from keras_mtl.src.aggregators.aggregator import jacobian_and_state
 from keras_mtl.src.aggregators.aggregator import seed_from
 from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.backend import traceable_ops
 
 
 @keras_mtl_export("keras_mtl.aggregators.GradDrop")
@@ -47,7 +47,7 @@ class GradDrop(Aggregator):
         ones = ops.ones((1, ops.shape(jacobian)[0]))
         total = ops.matmul(ones, jacobian)[0]
         magnitude = ops.matmul(ones, ops.abs(jacobian))[0]
-        draw = keras.random.uniform(
+        draw = traceable_ops.uniform(
             ops.shape(total), minval=-1.0, maxval=1.0, seed=seed_from(seed))
         # The surviving sign of every coordinate (0 drops both); the kept
         # part of task i is `sign * relu(g_i * sign)`.

@@ -63,7 +63,7 @@ def psd_pinv(matrix, rtol=1e-6):
     """
     finite, matrix = zero_if_non_finite(matrix)
     eigenvalues, eigenvectors = ops.eigh(matrix)
-    cutoff = rtol * ops.max(ops.abs(eigenvalues))
+    cutoff = rtol * ops.amax(ops.abs(eigenvalues))
     keep = eigenvalues > ops.maximum(cutoff, 1e-30)
     inverse = ops.where(keep, 1.0 / ops.where(keep, eigenvalues, 1.0), 0.0)
     pinv = (eigenvectors * inverse[None, :]) @ ops.transpose(eigenvectors)

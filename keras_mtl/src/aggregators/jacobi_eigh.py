@@ -15,8 +15,9 @@ when every off-diagonal entry is below `tolerance * sqrt(G_pp G_qq)` or after
 `max_sweeps` sweeps; the loop is an `ops.while_loop` of `(T, T)` products.
 """
 
-import numpy as np
 from keras import ops
+
+from keras_mtl.src.backend import traceable_ops
 
 
 def _tournament(size):
@@ -28,7 +29,7 @@ def _tournament(size):
         players = [0] + others
         rounds.append([players[i] for i in _interleave(size)])
         others = others[-1:] + others[:-1]
-    return np.asarray(rounds, "int32")
+    return rounds
 
 
 def _interleave(size):
@@ -59,10 +60,15 @@ def jacobi_eigh(matrix, max_sweeps=12, tolerance=1e-7):
     size = num + num % 2  # An odd size gets a decoupled zero row.
     a = ops.cast(matrix, "float32")
     if size != num:
-        a = ops.pad(a, ((0, 1), (0, 1)))
-    orders = ops.convert_to_tensor(_tournament(size))
+        # Not `ops.pad`: it builds a Keras `Operation` at every call, which
+        # `torch.compile` cannot trace inside a conditional.
+        a = ops.concatenate([a, ops.zeros((num, 1))], axis=1)
+        a = ops.concatenate([a, ops.zeros((1, size))], axis=0)
+    orders = ops.convert_to_tensor(_tournament(size), "int32")
     rounds = size - 1
-    first = ops.convert_to_tensor(np.arange(size) % 2 == 0, "float32")
+    # Python lists, not NumPy: `torch.compile` traces no NumPy inside a
+    # conditional.
+    first = ops.convert_to_tensor([1.0 - i % 2 for i in range(size)])
     above = ops.eye(size, k=1) * first[:, None]  # (2i, 2i + 1) entries
     eye = ops.eye(size)
     off_mask = 1.0 - eye
@@ -73,9 +79,9 @@ def jacobi_eigh(matrix, max_sweeps=12, tolerance=1e-7):
         ratio = ops.divide_no_nan(abs(a), scale)
         # Entries between a zero and a non-zero diagonal cannot exist in a
         # PSD matrix except by rounding; compare those to the matrix scale.
-        tiny = abs(a) > 1e-30 * ops.max(diag)
+        tiny = abs(a) > 1e-30 * ops.amax(diag)
         ratio = ops.where((scale > 0.0) | ~tiny, ratio, 1.0)
-        return ops.max(ratio * off_mask)
+        return ops.amax(ratio * off_mask)
 
     def body(step, a, vectors, residual):
         order = ops.take(orders, ops.mod(step, rounds), axis=0)
@@ -105,7 +111,7 @@ def jacobi_eigh(matrix, max_sweeps=12, tolerance=1e-7):
     def cond(step, a, vectors, residual):
         return (step < max_sweeps * rounds) & (residual > tolerance)
 
-    _, a, vectors, residual = ops.while_loop(
+    _, a, vectors, residual = traceable_ops.while_loop(
         cond, body,
         (ops.convert_to_tensor(0, "int32"), a, eye, off_diagonal(a)))
     eigenvalues = ops.diagonal(a)[:num]
@@ -128,7 +134,7 @@ def accurate_eigh(matrix, max_condition=1e3):
     eigenvalues, vectors = ops.eigh(matrix)
     well_conditioned = eigenvalues[0] * max_condition >= eigenvalues[-1]
     well_conditioned = well_conditioned & (eigenvalues[0] > 0.0)
-    return ops.cond(
+    return traceable_ops.cond(
         well_conditioned,
         lambda: (eigenvalues, vectors, ops.zeros(())),
         lambda: jacobi_eigh(matrix))

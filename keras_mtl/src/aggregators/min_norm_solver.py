@@ -30,6 +30,7 @@ from keras import ops
 from keras_mtl.src.aggregators.gramian_utils import cosine_gramian
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.aggregators.solver_ops import shrink_support
+from keras_mtl.src.backend import traceable_ops
 
 # Ridge on the cosine matrix (unit diagonal) of the tasks in the active set:
 # keeps the solve finite when two gradients are parallel.
@@ -69,11 +70,11 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
     if valid is not None:
         present = present & valid
     valid_f = ops.cast(present, "float32")[None, :]
-    any_valid = ops.max(valid_f)
+    any_valid = ops.amax(valid_f)
     # The simplex in z = N w is {z >= 0, a . z = 1}; a is rescaled to a
     # largest entry of 1, which only rescales z.
     a = valid_f * ops.divide_no_nan(1.0, norms)[None, :]
-    a = a / ops.maximum(ops.max(a), 1e-30)
+    a = a / ops.maximum(ops.amax(a), 1e-30)
     positions = ops.arange(num_tasks)
     eye = ops.eye(num_tasks)
     ridged = cosines + _RIDGE * eye
@@ -94,7 +95,7 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
         system = (embed @ block @ ops.transpose(embed)
                   + border @ ops.transpose(last)
                   + last @ ops.transpose(border))
-        x = ops.transpose(ops.solve(system, last)[:num_tasks])
+        x = ops.transpose(traceable_ops.solve(system, last)[:num_tasks])
         return x / ops.sum(a * x)
 
     def violations(z):
@@ -110,9 +111,9 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
         # by rounding) ends the search at the current point.
         usable = ops.all(ops.isfinite(y))
         y = ops.where(usable, y, z)
-        feasible = ops.min(y + (1.0 - corral)) >= 0.0
+        feasible = ops.amin(y + (1.0 - corral)) >= 0.0
         slack = violations(y) + 1e30 * corral
-        improving = ops.min(slack) < -tolerance
+        improving = ops.amin(slack) < -tolerance
         entering = one_hot(ops.argmin(slack[0]), positions)[None, :]
         grown = corral + ops.cast(improving, "float32") * entering
         moved, kept = shrink_support(z, y, corral, positions)
@@ -122,7 +123,7 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
         # point (seen under XLA on TensorFlow): start again from the vertex,
         # once; after that, end at the current point.
         failed = (~usable | ~ops.all(ops.isfinite(new_z))
-                  | (ops.max(new_corral) < 0.5))
+                  | (ops.amax(new_corral) < 0.5))
         restart = failed & ~fresh
         new_z = ops.where(restart, vertex_z, ops.where(failed, z, new_z))
         new_corral = ops.where(
@@ -147,13 +148,13 @@ def min_norm_weights(gramian, valid=None, max_iters=250, tolerance=1e-6,
         corral = ops.where(fresh, corral, ops.cast(given > 0.0, "float32"))
         z = ops.where(fresh, z,
                       given / ops.maximum(ops.sum(a * given), 1e-30))
-    iterations, z, _, _, _ = ops.while_loop(
+    iterations, z, _, _, _ = traceable_ops.while_loop(
         cond,
         body,
         (ops.convert_to_tensor(0, "int32"), z, corral, any_valid < 0.5,
          fresh),
     )
-    gap = ops.relu(-ops.min(violations(z)))
+    gap = ops.relu(-ops.amin(violations(z)))
     gap = ops.where(any_valid > 0.0, gap, 0.0)
     weights = ops.where(present, ops.divide_no_nan(z[0], norms), 0.0)
     weights = ops.divide_no_nan(weights, ops.sum(weights))

@@ -6,6 +6,7 @@ from keras_mtl.src.aggregators.arg_checks import check_fraction
 from keras_mtl.src.aggregators.arg_checks import check_non_negative
 from keras_mtl.src.aggregators.arg_checks import check_positive
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.backend import traceable_ops
 
 
 @keras_mtl_export("keras_mtl.aggregators.PCD")
@@ -109,8 +110,12 @@ def _dual(gramian, primary, tau, max_sweeps, tolerance=1e-7):
     safe = ops.where(diag > 0.0, diag, 1.0)
     eye = ops.eye(num_tasks)
 
+    # A new tensor, not a view of `gramian`: a compiled loop may not read
+    # two aliased tensors.
+    offset = tau * diag
+
     def gradient(mu):
-        return ops.matmul(gramian, primary + mu) - tau * diag
+        return ops.matmul(gramian, primary + mu) - offset
 
     def sweep(mu):
         for j in range(num_tasks):
@@ -123,12 +128,12 @@ def _dual(gramian, primary, tau, max_sweeps, tolerance=1e-7):
 
     def body(step, mu, change):
         new_mu = sweep(mu)
-        return step + 1, new_mu, ops.max(abs(new_mu - mu))
+        return step + 1, new_mu, ops.amax(abs(new_mu - mu))
 
-    _, mu, _ = ops.while_loop(
+    _, mu, _ = traceable_ops.while_loop(
         cond, body,
         (ops.convert_to_tensor(0, "int32"), ops.zeros((num_tasks,)),
          ops.convert_to_tensor(float("inf"))))
     violation = abs(ops.minimum(mu, gradient(mu))) * free
-    scale = ops.maximum(ops.max(diag), 1e-30)
-    return mu, ops.max(violation) / scale
+    scale = ops.maximum(ops.amax(diag), 1e-30)
+    return mu, ops.amax(violation) / scale

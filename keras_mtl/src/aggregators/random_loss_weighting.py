@@ -1,9 +1,8 @@
-import keras
-
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.aggregator import seed_from
 from keras_mtl.src.aggregators.aggregator import softmax_over_tasks
 from keras_mtl.src.api_export import keras_mtl_export
+from keras_mtl.src.backend import traceable_ops
 
 
 @keras_mtl_export("keras_mtl.aggregators.RandomLossWeighting")
@@ -27,5 +26,5 @@ class RandomLossWeighting(Weighting):
     requires_jacobian = False
 
     def compute_weights(self, num_tasks, gramian, losses, state, seed=None):
-        noise = keras.random.normal((num_tasks,), seed=seed_from(seed))
+        noise = traceable_ops.normal((num_tasks,), seed=seed_from(seed))
         return softmax_over_tasks(noise), state

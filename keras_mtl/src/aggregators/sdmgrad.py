@@ -98,7 +98,7 @@ class SDMGrad(Weighting):
             velocity = (self.momentum * velocity
                         + ops.matmul(cross, weights + pull))
             new = project_onto_simplex(weights - self.lr * velocity)
-            return new, velocity, ops.max(ops.abs(new - weights))
+            return new, velocity, ops.amax(ops.abs(new - weights))
 
         weights = ops.cast(state["weights"], "float32")
         weights, _, change = ops.fori_loop(

@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_mtl.src.aggregators.solver_ops import one_hot
 from keras_mtl.src.aggregators.solver_ops import shrink_support
+from keras_mtl.src.backend import traceable_ops
 
 # Ridge on Q_SS (Q is scaled to a largest entry of 1): keeps the system
 # solvable when the support's columns of Q are linearly dependent.
@@ -56,7 +57,7 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
     finite = (ops.all(ops.isfinite(q)) & ops.all(ops.isfinite(lin))
               & ops.all(ops.isfinite(p)))
     q, lin, p = (ops.where(finite, t, ops.zeros_like(t)) for t in (q, lin, p))
-    scale = ops.maximum(ops.max(ops.abs(q)), ops.max(ops.abs(lin)))
+    scale = ops.maximum(ops.amax(ops.abs(q)), ops.amax(ops.abs(lin)))
     scale = ops.maximum(scale, 1e-30)
     q, lin = q / scale, lin / scale
     eye = ops.eye(num)
@@ -82,7 +83,7 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         system = ops.concatenate([top, bottom], axis=0)
         rhs = ops.concatenate(
             [ops.transpose(-lin * support), rhs_tail], axis=0)
-        x = ops.solve(system, rhs)
+        x = traceable_ops.solve(system, rhs)
         # y, and the multipliers (mu, eta) of the equalities.
         return ops.transpose(x[:num]), -ops.transpose(x[num:size])
 
@@ -95,9 +96,9 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         usable = ops.all(ops.isfinite(y)) & ops.all(ops.isfinite(found))
         y = ops.where(usable, y, w)
         found = ops.where(usable, found, multipliers)
-        feasible = ops.min(y + (1.0 - support)) >= 0.0
+        feasible = ops.amin(y + (1.0 - support)) >= 0.0
         slack = violations(y, found) + 1e30 * support
-        improving = ops.min(slack) < -tolerance
+        improving = ops.amin(slack) < -tolerance
         entering = one_hot(ops.argmin(slack[0]), positions)[None, :]
         grown = support + ops.cast(improving, "float32") * entering
         moved, kept = shrink_support(w, y, support, positions)
@@ -114,12 +115,12 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         # Start at the crossing of the plane with the edge between the
         # largest and the smallest entry of p (or at a zero entry).
         high, low = ops.argmax(p[0]), ops.argmin(p[0])
-        p_high, p_low = ops.max(p), ops.min(p)
+        p_high, p_low = ops.amax(p), ops.amin(p)
         crossing = (one_hot(high, positions) * -p_low
                     + one_hot(low, positions) * p_high)
         crossing = crossing / ops.maximum(p_high - p_low, 1e-30)
         zero = one_hot(ops.argmin(ops.abs(p[0])), positions)
-        on_plane = ops.min(ops.abs(p)) == 0.0
+        on_plane = ops.amin(ops.abs(p)) == 0.0
         start = ops.where(on_plane, zero, crossing)[None, :]
         feasible_set = on_plane | ((p_high > 0.0) & (p_low < 0.0))
     else:
@@ -127,13 +128,13 @@ def simplex_qp(quadratic, linear, plane=None, max_iters=250,
         start = one_hot(ops.argmin(vertex_values), positions)[None, :]
         feasible_set = ops.convert_to_tensor(True)
     support = ops.cast(start > 0.0, "float32")
-    _, w, _, multipliers, _ = ops.while_loop(
+    _, w, _, multipliers, _ = traceable_ops.while_loop(
         cond,
         body,
         (ops.convert_to_tensor(0, "int32"), start, support,
          ops.zeros((1, extra)), ~feasible_set),
     )
-    gap = ops.relu(-ops.min(violations(w, multipliers)))
+    gap = ops.relu(-ops.amin(violations(w, multipliers)))
     nan = float("nan")
     return (ops.where(finite, w[0], nan),
             ops.where(finite, ops.where(feasible_set, gap, 0.0), nan),

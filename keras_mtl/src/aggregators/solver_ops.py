@@ -32,7 +32,7 @@ def shrink_support(current, target, support, positions):
     ops.arange(T)`). The caller rescales `moved` onto its simplex.
     """
     ratios = ratio_test(current, (current - target) * support)
-    ratio = ops.minimum(1.0, ops.min(ratios))
+    ratio = ops.minimum(1.0, ops.amin(ratios))
     moved = current + ratio * (target - current)
     blocking = one_hot(ops.argmin(ratios[0]), positions)[None, :]
     kept = support * (1.0 - blocking) * ops.cast(moved > 0.0, "float32")
@@ -48,7 +48,7 @@ def project_onto_simplex(v):
     exact in float32 (`(u_1 - 1) - u_1` would round to 0 for `u_1 > 2^24`).
     """
     num = v.shape[-1]
-    v = v - ops.max(v, axis=-1, keepdims=True)
+    v = v - ops.amax(v, axis=-1, keepdims=True)
     u = ops.flip(ops.sort(v, axis=-1), axis=-1)
     cumulative = ops.cumsum(u, axis=-1) - 1.0
     index = ops.arange(1, num + 1, dtype=v.dtype)

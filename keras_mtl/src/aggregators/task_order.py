@@ -1,9 +1,9 @@
 """The order in which each task visits the others (PCGrad, GradVac)."""
 
-import keras
 from keras import ops
 
 from keras_mtl.src.aggregators.aggregator import seed_from
+from keras_mtl.src.backend import traceable_ops
 
 
 def visiting_order(num_tasks, seed=None, shuffle=True):
@@ -15,7 +15,7 @@ def visiting_order(num_tasks, seed=None, shuffle=True):
     `shuffle=False`.
     """
     if shuffle:
-        keys = keras.random.uniform(
+        keys = traceable_ops.uniform(
             (num_tasks, num_tasks), seed=seed_from(seed))
     else:
         keys = ops.tile(ops.arange(num_tasks, dtype="float32")[None, :],

@@ -12,8 +12,11 @@ training), `batch_probe(model, x, y, sw)` (a `Probe` of one batch at the
 current variables, and the step's plan, for the analysis tools) and
 `restore_on_failure(model)` (a context that gives the model its variables
 back after a failed step); PyTorch's also `step_jit_compile(jit_compile)`
-(the `jit_compile` Keras builds the step with; as given elsewhere);
-everything else
+(the `jit_compile` Keras builds the step with; as given elsewhere) and
+`rule_compiler(jit_compile)` (what compiles the aggregation rule inside an
+eager step; `None` elsewhere). `traceable_ops` holds the loops,
+conditionals, solves and random draws the rules use, in a form every
+backend's compiler traces. Everything else
 (losses, aggregation, state, metrics) is shared `keras.ops` code in the
 model's `Balancer`.
 """
@@ -46,6 +49,7 @@ elif _BACKEND == "torch":
     from keras_mtl.src.backend.torch_engine import jit
     from keras_mtl.src.backend.torch_engine import output_dependencies
     from keras_mtl.src.backend.torch_engine import restore_on_failure
+    from keras_mtl.src.backend.torch_engine import rule_compiler
     from keras_mtl.src.backend.torch_engine import step_jit_compile
     from keras_mtl.src.backend.torch_engine import synchronize_replicas
     from keras_mtl.src.backend.torch_engine import test_step
@@ -73,3 +77,7 @@ if _BACKEND != "torch":
         """The `jit_compile` Keras builds the training step with: as given
         (PyTorch's engine decides otherwise)."""
         return jit_compile
+
+    def rule_compiler(jit_compile):
+        """`None`: Keras compiles the whole step, the rule included."""
+        return None

@@ -26,9 +26,10 @@ per-task `autograd.grad` calls do not fill.
 import contextlib
 import functools
 import operator
-import warnings
+import types
 
 import keras
+import numpy as np
 import torch
 from torch.nn.attention import SDPBackend
 from torch.nn.attention import sdpa_kernel
@@ -534,28 +535,58 @@ def restore_on_failure(model):
 
 
 def jit(fn):
-    """Returns `fn` unchanged: keras_mtl runs PyTorch eagerly."""
-    return fn
+    """Compiles `fn` with `torch.compile` into one graph (an error where it
+    breaks), for fixed input shapes; NumPy arguments become tensors first
+    (Dynamo would trace NumPy itself)."""
+    compiled = _compile_own_copy(fn, fullgraph=True)
+
+    def run(*args):
+        return compiled(*keras.tree.map_structure(_from_numpy, args))
+
+    return run
+
+
+def _from_numpy(value):
+    return _tensor(value) if isinstance(value, np.ndarray) else value
 
 
 def step_jit_compile(jit_compile):
-    """The `jit_compile` Keras builds the training step with: `False`, with
-    a warning, where `True` was asked for (a model compiled so, or loaded
-    from a file saved on JAX or TensorFlow, still trains at eager speed).
+    """The `jit_compile` Keras builds the training step with: never `True`.
 
-    Keras would wrap the step in `torch.compile`, which recompiles it on
-    every call (each `keras.ops.cond` creates an `Operation` with a new
-    name) and breaks its graph at every solver iteration (Keras' PyTorch
-    `while_loop` is a Python loop): 74-193 s instead of 0.36 s for two
-    epochs of a small model. The config keeps `jit_compile` as given.
+    Keras would wrap the whole step in `torch.compile`, which cannot trace
+    the per-task `autograd.grad` calls (a graph break at each) nor Gramian
+    mode's double backward. `jit_compile=True` compiles the rule instead
+    (`rule_compiler`); the forward and backward passes run eagerly, as they
+    do in TorchJD and LibMTL. The config keeps `jit_compile` as given.
     """
-    if jit_compile is True:
-        warnings.warn(
-            "keras_mtl trains on PyTorch eagerly: torch.compile of the "
-            "balanced step recompiles at every step and breaks its graph "
-            "in the solver loops, which made training 200 times slower. "
-            "The step runs eagerly; the model's config keeps "
-            "jit_compile=True for JAX and TensorFlow. Received: "
-            "jit_compile=True", stacklevel=3)
-        return False
-    return jit_compile
+    return False if jit_compile is True else jit_compile
+
+
+def rule_compiler(jit_compile):
+    """With `jit_compile=True`, the function `Balancer.compile_rules` takes:
+    `torch.compile` for fixed shapes, with PyTorch's loops and conditionals
+    for the solvers (`traceable_ops`), so each step runs the rule as one
+    compiled graph, without recompiling. A custom rule that does not trace
+    whole runs in pieces. Otherwise `None`."""
+    if jit_compile is not True:
+        return None
+    return _compile_own_copy
+
+
+def _compile_own_copy(fn, fullgraph=False):
+    """`torch.compile` for fixed shapes of a function or a bound method,
+    through a copy of its code.
+
+    Dynamo keeps compiled graphs per code object, at most
+    `torch._dynamo.config.recompile_limit` (8) of them: every balancer (every
+    model compiled in the process) would add one to its shared method's,
+    and the ninth model would run eagerly. A copy per compiled function
+    keeps each one's graphs apart, as `jax.jit` does.
+    """
+    function = getattr(fn, "__func__", fn)
+    copy = types.FunctionType(
+        function.__code__.replace(), function.__globals__, function.__name__,
+        function.__defaults__, function.__closure__)
+    if hasattr(fn, "__self__"):
+        copy = types.MethodType(copy, fn.__self__)
+    return torch.compile(copy, fullgraph=fullgraph, dynamic=False)

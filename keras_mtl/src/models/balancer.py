@@ -49,6 +49,7 @@ from keras.src.saving.keras_saveable import KerasSaveable  # noqa: E402
 from keras_mtl.src.aggregators import registry
 from keras_mtl.src.aggregators.aggregator import Weighting
 from keras_mtl.src.aggregators.constant import Constant
+from keras_mtl.src.backend import traceable_ops
 from keras_mtl.src.losses import rep_mtl
 from keras_mtl.src.models import aggregation_groups as aggregation_groups_lib
 from keras_mtl.src.models import task_groups as task_groups_lib
@@ -59,7 +60,7 @@ from keras_mtl.src.models.replicas import SINGLE
 from keras_mtl.src.models.sharpness import TaskSharpness
 from keras_mtl.src.models.sharpness import check_sharpness
 from keras_mtl.src.models.task_means import TaskMeans
-from keras_mtl.src.utils.split_points import split_points
+from keras_mtl.src.utils.split_sizes import split_sizes
 
 NON_FINITE = ("skip", "raise", "apply")
 
@@ -241,6 +242,8 @@ class Balancer(KerasSaveable):
         # thread: `MirroredStrategy` traces each replica's step in its own
         # thread, switching between them inside the optimizer's `apply`.
         self._step = threading.local()
+        self._jacobian_rule = self._run_on_jacobians
+        self._gramian_rule = self._run_on_gramian
         self._plan = None
         self._plan_key = None
 
@@ -802,13 +805,9 @@ class Balancer(KerasSaveable):
                 self.aggregator, Weighting):
             self._pending = None
             return ops.ones((self.num_balanced,), "float32")
-        weights, state = self.aggregator.compute_weights(
-            self.num_balanced, None,
-            ops.stop_gradient(self.balanced_losses(losses)),
-            self._read_state(), self.seed_generator,
-        )
+        weights, state = self._gramian_rule(None, losses, self._read_state())
         self._keep_pending(state)
-        return ops.stop_gradient(ops.cast(weights, "float32"))
+        return weights
 
     def combine(self, jacobians, losses, norm_index=None, flat=None):
         """Aggregates per-task gradients.
@@ -858,22 +857,33 @@ class Balancer(KerasSaveable):
             gramian = gramian / scale
         # Each column is its own backward pass: equal up to rounding.
         gramian = 0.5 * (gramian + ops.transpose(gramian))
-        losses = ops.stop_gradient(self.balanced_losses(losses))
         state = self._read_state()
         if layer_rows is not None:
             rows = ops.cast(ops.stack(layer_rows), "float32")
             state["layer_gramian"] = rows @ ops.transpose(rows)
-        weights = self._weights_from_gramian(gramian, losses, state)
-        self._keep_pending(state)
-        return ops.stop_gradient(weights)
-
-    def _weights_from_gramian(self, gramian, losses, state):
-        """Runs the rule on `gramian`; updates `state` to its new state."""
         self._record_gramian(gramian)
+        weights, state = self._gramian_rule(gramian, losses, state)
+        self._keep_pending(state)
+        return weights
+
+    def compile_rules(self, compile_fn):
+        """Runs the rule (its solver, and the directions it gives) through
+        `compile_fn(fn)`, which returns a compiled `fn`: PyTorch's
+        `torch.compile` where the rest of the step runs eagerly (see
+        `keras_mtl/src/backend/torch_engine.py`). The compiled functions
+        take and return tensors only; state is read before and kept after
+        them."""
+        self._jacobian_rule = compile_fn(self._run_on_jacobians)
+        self._gramian_rule = compile_fn(self._run_on_gramian)
+
+    def _run_on_gramian(self, gramian, losses, state):
+        """A `Weighting`'s `(weights, new_state)` from the rows' Gramian
+        (`None` for a loss-only step) and the `(T,)` task losses."""
+        losses = ops.stop_gradient(self.balanced_losses(losses))
         weights, new_state = self.aggregator.compute_weights(
             self.num_balanced, gramian, losses, state, self.seed_generator)
-        state.update(new_state)
-        return ops.cast(weights, "float32")
+        return (ops.stop_gradient(ops.cast(weights, "float32")),
+                {**state, **new_state})
 
     def _combine_groups(self, jacobians, losses):
         """`combine` once per group of shared variables, each with its own
@@ -893,9 +903,19 @@ class Balancer(KerasSaveable):
 
     def _combine(self, jacobians, losses, norm_index=None, flat=None,
                  group=0):
-        num_tasks = self.num_balanced
-        num_rows = num_tasks * self.batch_splits
-        losses = ops.stop_gradient(self.balanced_losses(losses))
+        directions, weights, state, gramian = self._jacobian_rule(
+            jacobians, losses, self._read_state(group), norm_index, flat)
+        if gramian is not None:
+            self._record_gramian(gramian)
+        self._keep_pending(state, group)
+        return directions, weights
+
+    def _run_on_jacobians(self, jacobians, losses, state, norm_index=None,
+                          flat=None):
+        """The rule on per-variable Jacobians (see `combine`): returns
+        `(directions, weights, new_state, gramian)`, the last the rows'
+        Gramian for the conflict tracker, or `None`."""
+        num_rows = self.num_balanced * self.batch_splits
         if flat is None:
             flats = [
                 ops.reshape(ops.cast(j, "float32"), (num_rows, -1))
@@ -904,13 +924,15 @@ class Balancer(KerasSaveable):
             sizes = [f.shape[1] for f in flats]
         else:
             sizes = [math.prod(j.shape[1:]) for j in jacobians]
-            flats = ops.split(flat, split_points(sizes), axis=1)
-        state = self._read_state(group)
+            flats = split_sizes(flat, sizes, axis=1)
+        gramian = None
         if isinstance(self.aggregator, Weighting):
             gramians = [f @ ops.transpose(f) for f in flats]
+            gramian = sum(gramians)
             if norm_index is not None:
-                state["layer_gramian"] = sum(gramians[k] for k in norm_index)
-            weights = self._weights_from_gramian(sum(gramians), losses, state)
+                state = {**state, "layer_gramian": sum(
+                    gramians[k] for k in norm_index)}
+            weights, state = self._run_on_gramian(gramian, losses, state)
             directions = [
                 ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
                 for j in jacobians
@@ -918,17 +940,19 @@ class Balancer(KerasSaveable):
         else:
             jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
             if self.trackers.conflicts is not None:
-                self._record_gramian(jacobian @ ops.transpose(jacobian))
-            direction, weights, state = self.aggregator.aggregate(
-                jacobian, losses, state, self.seed_generator
-            )
-            pieces = ops.split(direction, split_points(sizes))
+                gramian = jacobian @ ops.transpose(jacobian)
+            direction, weights, new_state = self.aggregator.aggregate(
+                jacobian, ops.stop_gradient(self.balanced_losses(losses)),
+                state, self.seed_generator)
+            state = {**state, **new_state}
+            pieces = split_sizes(direction, sizes)
             directions = [
                 ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
                 for p, j in zip(pieces, jacobians)
             ]
-        self._keep_pending(state, group)
-        return directions, ops.stop_gradient(weights)
+        if self.trackers.conflicts is None:
+            gramian = None
+        return directions, ops.stop_gradient(weights), state, gramian
 
     def flat_gradients(self, probe, losses, num_shared, norm_index=None,
                        clean=None):
@@ -1083,8 +1107,8 @@ class Balancer(KerasSaveable):
             return ops.all(ops.stack(
                 [ops.all(ops.isfinite(t)) for t in tensors]))
 
-        return ops.cond(ops.all(ops.isfinite(sums)),
-                        lambda: ops.convert_to_tensor(True), exact)
+        return traceable_ops.cond(ops.all(ops.isfinite(sums)),
+                                  lambda: ops.convert_to_tensor(True), exact)
 
     def commit(self, applied=None):
         """Writes the pending aggregator state: always when `applied` is
@@ -1240,8 +1264,7 @@ def _pieces(flat, sizes, shapes, leading=()):
     tensors of `shapes`."""
     if not sizes:
         return []
-    pieces = ops.split(flat, split_points(sizes), axis=-1) if len(
-        sizes) > 1 else [flat]
+    pieces = split_sizes(flat, sizes, axis=-1)
     return [ops.reshape(p, leading + tuple(s))
             for p, s in zip(pieces, shapes)]
 

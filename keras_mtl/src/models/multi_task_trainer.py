@@ -348,6 +348,9 @@ class MultiTaskTrainer:
             steps_per_execution=steps_per_execution,
         )
         self._compile_args = {"jit_compile": jit_compile}
+        compiler = backend.rule_compiler(jit_compile)
+        if compiler is not None:
+            balancer.compile_rules(compiler)
         self.balancer = balancer
         if self._shared_known():
             self._build_balancer(previous)

@@ -22,7 +22,7 @@ import math
 import keras
 from keras import ops
 
-from keras_mtl.src.utils.split_points import split_points
+from keras_mtl.src.utils.split_sizes import split_sizes
 
 HALVES = 2
 
@@ -76,7 +76,7 @@ class Probe:
 
     def _unflatten(self, flat):
         if len(self.sizes) > 1:
-            pieces = ops.split(flat, split_points(self.sizes))
+            pieces = split_sizes(flat, self.sizes)
         else:
             pieces = [flat][: len(self.sizes)]
         return [ops.reshape(p, s) for p, s in zip(pieces, self.shapes)]
