@@ -94,9 +94,10 @@ def data(tasks, batch, steps):
     return x, y
 
 
-def keras_mtl_step_time(method, tasks, batch, steps):
+def keras_mtl_step_time(method, tasks, batch, steps, jit_compile="auto"):
     """`method` is a registry name, or "keras" for plain `keras.Model.fit`
-    of the summed losses (the Keras floor of the loss-only rules)."""
+    of the summed losses (the Keras floor of the loss-only rules). The
+    first epoch, which compiles, is not timed."""
     keras.utils.set_random_seed(0)
     x, y = data(tasks, batch, steps)
     inputs = keras.Input((64,))
@@ -110,13 +111,15 @@ def keras_mtl_step_time(method, tasks, batch, steps):
     loss = {t: "mse" for t in y}
     if method == "keras":
         model = keras.Model(inputs, outputs)
-        model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss,
+                      jit_compile=jit_compile)
     else:
         # "mean" is loss-only here (one backward pass); TorchJD still forms
         # the Jacobian for it.
         model = keras_mtl.MultiTaskModel(inputs, outputs)
         model.compile(keras.optimizers.Adam(1e-3), loss=loss,
-                      aggregator=keras_mtl.aggregators.get(method))
+                      aggregator=keras_mtl.aggregators.get(method),
+                      jit_compile=jit_compile)
     times = []
 
     class Timer(keras.callbacks.Callback):
@@ -248,6 +251,11 @@ def _measure(fn, method, tasks, args):
         return f"failed: {type(error).__name__}"
 
 
+def _suffix(variant, variants):
+    """A column's `jit_compile` label, where several are timed."""
+    return f" jit_compile={variant}" if len(variants) > 1 else ""
+
+
 def _median(values):
     """Median of the timings, or the first failure message if any failed."""
     failed = [v for v in values if not isinstance(v, float)]
@@ -273,15 +281,27 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating repetitions; the median is kept")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--jit-compile", nargs="+", default=["auto"],
+                        choices=["auto", "True", "False"],
+                        help="keras_mtl's `jit_compile`, one column each "
+                        "(on PyTorch, True compiles the rule)")
     args = parser.parse_args()
+    variants = [{"True": True, "False": False}.get(v, v)
+                for v in args.jit_compile]
     torch.set_num_threads(1)
     peers = [PEERS[name] for name in args.peers]
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
     print(f"Device: {name}; keras {keras.__version__} on "
           f"{keras.backend.backend()}; torch {torch.__version__}")
-    titles = "".join(f" {title} (ms) | vs {title} |" for *_, title in peers)
-    print("| T | method | keras_mtl (ms) |" + titles)
-    print("|---|---|---|" + "---|---|" * len(peers))
+    ours_titles = "".join(
+        f" keras_mtl{_suffix(v, variants)} (ms) |" for v in variants)
+    titles = "".join(
+        f" {title} (ms) |" + "".join(
+            f" vs {title}{_suffix(v, variants)} |" for v in variants)
+        for *_, title in peers)
+    print("| T | method |" + ours_titles + titles)
+    print("|---|---|" + "---|" * len(variants)
+          + "---|" * (1 + len(variants)) * len(peers))
     for tasks in args.tasks:
         for method in args.methods:
             timers = [fn if method in table else None
@@ -290,18 +310,21 @@ def main():
             # machine does not land on one of them only.
             rounds = [
                 [keras_mtl_step_time(method, tasks, args.batch_size,
-                                     args.steps)]
+                                     args.steps, variant)
+                 for variant in variants]
                 + [_measure(fn, method, tasks, args) if fn else "n/a"
                    for fn in timers]
                 for _ in range(args.rounds)
             ]
-            ours, *others = [_median(column) for column in zip(*rounds)]
-            cells = [f"{1000 * ours:.1f}"]
+            medians = [_median(column) for column in zip(*rounds)]
+            ours, others = medians[: len(variants)], medians[len(variants):]
+            cells = [f"{1000 * t:.1f}" for t in ours]
             for theirs in others:
                 if isinstance(theirs, float):
-                    cells += [f"{1000 * theirs:.1f}", f"{ours / theirs:.2f}x"]
+                    cells += [f"{1000 * theirs:.1f}"] + [
+                        f"{t / theirs:.2f}x" for t in ours]
                 else:
-                    cells += [theirs, ""]
+                    cells += [theirs] + [""] * len(ours)
             print(f"| {tasks} | {method} | " + " | ".join(cells) + " |",
                   flush=True)
 
