@@ -1,12 +1,14 @@
 """Cost of the aggregation alone, for every registered aggregator.
 
 Times `aggregator.aggregate(jacobian, losses, state, seed)` on a random
-`(T, P)` Jacobian for T = 2 ... 32, compiled with XLA on JAX and TensorFlow
-(`keras_mtl.src.backend.jit`) and eager on PyTorch, as `MultiTaskModel` runs
-them. Each backend runs in its own process, pinned to one thread.
+`(T, P)` Jacobian for T = 2 ... 32, compiled (`keras_mtl.src.backend.jit`:
+XLA on JAX and TensorFlow, `torch.compile` on PyTorch, as `jit_compile=True`
+runs them), or eagerly for a backend named with `:eager` (PyTorch's
+default). Each backend runs in its own process, pinned to one thread.
 
     python benchmarks/aggregation_cost.py --backends jax --tasks 2 8 32
-    python benchmarks/aggregation_cost.py --methods cagrad graddrop
+    python benchmarks/aggregation_cost.py --backends torch:eager torch \
+        --methods mgda upgrad
 """
 
 import argparse
@@ -46,7 +48,7 @@ def worker(args):
                 direction, weights, _ = agg.aggregate(j, losses, s, seed=seed)
                 return direction, weights
 
-            fn = backend.jit(run)
+            fn = run if args.eager else backend.jit(run)
             times = []
             for i in range(args.repeats + 3):
                 start = time.perf_counter()
@@ -69,17 +71,21 @@ def main():
     parser.add_argument("--methods", nargs="+",
                         help="registry names (default: all of them)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     measured = {}
     for backend in args.backends:
+        name, _, mode = backend.partition(":")
         command = [sys.executable, __file__, "--worker", "--params",
                    str(args.params), "--repeats", str(args.repeats), "--tasks",
                    *map(str, args.tasks)]
         if args.methods:
             command += ["--methods", *args.methods]
-        measured[backend] = run_worker(command, backend, backend)
+        if mode == "eager":
+            command.append("--eager")
+        measured[backend] = run_worker(command, name, backend)
     names = sorted({key.split("/")[0] for m in measured.values() for key in m})
     header = " | ".join(f"{b} T={t}" for b in args.backends for t in args.tasks)
     print(f"Aggregation time in ms, Jacobian (T, {args.params}), median of "

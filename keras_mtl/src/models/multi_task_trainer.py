@@ -317,7 +317,10 @@ class MultiTaskTrainer:
                 task logs its group's weight. Not with the rules that split
                 the batch (bilevel and cross-batch rules).
             run_eagerly, jit_compile, steps_per_execution: as for
-                `keras.Model.compile`; `jit_compile` is saved as given.
+                `keras.Model.compile`; `jit_compile` is saved as given. On
+                PyTorch the step runs eagerly, and `jit_compile=True`
+                compiles the aggregation rule inside it (one
+                `torch.compile` graph, compiled at the first step).
 
         Recompiling with an aggregator of the same configuration keeps its
         state (and its epoch count); another aggregator starts afresh.
