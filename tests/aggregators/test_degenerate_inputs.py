@@ -152,8 +152,9 @@ def test_no_state_and_no_shared_parameters(name):
                                   "all_zero"])
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_degenerate_inputs_give_finite_results(name, case):
-    if BACKEND == "torch" and case != "ill_conditioned":
-        pytest.skip("one case on PyTorch: Inductor compiles each in seconds")
+    if BACKEND == "torch":
+        pytest.skip("CI time: Inductor compiles each rule in seconds; "
+                    "test_contract.py compiles every rule on PyTorch")
     jacobian = degenerate_jacobian(case)
     losses = make_losses("positive", len(jacobian))
     agg = build(name, len(jacobian))
