@@ -242,8 +242,6 @@ def linear_gradient(pre, vectors, x, y, blocks):
 @pytest.mark.parametrize("blocks", ["variable", "model"])
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_coefficient_gradient_matches_the_closed_form(blocks, jit_compile):
-    if jit_compile and BACKEND == "torch":
-        pytest.skip("torch.compile of a Keras step is issue 19's work")
     keras.utils.set_random_seed(0)
     pre = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     vectors = [transfer.task_vector(twin(pre, s), pre) for s in (1, 2)]
