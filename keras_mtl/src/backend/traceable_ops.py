@@ -74,9 +74,9 @@ if keras.config.backend() == "torch":
         """One 32-bit key (an int64 tensor) for `seed`."""
         if isinstance(seed, keras.random.SeedGenerator):
             pair = seed.state.value
-            # Keras' own `SeedGenerator.next()`.
-            seed.state.assign(pair + torch.tensor([0, 1], dtype=pair.dtype,
-                                                  device=pair.device))
+            # Keras' own `SeedGenerator.next()`, without a host-to-device
+            # copy of the increment.
+            seed.state.assign(torch.stack([pair[0], pair[1] + 1]))
         else:
             pair = keras.ops.convert_to_tensor([int(seed), 0])
         pair = pair.to(torch.int64) & 0xFFFFFFFF

@@ -925,21 +925,23 @@ class Balancer(KerasSaveable):
         else:
             sizes = [math.prod(j.shape[1:]) for j in jacobians]
             flats = split_sizes(flat, sizes, axis=1)
-        gramian = None
+        tracked = self.trackers.conflicts is not None
+        gramian = None  # For the conflict tracker.
         if isinstance(self.aggregator, Weighting):
             gramians = [f @ ops.transpose(f) for f in flats]
-            gramian = sum(gramians)
+            total = sum(gramians)
             if norm_index is not None:
                 state = {**state, "layer_gramian": sum(
                     gramians[k] for k in norm_index)}
-            weights, state = self._run_on_gramian(gramian, losses, state)
+            weights, state = self._run_on_gramian(total, losses, state)
+            gramian = total if tracked else None
             directions = [
                 ops.cast(ops.tensordot(weights, j, axes=1), j.dtype)
                 for j in jacobians
             ]
         else:
             jacobian = ops.concatenate(flats, axis=1) if flat is None else flat
-            if self.trackers.conflicts is not None:
+            if tracked:
                 gramian = jacobian @ ops.transpose(jacobian)
             direction, weights, new_state = self.aggregator.aggregate(
                 jacobian, ops.stop_gradient(self.balanced_losses(losses)),
@@ -950,8 +952,6 @@ class Balancer(KerasSaveable):
                 ops.cast(ops.reshape(p, j.shape[1:]), j.dtype)
                 for p, j in zip(pieces, jacobians)
             ]
-        if self.trackers.conflicts is None:
-            gramian = None
         return directions, ops.stop_gradient(weights), state, gramian
 
     def flat_gradients(self, probe, losses, num_shared, norm_index=None,
